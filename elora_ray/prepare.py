@@ -26,9 +26,31 @@ from .tasks.schema import SPLITS, Example, TaskData
 log = logging.getLogger(__name__)
 
 
+def _file_stats(cfg: RunConfig) -> list:
+    """(path, size, mtime) of every input file, so edited data is prepared again."""
+    from .tasks.builtin import builtin_default_dir, canonical_format
+
+    paths: list[Path] = []
+    for t in cfg.tasks:
+        fmt = canonical_format(t.format)
+        if fmt is not None:
+            folder = Path(t.path) if t.path else builtin_default_dir(fmt, cfg.resolved_data_root())
+            paths.extend(sorted(folder.glob("*")) if folder.is_dir() else [])
+        paths.extend(Path(str(f).split("::")[0]) for f in (t.train, t.validation, t.test) if f)
+    stats = []
+    for p in paths:
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                stats.append([str(f), st.st_size, st.st_mtime_ns])
+    return stats
+
+
 def data_fingerprint(cfg: RunConfig) -> str:
-    """Hash of everything that decides the prepared data (tasks, suite, splits, seeds)."""
+    """Hash of everything that decides the prepared data (tasks, inputs, suite, splits)."""
     part = {
+        "files": _file_stats(cfg),
         "tasks": [t.model_dump(mode="json") for t in cfg.tasks],
         "suite": cfg.suite.model_dump(mode="json") if not cfg.tasks else None,
         "splits": cfg.splits.model_dump(mode="json"),

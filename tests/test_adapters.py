@@ -184,3 +184,12 @@ def test_qlora_gradients_match_a_dequantized_float_model():
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_bottleneck_placement_and_parameter_count():
+    """Houlsby placement on BERT: attention-output and FFN-output dense only; 2·d·b + b + d each."""
+    model = attach_adapter(build("tiny-bert", "adapter"), AdapterConfig(type="adapter", reduction_factor=8))
+    wrapped = sorted(n for n, m in model.named_modules() if type(m).__name__ == "BottleneckLayer")
+    assert wrapped == [f"base_model.model.backbone.encoder.layer.{i}.{p}" for i in (0, 1) for p in ("attention.output.dense", "output.dense")]
+    d, b = 64, 64 // 8
+    assert count_parameters(model) == len(wrapped) * (2 * d * b + b + d)

@@ -1,0 +1,178 @@
+"""Built-in readers for the GLUE / SuperGLUE files in ``../shared/data``.
+
+Each reader yields, per split found on disk, records with the standard fields ``text``,
+``text_pair`` (or None), ``label`` (a string) and ``row_id`` (stable within the file).
+
+Split policy:
+- SuperGLUE folders hold the FewGLUE_32dev release: ``train.jsonl`` and ``dev32.jsonl`` are
+  32-example few-shot files, ``val.jsonl`` is the full official validation set. Only
+  ``val.jsonl`` is read; train / validation / test are then carved from it with a fixed seed
+  (and the run report says so).
+- GLUE folders: ``train.tsv`` → train, ``dev.tsv`` → validation (QNLI has only dev.tsv).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import DataError
+from .readers import read_lines
+
+Record = dict
+
+
+@dataclass(frozen=True)
+class BuiltinFormat:
+    folder: str  # under data_root
+    files: dict[str, str]  # split -> file name
+    parse: Callable[[Path], list[tuple[int, Record]]]
+
+
+def normalize_label(value, *, path=None, line=None, field="label") -> str:
+    """bool → true/false, integral numbers → '0'/'1', strings stay; None/NaN are errors."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            raise DataError("label is NaN", path=path, line=line, field=field)
+        if value.is_integer():
+            return str(int(value))
+        return repr(value)
+    if value is None:
+        raise DataError("label is missing (null)", path=path, line=line, field=field)
+    text = str(value).strip()
+    if not text:
+        raise DataError("label is empty", path=path, line=line, field=field)
+    return text
+
+
+def _jsonl_objects(path: Path) -> list[tuple[int, dict]]:
+    out = []
+    for i, text in read_lines(path):
+        if text.strip():
+            try:
+                out.append((i, json.loads(text)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON ({exc.msg})", path=path, line=i) from None
+    return out
+
+
+def _simple_jsonl(text: str, pair: str | None) -> Callable[[Path], list[tuple[int, Record]]]:
+    def parse(path: Path) -> list[tuple[int, Record]]:
+        rows = []
+        for i, obj in _jsonl_objects(path):
+            for f in (text, pair, "label"):
+                if f and f not in obj:
+                    raise DataError("missing field", path=path, line=i, field=f)
+            rows.append((i, {
+                "text": obj[text], "text_pair": obj[pair] if pair else None,
+                "label": normalize_label(obj["label"], path=path, line=i),
+                "row_id": str(obj.get("idx", i)),
+            }))
+        return rows
+    return parse
+
+
+_MARKUP = re.compile(r"<br>|<b>Sent \d+: </b>|</?b>")
+
+
+def _multirc(path: Path) -> list[tuple[int, Record]]:
+    rows = []
+    for i, obj in _jsonl_objects(path):
+        try:
+            passage = obj["passage"]
+            text = " ".join(_MARKUP.sub(" ", passage["text"]).split())
+            for q in passage["questions"]:
+                for a in q["answers"]:
+                    rows.append((i, {
+                        "text": text,
+                        "text_pair": f"{q['question']} {a['text']}",
+                        "label": normalize_label(a["label"], path=path, line=i),
+                        "row_id": f"p{obj['idx']}-q{q['idx']}-a{a['idx']}",
+                    }))
+        except KeyError as exc:
+            raise DataError("missing field in MultiRC record", path=path, line=i, field=str(exc.args[0])) from None
+    return rows
+
+
+def _tsv(columns: dict[str, str | int], header: bool = True) -> Callable[[Path], list[tuple[int, Record]]]:
+    """columns maps text / text_pair / label (/ row_id) to a header name or a column index."""
+
+    def parse(path: Path) -> list[tuple[int, Record]]:
+        lines = read_lines(path)
+        names: list[str] = []
+        if header:
+            names = [h.strip() for h in lines[0][1].split("\t")]
+            lines = lines[1:]
+            for key, col in columns.items():
+                if isinstance(col, str) and col not in names:
+                    raise DataError(f"column '{col}' not in header {names}", path=path, line=1, field=col)
+        rows = []
+        for i, text in lines:
+            if not text.strip():
+                continue
+            cells = text.split("\t")
+            width = len(names) if header else max(c for c in columns.values() if isinstance(c, int)) + 1
+            if len(cells) < width:
+                raise DataError(f"expected {width} tab-separated fields, found {len(cells)}", path=path, line=i)
+            get = lambda c: cells[names.index(c)] if isinstance(c, str) else cells[c]  # noqa: E731
+            rows.append((i, {
+                "text": get(columns["text"]),
+                "text_pair": get(columns["text_pair"]) if "text_pair" in columns else None,
+                "label": normalize_label(get(columns["label"]), path=path, line=i),
+                "row_id": get(columns["row_id"]) if "row_id" in columns else str(i),
+            }))
+        return rows
+
+    return parse
+
+
+_GLUE_SPLITS = {"train": "train.tsv", "validation": "dev.tsv"}
+
+BUILTIN_FORMATS: dict[str, BuiltinFormat] = {
+    "superglue/boolq": BuiltinFormat("superglue/BoolQ", {"validation": "val.jsonl"}, _simple_jsonl("passage", "question")),
+    "superglue/rte": BuiltinFormat("superglue/RTE", {"validation": "val.jsonl"}, _simple_jsonl("premise", "hypothesis")),
+    "superglue/multirc": BuiltinFormat("superglue/MultiRC", {"validation": "val.jsonl"}, _multirc),
+    "glue/sst2": BuiltinFormat("glue/SST-2", _GLUE_SPLITS, _tsv({"text": "sentence", "label": "label"})),
+    "glue/cola": BuiltinFormat("glue/CoLA", _GLUE_SPLITS, _tsv({"text": 3, "label": 1}, header=False)),
+    "glue/mrpc": BuiltinFormat("glue/MRPC", _GLUE_SPLITS, _tsv({"text": "#1 String", "text_pair": "#2 String", "label": "Quality"})),
+    "glue/qnli": BuiltinFormat("glue/QNLI", {"validation": "dev.tsv"}, _tsv({"text": "question", "text_pair": "sentence", "label": "label", "row_id": "index"})),
+    "glue/wnli": BuiltinFormat("glue/WNLI", _GLUE_SPLITS, _tsv({"text": "sentence1", "text_pair": "sentence2", "label": "label", "row_id": "index"})),
+}
+_ALIASES = {"glue/sst-2": "glue/sst2"}
+
+
+def canonical_format(fmt: str) -> str | None:
+    key = fmt.lower()
+    key = _ALIASES.get(key, key)
+    return key if key in BUILTIN_FORMATS else None
+
+
+def builtin_default_dir(fmt: str, data_root: Path) -> Path:
+    return Path(data_root) / BUILTIN_FORMATS[fmt].folder
+
+
+def read_builtin(fmt: str, folder: Path, task: str) -> dict[str, tuple[Path, list[tuple[int, Record]]]]:
+    """Per split present on disk: (file, records)."""
+    spec = BUILTIN_FORMATS[fmt]
+    if not folder.is_dir():
+        raise DataError(
+            f"folder for format '{fmt}' not found; set tasks[].path to the folder holding "
+            f"{sorted(spec.files.values())} or data_root to the directory containing '{spec.folder}'",
+            path=folder, task=task,
+        )
+    out = {}
+    for split, name in spec.files.items():
+        path = folder / name
+        if path.is_file():
+            out[split] = (path, spec.parse(path))
+    if not out:
+        raise DataError(f"none of {sorted(spec.files.values())} found", path=folder, task=task)
+    return out

@@ -1,0 +1,106 @@
+"""The `elora` command line end to end on tiny models (prepare → model check → report)."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from elora_ray.cli import main
+
+TINY = ["--set", "model.name_or_path=tiny-bert", "--set", "suite.samples_per_task=40"]
+
+
+def test_help_for_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("run", "prepare", "check-model", "validate", "config", "suite", "formats"):
+        assert cmd in out
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert "usage: elora " + cmd in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    r = subprocess.run([sys.executable, "-m", "elora_ray.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "EnsembleLoRA" in r.stdout
+
+
+def test_run_writes_artifacts_and_resumes(tmp_path, caplog):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"] == ["prepare", "model_check"]
+    assert (out / "report.md").is_file() and (out / "run.log").is_file() and (out / "config.yaml").is_file()
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert len(manifest["tasks"]) == 10
+    table = pq.read_table(out / "data" / "polarity_movies" / "train.parquet")
+    assert table.column_names == ["task", "split", "sample_id", "text", "text_pair", "label", "label_id"]
+    assert len(set(table.column("sample_id").to_pylist())) == table.num_rows
+    model = json.loads((out / "model.json").read_text())
+    assert model["kind"] == "encoder" and model["adapter_parameters"] > 0 and model["params_with_gradient"] > 0
+
+    before = (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns
+    caplog.clear()
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    assert (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns == before
+    assert "already prepared" in caplog.text
+
+
+def test_bad_config_is_a_clean_error(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("adapter: {type: lora, rnak: 4}\n")
+    assert main(["validate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "adapter.rnak: unknown key" in err and "Traceback" not in err
+
+
+def test_bad_data_leaves_previous_artifacts_intact(tmp_path, capsys):
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(30)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{name_or_path: tiny-bert}}\ntasks: [{{name: a, train: {good}}}]\n")
+    out = tmp_path / "run"
+    assert main(["prepare", "--config", str(cfg), "--out", str(out)]) == 0
+    manifest = (out / "data" / "manifest.json").read_text()
+
+    good.write_text(good.read_text() + '{"text": "broken", "label": \n')
+    assert main(["prepare", "--config", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "good.jsonl:31" in err
+    assert (out / "data" / "manifest.json").read_text() == manifest
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_suite_export_round_trips_through_the_generic_reader(tmp_path):
+    assert main(["suite", "--out", str(tmp_path / "s"), "--samples-per-task", "30"]) == 0
+    from elora_ray.config import SuiteConfig, load_config
+    from elora_ray.tasks.load import load_tasks
+    from elora_ray.tasks.suite import generate_suite
+
+    exported = load_tasks(load_config(tmp_path / "s" / "config.yaml"))
+    original = generate_suite(SuiteConfig(samples_per_task=30))
+    assert [t.name for t in exported] == [t.name for t in original]
+    for a, b in zip(exported, original):
+        assert a.labels == b.labels
+        assert [e.text for e in a.splits["train"]] == [e.text for e in b.splits["train"]]
+        assert [e.label for e in a.splits["test"]] == [e.label for e in b.splits["test"]]
+    groups = json.loads((tmp_path / "s" / "groups.json").read_text())["planted_groups"]
+    assert sum(len(g) for g in groups) == len(original)
+
+
+def test_decoder_run_reports_truncation(tmp_path):
+    data = tmp_path / "d.jsonl"
+    rows = [{"text": ("long words " * 60 if i < 3 else "short"), "label": ["no", "yes"][i % 2]} for i in range(40)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{name_or_path: tiny-llama, max_length: 32}}\ntasks: [{{name: qa, train: {data}}}]\n")
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
+    model = json.loads((out / "model.json").read_text())
+    assert model["kind"] == "decoder"
+    assert model["truncated"]["qa"] == {"count": 3, "of": 40}
+    assert "| qa |" in (out / "report.md").read_text()
