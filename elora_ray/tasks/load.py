@@ -77,17 +77,22 @@ def _carve(cfg: TaskConfig, splits_cfg: SplitConfig, data: dict[str, list], note
         return data
     frac = {"validation": splits_cfg.validation_fraction, "test": splits_cfg.test_fraction}
     if "train" in missing:
+        # Carve validation/test out of the largest split; train is what remains of it.
         source = max(present, key=lambda s: len(data[s]))
+        n_source = len(data[source])
         pool = data[source]
-        for s in [m for m in missing if m != "train"]:
-            taken, pool = _stratified_take(pool, int(round(len(data[source]) * frac[s])), _rng(splits_cfg, cfg.name, s))
-            data[s] = taken
-            notes.append(f"{s} carved from {source} ({frac[s]:.0%}, stratified, seed {splits_cfg.seed})")
+        for s in ("validation", "test"):
+            if s in missing or s == source:
+                taken, pool = _stratified_take(pool, int(round(n_source * frac[s])), _rng(splits_cfg, cfg.name, s))
+                data[s] = taken
+                notes.append(f"{s} carved from {source} ({frac[s]:.0%}, stratified, seed {splits_cfg.seed})")
         data["train"] = pool
-        notes.append(f"train is the rest of {source}" + (" after carving" if len(missing) > 1 else ""))
+        notes.append(f"train is the rest of {source}")
         return data
+    n_train = len(data["train"])
     for s in missing:
-        taken, data["train"] = _stratified_take(data["train"], frac[s], _rng(splits_cfg, cfg.name, s))
+        count = int(round(n_train * frac[s]))
+        taken, data["train"] = _stratified_take(data["train"], count, _rng(splits_cfg, cfg.name, s))
         data[s] = taken
         notes.append(f"{s} carved from train ({frac[s]:.0%}, stratified, seed {splits_cfg.seed})")
     return data
