@@ -189,7 +189,7 @@ def test_qlora_gradients_match_a_dequantized_float_model():
 def test_bottleneck_placement_and_parameter_count():
     """Houlsby placement on BERT: attention-output and FFN-output dense only; 2·d·b + b + d each."""
     model = attach_adapter(build("tiny-bert", "adapter"), AdapterConfig(type="adapter", reduction_factor=8))
-    wrapped = sorted(n for n, m in model.named_modules() if type(m).__name__ == "BottleneckLayer")
+    wrapped = sorted(n for n, m in model.named_modules() if type(m).__name__ == "BottleneckLinear")
     assert wrapped == [f"base_model.model.backbone.encoder.layer.{i}.{p}" for i in (0, 1) for p in ("attention.output.dense", "output.dense")]
     d, b = 64, 64 // 8
     assert count_parameters(model) == len(wrapped) * (2 * d * b + b + d)

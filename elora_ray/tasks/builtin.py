@@ -18,22 +18,26 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import DataError
 from .readers import read_lines
 
-Record = dict
+Record = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class BuiltinFormat:
+    """Where a benchmark task lives under ``data_root`` and how to parse its files."""
+
     folder: str  # under data_root
     files: dict[str, str]  # split -> file name
     parse: Callable[[Path], list[tuple[int, Record]]]
 
 
-def normalize_label(value, *, path=None, line=None, field="label") -> str:
+def normalize_label(
+    value: Any, *, path: str | Path | None = None, line: int | None = None, field: str = "label"
+) -> str:
     """bool → true/false, integral numbers → '0'/'1', strings stay; None/NaN are errors."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -56,15 +60,21 @@ def normalize_label(value, *, path=None, line=None, field="label") -> str:
 def _jsonl_objects(path: Path) -> list[tuple[int, dict]]:
     out = []
     for i, text in read_lines(path):
-        if text.strip():
-            try:
-                out.append((i, json.loads(text)))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON ({exc.msg})", path=path, line=i) from None
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=path, line=i) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=i)
+        out.append((i, obj))
     return out
 
 
 def _simple_jsonl(text: str, pair: str | None) -> Callable[[Path], list[tuple[int, Record]]]:
+    """SuperGLUE flat records: ``text``/``pair`` fields, ``label``, ``idx`` as the row id."""
+
     def parse(path: Path) -> list[tuple[int, Record]]:
         rows = []
         for i, obj in _jsonl_objects(path):
@@ -84,6 +94,7 @@ _MARKUP = re.compile(r"<br>|<b>Sent \d+: </b>|</?b>")
 
 
 def _multirc(path: Path) -> list[tuple[int, Record]]:
+    """One record per answer: passage text, ``question + " " + answer``, the answer's label."""
     rows = []
     for i, obj in _jsonl_objects(path):
         try:
@@ -102,26 +113,34 @@ def _multirc(path: Path) -> list[tuple[int, Record]]:
     return rows
 
 
-def _tsv(columns: dict[str, str | int], header: bool = True) -> Callable[[Path], list[tuple[int, Record]]]:
-    """columns maps text / text_pair / label (/ row_id) to a header name or a column index."""
+def _tsv(
+    columns: dict[str, str | int], header: bool = True, width: int | None = None
+) -> Callable[[Path], list[tuple[int, Record]]]:
+    """columns maps text / text_pair / label (/ row_id) to a header name or a column index.
+
+    Fields are split on tabs only (no quoting: GLUE text contains bare ``"``); a row must
+    have exactly as many fields as the header (or ``width`` for header-less files).
+    """
 
     def parse(path: Path) -> list[tuple[int, Record]]:
         lines = read_lines(path)
+        if not lines:
+            raise DataError("empty file", path=path)
         names: list[str] = []
         if header:
             names = [h.strip() for h in lines[0][1].split("\t")]
             lines = lines[1:]
-            for key, col in columns.items():
+            for col in columns.values():
                 if isinstance(col, str) and col not in names:
                     raise DataError(f"column '{col}' not in header {names}", path=path, line=1, field=col)
+        expected = len(names) if header else (width or max(c for c in columns.values() if isinstance(c, int)) + 1)
         rows = []
         for i, text in lines:
             if not text.strip():
                 continue
             cells = text.split("\t")
-            width = len(names) if header else max(c for c in columns.values() if isinstance(c, int)) + 1
-            if len(cells) < width:
-                raise DataError(f"expected {width} tab-separated fields, found {len(cells)}", path=path, line=i)
+            if len(cells) != expected:
+                raise DataError(f"expected {expected} tab-separated fields, found {len(cells)}", path=path, line=i)
             get = lambda c: cells[names.index(c)] if isinstance(c, str) else cells[c]  # noqa: E731
             rows.append((i, {
                 "text": get(columns["text"]),
@@ -141,7 +160,7 @@ BUILTIN_FORMATS: dict[str, BuiltinFormat] = {
     "superglue/rte": BuiltinFormat("superglue/RTE", {"validation": "val.jsonl"}, _simple_jsonl("premise", "hypothesis")),
     "superglue/multirc": BuiltinFormat("superglue/MultiRC", {"validation": "val.jsonl"}, _multirc),
     "glue/sst2": BuiltinFormat("glue/SST-2", _GLUE_SPLITS, _tsv({"text": "sentence", "label": "label"})),
-    "glue/cola": BuiltinFormat("glue/CoLA", _GLUE_SPLITS, _tsv({"text": 3, "label": 1}, header=False)),
+    "glue/cola": BuiltinFormat("glue/CoLA", _GLUE_SPLITS, _tsv({"text": 3, "label": 1}, header=False, width=4)),
     "glue/mrpc": BuiltinFormat("glue/MRPC", _GLUE_SPLITS, _tsv({"text": "#1 String", "text_pair": "#2 String", "label": "Quality"})),
     "glue/qnli": BuiltinFormat("glue/QNLI", {"validation": "dev.tsv"}, _tsv({"text": "question", "text_pair": "sentence", "label": "label", "row_id": "index"})),
     "glue/wnli": BuiltinFormat("glue/WNLI", _GLUE_SPLITS, _tsv({"text": "sentence1", "text_pair": "sentence2", "label": "label", "row_id": "index"})),
@@ -150,29 +169,51 @@ _ALIASES = {"glue/sst-2": "glue/sst2"}
 
 
 def canonical_format(fmt: str) -> str | None:
-    key = fmt.lower()
+    """``GLUE/SST-2`` → ``glue/sst2``; None when ``fmt`` is not a built-in reader."""
+    key = fmt.strip().lower()
     key = _ALIASES.get(key, key)
     return key if key in BUILTIN_FORMATS else None
 
 
+def _require(fmt: str) -> str:
+    key = canonical_format(fmt)
+    if key is None:
+        raise DataError(f"unknown built-in format '{fmt}' (known: {sorted(BUILTIN_FORMATS)})")
+    return key
+
+
 def builtin_default_dir(fmt: str, data_root: Path) -> Path:
-    return Path(data_root) / BUILTIN_FORMATS[fmt].folder
+    """Default folder of a built-in task, e.g. ``data_root/superglue/BoolQ``."""
+    return Path(data_root) / BUILTIN_FORMATS[_require(fmt)].folder
 
 
 def read_builtin(fmt: str, folder: Path, task: str) -> dict[str, tuple[Path, list[tuple[int, Record]]]]:
-    """Per split present on disk: (file, records)."""
+    """Per split present on disk: (file, ``[(line, record), ...]``) with standard fields."""
+    fmt = _require(fmt)
     spec = BUILTIN_FORMATS[fmt]
+    folder = Path(folder)
     if not folder.is_dir():
         raise DataError(
-            f"folder for format '{fmt}' not found; set tasks[].path to the folder holding "
-            f"{sorted(spec.files.values())} or data_root to the directory containing '{spec.folder}'",
+            f"folder for format '{fmt}' not found (looked in {folder}); set the task's path: to the "
+            f"folder holding {sorted(spec.files.values())}, or data_root: (or $ELORA_DATA_ROOT) to the "
+            f"directory containing '{spec.folder}'",
             path=folder, task=task,
         )
     out = {}
     for split, name in spec.files.items():
         path = folder / name
         if path.is_file():
-            out[split] = (path, spec.parse(path))
+            out[split] = (path, _parse(spec, path, task))
     if not out:
         raise DataError(f"none of {sorted(spec.files.values())} found", path=folder, task=task)
     return out
+
+
+def _parse(spec: BuiltinFormat, path: Path, task: str) -> list[tuple[int, Record]]:
+    try:
+        rows = spec.parse(path)
+    except DataError as exc:
+        raise DataError(exc.reason, path=exc.path, line=exc.line, field=exc.field, task=task) from None
+    if not rows:
+        raise DataError("no records", path=path, task=task)
+    return rows

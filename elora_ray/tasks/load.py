@@ -7,17 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig, SplitConfig, TaskConfig
+from ..config import GENERIC_FORMATS, RunConfig, SplitConfig, TaskConfig
 from ..errors import DataError
-from .builtin import canonical_format, builtin_default_dir, normalize_label, read_builtin
+from .builtin import BUILTIN_FORMATS, builtin_default_dir, canonical_format, normalize_label, read_builtin
 from .readers import read_records
 from .schema import SPLITS, Example, TaskData
 
 
-def _examples_from_generic(cfg: TaskConfig, split: str, path: Path) -> list[tuple[Example, int, Path]]:
+def _examples_from_generic(cfg: TaskConfig, path: Path) -> list[tuple[Example, int, Path]]:
+    """Map one generic file's records to examples using the task's field names."""
     pair_explicit = "text_pair" in cfg.model_fields_set and cfg.text_pair is not None
     out = []
-    for line, rec in read_records(path, cfg.format):
+    for line, rec in read_records(path, cfg.format, task=cfg.name):
         if cfg.text not in rec:
             raise DataError(f"missing field (record has {sorted(rec)})", path=path, line=line, field=cfg.text, task=cfg.name)
         if cfg.label not in rec:
@@ -28,18 +29,48 @@ def _examples_from_generic(cfg: TaskConfig, split: str, path: Path) -> list[tupl
                 pair = rec[cfg.text_pair]
             elif pair_explicit:
                 raise DataError("missing field", path=path, line=line, field=cfg.text_pair, task=cfg.name)
-        row_id = rec.get("idx", rec.get("id", line))
+        row_id = _row_id(rec, line)
         out.append((_make_example(cfg.name, path, line, row_id, rec[cfg.text], pair, rec[cfg.label], cfg.text, cfg.label), line, path))
     return out
 
 
-def _make_example(task, path, line, row_id, text, pair, label, text_field="text", label_field="label") -> Example:
+def _row_id(rec: dict, line: int) -> str:
+    """The record's ``idx`` or ``id`` (integral floats as ints), else its line number."""
+    for key in ("idx", "id"):
+        value = rec.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return str(value)
+    return str(line)
+
+
+def source_stem(path: str | Path) -> str:
+    """The file part of a sample id: the file stem, or ``{dir}-{split}`` for ``dir::split``."""
+    base, _, split = str(path).partition("::")
+    stem = Path(base).stem
+    return f"{stem}-{split}" if split else stem
+
+
+def _make_example(
+    task: str,
+    path: Path,
+    line: int,
+    row_id: object,
+    text: object,
+    pair: object,
+    label: object,
+    text_field: str = "text",
+    label_field: str = "label",
+) -> Example:
+    """Validate one record (non-empty text, a usable label) and build its :class:`Example`."""
     if not isinstance(text, str) or not text.strip():
         raise DataError("text is empty or not a string", path=path, line=line, field=text_field, task=task)
     if pair is not None and not isinstance(pair, str):
         pair = str(pair)
     return Example(
-        sample_id=f"{task}/{Path(str(path).split('::')[0]).stem}/{row_id}",
+        sample_id=f"{task}/{source_stem(path)}/{row_id}",
         text=text,
         text_pair=pair if pair else None,
         label=normalize_label(label, path=path, line=line, field=label_field),
@@ -47,27 +78,55 @@ def _make_example(task, path, line, row_id, text, pair, label, text_field="text"
 
 
 def _rng(splits: SplitConfig, name: str, purpose: str) -> np.random.Generator:
+    """A generator seeded by the split seed, the task name and the purpose (crc32, not ``hash``)."""
     return np.random.default_rng([splits.seed, zlib.crc32(name.encode()), zlib.crc32(purpose.encode())])
 
 
-def _stratified_take(rows: list, fraction_or_count: float | int, rng: np.random.Generator) -> tuple[list, list]:
-    """Split ``rows`` (Example, …) into (taken, rest), stratified by label, deterministic."""
+Row = tuple[Example, int, Path]
+"""An example with the line and file it came from (for error messages)."""
+
+
+def _allocate(counts: dict[str, int], want: int, keep_in_rest: bool) -> dict[str, int]:
+    """How many rows of each class to take so the total is ``want`` and classes keep their shares.
+
+    ``keep_in_rest``: leave at least one row of every class behind (carving validation/test
+    out of train); otherwise take at least one of every class when ``want`` allows (capping).
+    """
+    n = sum(counts.values())
+    quota = {c: want * m / n for c, m in counts.items()}
+    low = {c: 1 if not keep_in_rest and want >= len(counts) else 0 for c in counts}
+    high = {c: m - 1 if keep_in_rest else m for c, m in counts.items()}
+    k = {c: min(max(int(quota[c]), low[c]), high[c]) for c in counts}
+    while sum(k.values()) < want:
+        room = [c for c in sorted(counts) if k[c] < high[c]]
+        if not room:
+            break
+        k[max(room, key=lambda c: quota[c] - k[c])] += 1
+    while sum(k.values()) > want:
+        k[min((c for c in sorted(counts) if k[c] > low[c]), key=lambda c: quota[c] - k[c])] -= 1
+    return k
+
+
+def _stratified_take(
+    rows: list[Row], count: int, rng: np.random.Generator, keep_in_rest: bool = True
+) -> tuple[list[Row], list[Row]]:
+    """Split ``rows`` into (taken, rest) with ``len(taken) == count`` where possible.
+
+    Stratified by label, deterministic for a given ``rng`` seed; both parts keep file order.
+    """
     by_label: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by_label.setdefault(r[0].label, []).append(i)
-    n_total = len(rows)
-    want = fraction_or_count if isinstance(fraction_or_count, int) else int(round(n_total * fraction_or_count))
-    want = max(0, min(want, n_total))
-    taken: list[int] = []
+    count = max(0, min(count, len(rows)))
+    if not rows:
+        return [], []
+    alloc = _allocate({c: len(v) for c, v in by_label.items()}, count, keep_in_rest)
+    chosen: set[int] = set()
     for label in sorted(by_label):
         idx = by_label[label]
         perm = rng.permutation(len(idx))
-        k = int(round(want * len(idx) / n_total))
-        if len(idx) > 1:
-            k = min(k, len(idx) - 1)  # keep every class in the remainder when possible
-        taken.extend(idx[j] for j in perm[:k])
-    chosen = set(taken)
-    return [rows[i] for i in sorted(chosen)], [rows[i] for i in range(n_total) if i not in chosen]
+        chosen.update(idx[j] for j in perm[: alloc[label]])
+    return [rows[i] for i in sorted(chosen)], [r for i, r in enumerate(rows) if i not in chosen]
 
 
 def _carve(cfg: TaskConfig, splits_cfg: SplitConfig, data: dict[str, list], notes: list[str]) -> dict[str, list]:
@@ -99,11 +158,23 @@ def _carve(cfg: TaskConfig, splits_cfg: SplitConfig, data: dict[str, list], note
 
 
 def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> TaskData:
+    """Read, validate, carve and cap one task; every problem is a :class:`DataError`."""
     notes: list[str] = []
     sources: dict[str, str] = {}
     data: dict[str, list[tuple[Example, int, Path]]] = {}
     builtin = canonical_format(cfg.format)
+    if builtin is None and cfg.format.lower() not in GENERIC_FORMATS:
+        raise DataError(
+            f"unknown format '{cfg.format}' (generic: {list(GENERIC_FORMATS)}; built-in: {sorted(BUILTIN_FORMATS)})",
+            task=cfg.name,
+        )
     if builtin is not None:
+        given = [s for s in SPLITS if getattr(cfg, s)]
+        if given:
+            raise DataError(
+                f"format '{cfg.format}' reads its own files; remove {given} and point path: at the folder instead",
+                task=cfg.name,
+            )
         folder = Path(cfg.path) if cfg.path else builtin_default_dir(builtin, data_root)
         for split, (path, records) in read_builtin(builtin, folder, cfg.name).items():
             data[split] = [
@@ -116,7 +187,7 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
         if not files:
             raise DataError("no data files: set at least one of train / validation / test (or a built-in format)", task=cfg.name)
         for split, f in files.items():
-            data[split] = _examples_from_generic(cfg, split, Path(f))
+            data[split] = _examples_from_generic(cfg, Path(f))
             sources[split] = str(f)
     if not any(data.values()):
         raise DataError("empty task: no examples in any split", task=cfg.name)
@@ -135,7 +206,9 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
             raise DataError(f"max_samples: unknown split '{split}' (use {list(SPLITS)})", task=cfg.name)
         if len(data[split]) > cap:
             n = len(data[split])
-            data[split], _ = _stratified_take(data[split], cap, _rng(splits_cfg, cfg.name, f"cap-{split}"))
+            data[split], _ = _stratified_take(
+                data[split], cap, _rng(splits_cfg, cfg.name, f"cap-{split}"), keep_in_rest=False
+            )
             notes.append(f"{split} capped at {len(data[split])} of {n} (seeded, stratified)")
 
     train_labels = sorted({ex.label for ex, _, _ in data["train"]})

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import DataError
 
@@ -19,10 +19,13 @@ EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", 
 
 
 def detect_format(path: Path) -> str:
+    """Format from the extension; a directory (or ``dir::split``) is ``hf_disk``."""
     base = Path(str(path).split("::", 1)[0])
     if base.is_dir():
         return "hf_disk"
     fmt = EXTENSIONS.get(base.suffix.lower())
+    if fmt is None and not base.exists():
+        raise DataError("file not found", path=path)
     if fmt is None:
         raise DataError(f"cannot tell the format from the extension '{base.suffix}'; set format: jsonl|json|csv|tsv|parquet|hf_disk", path=path)
     return fmt
@@ -141,20 +144,41 @@ def _hf_disk(path: Path) -> list[tuple[int, Record]]:
     return [(i, r) for i, r in enumerate(ds, start=1)]
 
 
-def read_records(path: str | Path, fmt: str = "auto") -> list[tuple[int, Record]]:
+def read_records(path: str | Path, fmt: str = "auto", task: str | None = None) -> list[tuple[int, Record]]:
+    """Read ``path`` as ``fmt`` (``auto``: by extension, a directory is ``hf_disk``).
+
+    Returns ``[(line, record), ...]``; every problem raises :class:`DataError` naming the
+    file (and ``task`` when given), plus the line where it is known.
+    """
     path = Path(path)
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    readers = {
-        "jsonl": _jsonl,
-        "json": _json,
-        "csv": lambda p: _delimited(p, ","),
-        "tsv": lambda p: _delimited(p, "\t"),
-        "parquet": _parquet,
-        "hf_disk": _hf_disk,
-    }
-    if fmt not in readers:
-        raise DataError(f"unknown format '{fmt}'", path=path)
-    records = readers[fmt](path)
-    if not records:
-        raise DataError("no records", path=path)
+    try:
+        fmt = detect_format(path) if fmt == "auto" else fmt.lower()
+        reader = _READERS.get(fmt)
+        if reader is None:
+            raise DataError(f"unknown format '{fmt}' (use one of {sorted(_READERS)} or auto)", path=path)
+        records = reader(path)
+        if not records:
+            raise DataError("no records", path=path)
+    except DataError as exc:
+        if task is None or exc.task is not None:
+            raise
+        raise DataError(exc.reason, path=exc.path, line=exc.line, field=exc.field, task=task) from None
     return records
+
+
+def _csv(path: Path) -> list[tuple[int, Record]]:
+    return _delimited(path, ",")
+
+
+def _tsv(path: Path) -> list[tuple[int, Record]]:
+    return _delimited(path, "\t")
+
+
+_READERS: dict[str, Callable[[Path], list[tuple[int, Record]]]] = {
+    "jsonl": _jsonl,
+    "json": _json,
+    "csv": _csv,
+    "tsv": _tsv,
+    "parquet": _parquet,
+    "hf_disk": _hf_disk,
+}
