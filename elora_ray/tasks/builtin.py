@@ -14,14 +14,13 @@ Split policy:
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DataError
-from .readers import read_lines
+from .readers import _jsonl, read_lines
 
 Record = dict[str, Any]
 
@@ -58,18 +57,7 @@ def normalize_label(
 
 
 def _jsonl_objects(path: Path) -> list[tuple[int, dict]]:
-    out = []
-    for i, text in read_lines(path):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=path, line=i) from None
-        if not isinstance(obj, dict):
-            raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=i)
-        out.append((i, obj))
-    return out
+    return _jsonl(path)
 
 
 def _simple_jsonl(text: str, pair: str | None) -> Callable[[Path], list[tuple[int, Record]]]:
