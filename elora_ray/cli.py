@@ -56,6 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
                        "model.max_length, run a forward/backward pass and write --out/model.json.")
     _common(p)
 
+    p = sub.add_parser("featurize", help="projected per-sample gradients at θ* (Ray Data); resumable",
+                       description="Stream every train/validation sample through a Ray Data actor pool that "
+                       "computes the JL-projected per-sample gradient of the gold-class log-odds w.r.t. the "
+                       "adapter at initialisation (encoders: after a linear probe of the task heads). Writes "
+                       "--out/features/<split>/<task>/part-*.parquet; a rerun skips finished shards.")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="recompute even if the features are current")
+
+    p = sub.add_parser("estimate", help="k subset regressions (Ray tasks) → affinity.csv",
+                       description="Sample k task subsets, fit the linearised fine-tuning surrogate on each "
+                       "(one Ray task per batch of subsets), evaluate every member task on validation, and "
+                       "write estimate/results.parquet and the affinity matrix (affinity.csv). Runs "
+                       "prepare/featurize first if their artifacts are missing.")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="re-solve even if the results are current")
+
+    p = sub.add_parser("cluster", help="SDP clustering of affinity.csv → groups.json + plots/affinity.png",
+                       description="Partition the tasks into m groups by the SDP relaxation of average "
+                       "intra-cluster density (m automatic or cluster.num_groups). Runs the earlier stages "
+                       "first if their artifacts are missing.")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="recluster even if groups.json is current")
+
     p = sub.add_parser("validate", help="validate the config and data without writing anything",
                        description="Validate the configuration and load every task; print a summary.")
     _common(p, out=False)
@@ -104,6 +127,13 @@ def _cmd_check_model(args) -> None:
     check_model(cfg, read_prepared(args.out), args.out)
 
 
+def _cmd_stage(args) -> None:
+    from .pipeline import run_stages
+
+    cfg = load_config(args.config, args.overrides)
+    run_stages(cfg, args.out, until=args.command, force_last=args.force)
+
+
 def _cmd_validate(args) -> None:
     from .runlog import setup_logging
     from .tasks.load import load_tasks
@@ -149,6 +179,9 @@ COMMANDS = {
     "run": _cmd_run,
     "prepare": _cmd_prepare,
     "check-model": _cmd_check_model,
+    "featurize": _cmd_stage,
+    "estimate": _cmd_stage,
+    "cluster": _cmd_stage,
     "validate": _cmd_validate,
     "config": _cmd_config,
     "suite": _cmd_suite,
@@ -164,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         COMMANDS[args.command](args)
-    except (EloraError, ConfigError) as exc:
+    except (EloraError, ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """``elora run``: the stages in order, each resumable from the run directory's artifacts.
 
-Stages so far: prepare (data) → model check. Later stages (featurize, estimate, cluster,
-train, boost, combine, evaluate) are appended here as they land.
+Stages so far: prepare (data) → model check → featurize → estimate → cluster. Later stages
+(train, boost, combine, evaluate) are appended here as they land. Every stage skips itself
+when its artifacts match the current configuration, so rerunning a command resumes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .prepare import prepare, read_prepared
 from .runlog import setup_logging
 
 log = logging.getLogger(__name__)
+STAGES = ("prepare", "model_check", "featurize", "estimate", "cluster")
 
 
 def init_run_dir(cfg: RunConfig, out: Path) -> None:
@@ -26,26 +28,53 @@ def init_run_dir(cfg: RunConfig, out: Path) -> None:
     write_text(out / "config.yaml", dump_config(cfg))
 
 
-def run_pipeline(cfg: RunConfig, out: Path, force: bool = False) -> dict:
+def run_stages(cfg: RunConfig, out: Path, until: str = "cluster", force: bool = False, force_last: bool = False) -> dict:
+    """Run the stages up to and including ``until``; returns {stage: result, "_seconds": {...}}."""
+    until = until.replace("-", "_")
+    if until not in STAGES:
+        raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     init_run_dir(cfg, out)
+    results: dict = {}
+    seconds: dict[str, float] = {}
+    last = STAGES.index(until)
+    for i, stage in enumerate(STAGES[: last + 1]):
+        f = force or (force_last and i == last)
+        t = time.perf_counter()
+        if stage == "prepare":
+            results[stage] = prepare(cfg, out, force=f)
+        elif stage == "model_check":
+            results[stage] = check_model(cfg, read_prepared(out), out)
+        elif stage == "featurize":
+            from .featurize import featurize
+
+            results[stage] = featurize(cfg, out, force=f)
+        elif stage == "estimate":
+            from .estimate import estimate
+
+            results[stage] = estimate(cfg, out, force=f)
+        elif stage == "cluster":
+            from .cluster.stage import cluster_stage
+
+            results[stage] = cluster_stage(cfg, out, force=f)
+        seconds[stage] = round(time.perf_counter() - t, 2)
+    results["_seconds"] = seconds
+    return results
+
+
+def run_pipeline(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    manifest = prepare(cfg, out, force=force)
-    timings["prepare"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    tasks = read_prepared(out)
-    model_info = check_model(cfg, tasks, out)
-    timings["model_check"] = time.perf_counter() - t
-
+    res = run_stages(cfg, out, "cluster", force=force)
+    feats, est, groups = res["featurize"], res["estimate"], res["cluster"]
     report = {
-        "stages": list(timings),
-        "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "stages": list(res["_seconds"]),
+        "stage_seconds": res["_seconds"],
         "wall_s": round(time.perf_counter() - t0, 2),
-        "tasks": manifest["tasks"],
-        "model": model_info,
+        "tasks": res["prepare"]["tasks"],
+        "model": res["model_check"],
+        "featurize": {k: feats[k] for k in ("dim", "samples", "tokens", "flops", "gradient_parameters", "seconds")},
+        "estimate": {k: est[k] for k in ("num_subsets", "subset_size", "coverage", "metric", "seconds")},
+        "groups": groups["groups"],
+        "clustering": {k: groups.get(k) for k in ("m", "score", "method", "reason", "planted_ari")},
     }
     write_json(out / "report.json", report)
     write_text(out / "report.md", render_report_md(report))
@@ -84,6 +113,24 @@ def render_report_md(report: dict) -> str:
         f"- initial mixed-batch loss: {m['initial_loss']:.4f}",
         "",
     ]
+    if "featurize" in report:
+        f, e, c = report["featurize"], report["estimate"], report["clustering"]
+        lines += [
+            "## Task affinity grouping (Algorithm 1)",
+            "",
+            f"- featurize: {f['samples']:,} samples, gradients of {f['gradient_parameters']:,} adapter parameters "
+            f"projected to d={f['dim']} ({f['seconds']} s, {f['flops']:.3g} FLOPs)",
+            f"- estimate: {e['num_subsets']} subsets of {e['subset_size']} tasks, pair coverage "
+            f"{100 * e['coverage']:.0f}% ({e['seconds']} s); affinity: `affinity.csv`, heatmap `plots/affinity.png`",
+            f"- cluster: m={c['m']} by {c['method']} (average density {c['score']:.4g})"
+            + (f"; fallback reason: {c['reason']}" if c.get("reason") else "")
+            + (f"; adjusted Rand index vs the planted groups: {c['planted_ari']:.3f}" if c.get("planted_ari") is not None else ""),
+            "",
+            "| group | tasks |",
+            "|---:|---|",
+        ]
+        lines += [f"| {i} | {', '.join(g)} |" for i, g in enumerate(report["groups"])]
+        lines.append("")
     return "\n".join(lines)
 
 

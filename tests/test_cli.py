@@ -9,7 +9,8 @@ import pytest
 
 from elora_ray.cli import main
 
-TINY = ["--set", "model.name_or_path=tiny-bert", "--set", "suite.samples_per_task=40"]
+TINY = ["--set", "model.name_or_path=tiny-bert", "--set", "suite.samples_per_task=40", "--set", "featurize.dim=32",
+        "--set", "estimate.num_subsets=30", "--set", "cluster.max_groups=4"]
 
 
 def test_help_for_every_subcommand(capsys):
@@ -17,7 +18,7 @@ def test_help_for_every_subcommand(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("run", "prepare", "check-model", "validate", "config", "suite", "formats"):
+    for cmd in ("run", "prepare", "check-model", "featurize", "estimate", "cluster", "validate", "config", "suite", "formats"):
         assert cmd in out
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
@@ -33,7 +34,11 @@ def test_run_writes_artifacts_and_resumes(tmp_path, caplog):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *TINY]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["stages"] == ["prepare", "model_check"]
+    assert report["stages"] == ["prepare", "model_check", "featurize", "estimate", "cluster"]
+    groups = json.loads((out / "groups.json").read_text())
+    assert sorted(t for g in report["groups"] for t in g) == sorted(manifest_tasks(out))
+    assert groups["groups"] == report["groups"] and -1 <= groups["planted_ari"] <= 1
+    assert (out / "affinity.csv").is_file() and (out / "plots" / "affinity.png").stat().st_size > 0
     assert (out / "report.md").is_file() and (out / "run.log").is_file() and (out / "config.yaml").is_file()
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert len(manifest["tasks"]) == 10
@@ -48,6 +53,11 @@ def test_run_writes_artifacts_and_resumes(tmp_path, caplog):
     assert main(["run", "--out", str(out), *TINY]) == 0
     assert (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns == before
     assert "already prepared" in caplog.text
+    assert "features complete" in caplog.text and "results complete" in caplog.text and "up to date" in caplog.text
+
+
+def manifest_tasks(out):
+    return list(json.loads((out / "data" / "manifest.json").read_text())["tasks"])
 
 
 def test_bad_config_is_a_clean_error(tmp_path, capsys):

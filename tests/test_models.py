@@ -25,9 +25,19 @@ def test_encoder_mixed_task_batch(tiny_bert):
     assert logits.shape == (3, 3)
     assert torch.isinf(logits[0, 2]) and torch.isinf(logits[2, 2]) and torch.isfinite(logits[1]).all()
     # each row uses its own task's head: recompute row 1 by hand
-    pooled = tiny_bert.pooled(b["input_ids"], b["attention_mask"])
+    pooled = tiny_bert.pooled(b["input_ids"], b["attention_mask"], b["token_type_ids"])
     torch.testing.assert_close(logits[1], tiny_bert.heads[1](pooled[1]))
     assert tiny_bert.kind == "encoder"
+    assert b["token_type_ids"][1].max() == 1 and b["token_type_ids"][0].max() == 0
+
+
+def test_encoder_sample_encoding_does_not_depend_on_the_batch(tiny_bert):
+    alone = tiny_bert.tokenize(["sent"], ["good film"])
+    mixed = tiny_bert.tokenize(["nli", "sent"], ["a man sleeps in the big old house", "good film"], ["a person rests", None])
+    n = int(alone["attention_mask"].sum())
+    assert torch.equal(mixed["input_ids"][1, :n], alone["input_ids"][0, :n])
+    assert mixed["attention_mask"][1].sum() == n
+    torch.testing.assert_close(tiny_bert(**mixed)[1], tiny_bert(**alone)[0], atol=1e-5, rtol=1e-4)
 
 
 def test_encoder_counts_truncation(tiny_bert):

@@ -32,36 +32,54 @@ class EncoderClassifier(MultiTaskClassifier):
         self.pooling = pooling
         hidden = backbone.config.hidden_size
         self.heads = nn.ModuleList(nn.Linear(hidden, len(t.labels)) for t in self.tasks)
+        self.uses_token_types = getattr(backbone.config, "type_vocab_size", 0) > 1
 
     def tokenize(self, tasks, texts, text_pairs=None, stats: TokenizeStats | None = None) -> dict[str, torch.Tensor]:
+        """Token ids padded to the longest sample. A sample's ids never depend on the batch:
+        samples with and without a text pair are encoded separately, then padded together."""
+        texts = list(texts)
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
-        has_pair = [p is not None for p in pairs]
-        if any(has_pair) and not all(has_pair):
-            # Mixed batches: pair-less samples get an empty second segment.
-            pairs = [p if p is not None else "" for p in pairs]
-        enc = self.tokenizer(
-            list(texts),
-            pairs if any(has_pair) else None,
-            truncation=True,
-            max_length=self.max_length,
-            padding=True,
-            return_tensors="pt",
-            return_overflowing_tokens=False,
-            return_length=False,
-        )
-        if stats is not None:
-            full = self.tokenizer(list(texts), pairs if any(has_pair) else None, truncation=False)["input_ids"]
-            for name, ids in zip(tasks, full):
-                if len(ids) > self.max_length:
-                    stats.add(name)
-        return {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "task_index": self.task_ids(tasks),
-        }
+        ids: list[list[int]] = [[] for _ in texts]
+        types: list[list[int]] = [[] for _ in texts]
+        for with_pair in (False, True):
+            rows = [i for i, p in enumerate(pairs) if (p is not None) == with_pair]
+            if not rows:
+                continue
+            enc = self.tokenizer(
+                [texts[i] for i in rows],
+                [pairs[i] for i in rows] if with_pair else None,
+                truncation=True,
+                max_length=self.max_length,
+            )
+            for j, i in enumerate(rows):
+                ids[i] = enc["input_ids"][j]
+                types[i] = enc["token_type_ids"][j] if "token_type_ids" in enc else [0] * len(ids[i])
+            if stats is not None:
+                full = self.tokenizer(
+                    [texts[i] for i in rows], [pairs[i] for i in rows] if with_pair else None, truncation=False
+                )["input_ids"]
+                for j, i in enumerate(rows):
+                    if len(full[j]) > self.max_length:
+                        stats.add(tasks[i])
+        width = max(len(r) for r in ids)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        token_type = torch.zeros((len(ids), width), dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, r in enumerate(ids):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            token_type[i, : len(r)] = torch.tensor(types[i])
+            mask[i, : len(r)] = 1
+        out = {"input_ids": input_ids, "attention_mask": mask, "task_index": self.task_ids(tasks)}
+        if self.uses_token_types:
+            out["token_type_ids"] = token_type
+        return out
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def pooled(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        kw = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -75,5 +93,5 @@ class EncoderClassifier(MultiTaskClassifier):
             out[rows, : head.out_features] = head(pooled[rows].to(head.weight.dtype)).to(out.dtype)
         return out
 
-    def forward(self, input_ids, attention_mask, task_index) -> torch.Tensor:
-        return self.head_logits(self.pooled(input_ids, attention_mask), task_index)
+    def forward(self, input_ids, attention_mask, task_index, token_type_ids=None) -> torch.Tensor:
+        return self.head_logits(self.pooled(input_ids, attention_mask, token_type_ids), task_index)

@@ -1,0 +1,226 @@
+"""Cluster tasks into groups: SDP relaxation + rounding, choosing the number of groups, with a spectral fallback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from .objective import (
+    average_density,
+    canonical_labels,
+    labels_to_groups,
+    symmetrize,
+    trace_objective,
+    validate_affinity,
+)
+from .rounding import Eig, round_fixed_m, round_trace, spectral_eig, spectral_partition
+from .sdp import SDPSolveError, solve_sdp_info
+
+log = logging.getLogger(__name__)
+
+#: Above this many tasks the SDP is skipped for the spectral fallback. Measured here (2 shared CPU cores,
+#: SCS, single-threaded, cvxpy compile included), one fixed-m solve takes 0.02-0.04 s at n=20, 0.07-0.3 s at
+#: n=50, 0.3-1.8 s at n=100, 0.8-3.8 s at n=150 and 1.8-7.1 s at n=200 (~15 s at n=500); "auto" solves one
+#: SDP per m in 2..8 and rounds each, which took 8 s in total at n=100 but 15-33 s at n=150.
+#: 100 keeps a whole "auto" selection around 10 s. (CLARABEL is far slower: 0.9-1.9 s at n=50, 18-51 s
+#: at n=100, and at n=200 it was killed after 2 minutes at 22 GB of memory.)
+DEFAULT_MAX_SDP_TASKS = 100
+#: Above this many tasks CLARABEL (interior point) needs minutes and many GB; a warning suggests SCS.
+CLARABEL_WARN_TASKS = 60
+#: SCS iteration cap used when the caller gives none (typical solves need 200-1500 iterations); a solve
+#: that hits it comes back "optimal_inaccurate" and that m falls back to the spectral method.
+DEFAULT_SCS_MAX_ITERS = 5000
+
+
+@dataclass
+class ClusterResult:
+    """The chosen partition of the tasks, and how it was found."""
+
+    labels: list[int]  # cluster index per task, clusters numbered 0..m-1 by first appearance
+    groups: list[list[str]]  # task names per cluster
+    m: int
+    score: float  # average density of the chosen partition
+    method: str  # "sdp" | "sdp-trace" | "spectral-fallback"
+    reason: str | None  # why a fallback was used, else None
+    candidates: list[dict] = field(default_factory=list)  # one row per m tried
+
+    def to_dict(self) -> dict:
+        """Plain-JSON-types dict of every field."""
+        return asdict(self)
+
+
+def _validate(
+    T: object, names: Sequence[str], num_groups: int | str, max_groups: int, trace_weight: float | None,
+    solver: str, max_sdp_tasks: int,
+) -> np.ndarray:
+    """Check every argument of :func:`cluster_tasks`; return T as a float array or raise ``ValueError``."""
+    T = validate_affinity(T)
+    n = T.shape[0]
+    if isinstance(names, str) or len(names) != n:
+        got = "a single string" if isinstance(names, str) else f"{len(names)} names"
+        raise ValueError(f"names must list one name per task: the affinity matrix has {n} tasks, got {got}")
+    if len(set(map(str, names))) != n:
+        dup = sorted({str(x) for x in names if list(map(str, names)).count(str(x)) > 1})
+        raise ValueError(f"task names must be unique; repeated: {dup}")
+    if isinstance(num_groups, str):
+        if num_groups != "auto":
+            raise ValueError(f"num_groups must be an integer or 'auto'; got {num_groups!r}")
+    elif isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)):
+        raise ValueError(f"num_groups must be an integer or 'auto'; got {num_groups!r}")
+    elif not 1 <= num_groups <= n:
+        raise ValueError(f"num_groups must be between 1 and the number of tasks ({n}); got {num_groups}")
+    if isinstance(max_groups, bool) or not isinstance(max_groups, (int, np.integer)) or max_groups < 1:
+        raise ValueError(f"max_groups must be a positive integer; got {max_groups!r}")
+    if trace_weight is not None:
+        if num_groups != "auto":
+            raise ValueError("give either num_groups or trace_weight, not both (trace_weight chooses m itself)")
+        if not np.isfinite(trace_weight):
+            raise ValueError(f"trace_weight must be a finite number; got {trace_weight}")
+    import cvxpy as cp
+
+    if solver.upper() not in cp.installed_solvers():
+        raise ValueError(f"solver {solver!r} is not installed for cvxpy; installed: {cp.installed_solvers()}")
+    if max_sdp_tasks < 0:
+        raise ValueError(f"max_sdp_tasks must be >= 0; got {max_sdp_tasks}")
+    return T
+
+
+def _fixed_m(S: np.ndarray, m: int, *, use_sdp: bool, reason: str | None, solver: str,
+             max_iters: int | None, seed: int, eig: Eig | None) -> tuple[np.ndarray, dict, str | None]:
+    """Partition into exactly m groups; return labels, the candidate row and the fallback reason (or None)."""
+    t0 = time.perf_counter()
+    status, rounding = "skipped", None
+    if use_sdp:
+        try:
+            X, status, solve_s = solve_sdp_info(S, num_groups=m, solver=solver, max_iters=max_iters)
+            lab, rounding = round_fixed_m(S, X, m, seed=seed, eig=eig)
+            row = {"m": m, "score": average_density(S, lab), "solve_s": solve_s, "method": "sdp",
+                   "status": status, "rounding": rounding}
+            return lab, row, None
+        except SDPSolveError as exc:
+            status = exc.status
+            reason = f"SDP solve failed for m={m} ({exc}); used the spectral method instead"
+            log.warning("task clustering: %s", reason)
+    lab, rounding = spectral_partition(S, m, seed=seed, eig=eig)
+    row = {"m": m, "score": average_density(S, lab), "solve_s": time.perf_counter() - t0,
+           "method": "spectral-fallback", "status": status, "rounding": rounding}
+    return lab, row, reason
+
+
+def _trace_mode(S: np.ndarray, trace_weight: float, *, use_sdp: bool, reason: str | None, solver: str,
+                max_iters: int | None, max_groups: int, seed: int,
+                progress: bool) -> tuple[np.ndarray, list[dict], str, str | None]:
+    """Trace-regularised SDP + threshold rounding; falls back to spectral m-selection on the same objective."""
+    n = S.shape[0]
+    if use_sdp:
+        try:
+            X, status, solve_s = solve_sdp_info(S, trace_weight=trace_weight, solver=solver, max_iters=max_iters)
+            lab, rounding = round_trace(S, X, trace_weight, seed=seed)
+            row = {"m": int(lab.max()) + 1, "score": average_density(S, lab), "solve_s": solve_s,
+                   "method": "sdp-trace", "status": status, "rounding": rounding,
+                   "objective": trace_objective(S, lab, trace_weight), "trace_X": float(np.trace(X))}
+            return lab, [row], "sdp-trace", None
+        except SDPSolveError as exc:
+            reason = f"trace-regularised SDP solve failed ({exc}); used the spectral method instead"
+            log.warning("task clustering: %s", reason)
+    best, rows = None, []
+    ms = range(1, min(max_groups, n) + 1)
+    eig = spectral_eig(S, ms[-1])
+    for m in tqdm(ms, desc="cluster: m candidates", disable=not progress):
+        lab, row, _ = _fixed_m(S, m, use_sdp=False, reason=None, solver=solver, max_iters=max_iters, seed=seed,
+                               eig=eig)
+        row["objective"] = trace_objective(S, lab, trace_weight)
+        rows.append(row)
+        if best is None or row["objective"] > best[1] + 1e-9 * (1 + abs(best[1])):
+            best = (lab, row["objective"])
+    return best[0], rows, "spectral-fallback", reason
+
+
+def cluster_tasks(
+    T: np.ndarray,
+    names: Sequence[str],
+    *,
+    num_groups: int | str = "auto",
+    max_groups: int = 8,
+    trace_weight: float | None = None,
+    solver: str = "SCS",
+    max_sdp_tasks: int = DEFAULT_MAX_SDP_TASKS,
+    seed: int = 0,
+    progress: bool = False,
+    max_iters: int | None = None,
+) -> ClusterResult:
+    """Partition n tasks into groups maximising the average intra-cluster density of the affinity ``T``.
+
+    ``num_groups``: an int fixes m; ``"auto"`` tries every m in 2..min(max_groups, n) (n == 1 gives m = 1)
+    and keeps the best average density, ties going to the smaller m. ``trace_weight`` selects the paper's
+    trace-regularised SDP instead, where m comes out of the rounding (``num_groups`` must stay "auto").
+    With more than ``max_sdp_tasks`` tasks, or when the solver fails or is inaccurate, the spectral
+    fallback is used: a warning is logged and ``method``/``reason`` of the result say so.
+    ``max_iters`` caps solver iterations (default: 5000 for SCS, the solver's own default otherwise).
+    """
+    # single-threaded BLAS/OpenMP: see rounding.single_threaded for the measurements behind this
+    with threadpool_limits(limits=1):
+        return _cluster_tasks(T, names, num_groups=num_groups, max_groups=max_groups, trace_weight=trace_weight,
+                              solver=solver, max_sdp_tasks=max_sdp_tasks, seed=seed, progress=progress,
+                              max_iters=max_iters)
+
+
+def _cluster_tasks(
+    T: np.ndarray,
+    names: Sequence[str],
+    *,
+    num_groups: int | str = "auto",
+    max_groups: int = 8,
+    trace_weight: float | None = None,
+    solver: str = "SCS",
+    max_sdp_tasks: int = DEFAULT_MAX_SDP_TASKS,
+    seed: int = 0,
+    progress: bool = False,
+    max_iters: int | None = None,
+) -> ClusterResult:
+    """Implementation of :func:`cluster_tasks` (runs inside its thread limit)."""
+    T = _validate(T, names, num_groups, max_groups, trace_weight, solver, max_sdp_tasks)
+    S = symmetrize(T)
+    n = S.shape[0]
+    if max_iters is None and solver.upper() == "SCS":
+        max_iters = DEFAULT_SCS_MAX_ITERS
+    use_sdp, reason = True, None
+    if solver.upper() == "CLARABEL" and CLARABEL_WARN_TASKS < n <= max_sdp_tasks:
+        log.warning("task clustering: CLARABEL on %d tasks may take minutes and many GB of memory "
+                    "(measured ~20-50 s per SDP at n=100); SCS is much faster", n)
+    if n > max_sdp_tasks:
+        use_sdp = False
+        reason = (f"{n} tasks > max_sdp_tasks={max_sdp_tasks}: the SDP would take too long, "
+                  "used spectral embedding + k-means + local search instead")
+        log.warning("task clustering: %s", reason)
+
+    if trace_weight is not None:
+        lab, rows, method, reason = _trace_mode(S, float(trace_weight), use_sdp=use_sdp, reason=reason,
+                                                solver=solver, max_iters=max_iters, max_groups=max_groups,
+                                                seed=seed, progress=progress)
+    else:
+        ms = [int(num_groups)] if num_groups != "auto" else list(range(2, min(max_groups, n) + 1)) or [1]
+        best: tuple[np.ndarray, dict, str | None] | None = None
+        rows = []
+        eig = spectral_eig(S, max(ms))
+        for m in tqdm(ms, desc="cluster: m candidates", disable=not progress or len(ms) < 2):
+            lab_m, row, why = _fixed_m(S, m, use_sdp=use_sdp, reason=reason, solver=solver,
+                                       max_iters=max_iters, seed=seed, eig=eig)
+            rows.append(row)
+            if best is None or row["score"] > best[1]["score"] + 1e-9 * (1 + abs(best[1]["score"])):
+                best = (lab_m, row, why)
+        lab, method, reason = best[0], best[1]["method"], best[2]
+
+    lab = canonical_labels(lab)
+    result = ClusterResult(labels=[int(x) for x in lab], groups=labels_to_groups(lab, names),
+                           m=int(lab.max()) + 1, score=average_density(S, lab), method=method,
+                           reason=reason, candidates=rows)
+    log.info("task clustering: %d tasks -> %d groups (method %s, average density %.4g)",
+             n, result.m, method, result.score)
+    return result

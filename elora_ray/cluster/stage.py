@@ -1,0 +1,62 @@
+"""Stage 3 — cluster: partition the tasks by the affinity matrix; ``groups.json`` + heatmap.
+
+Reads ``affinity.csv`` (written by ``estimate``), writes ``groups.json`` (groups, m, score,
+method, candidates, and — on the embedded suite — the adjusted Rand index against the
+planted groups) and ``plots/affinity.png`` ordered by cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from ..config import RunConfig
+from ..io import write_json
+from .plot import plot_affinity
+from .select import cluster_tasks
+
+log = logging.getLogger(__name__)
+
+
+def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
+    from ..estimate.stage import read_affinity
+
+    names, A = read_affinity(run_dir)
+    c = cfg.cluster
+    fp_src = {"affinity": hashlib.sha256((run_dir / "affinity.csv").read_bytes()).hexdigest()[:16],
+              "cluster": c.model_dump(mode="json"), "seed": cfg.seed}
+    fp = hashlib.sha256(json.dumps(fp_src, sort_keys=True).encode()).hexdigest()[:16]
+    out = run_dir / "groups.json"
+    if out.is_file() and not force:
+        prev = json.loads(out.read_text())
+        if prev.get("fingerprint") == fp:
+            log.info("cluster: groups.json is up to date (fingerprint %s), skipping", fp)
+            return prev
+    kwargs = {}
+    if c.max_sdp_tasks is not None:
+        kwargs["max_sdp_tasks"] = c.max_sdp_tasks
+    result = cluster_tasks(
+        A, names, num_groups=c.num_groups, max_groups=min(c.max_groups, len(names)), trace_weight=c.trace_weight,
+        solver=c.solver, seed=cfg.seed, progress=progress, **kwargs,
+    )
+    if result.reason:
+        log.warning("cluster: %s used: %s", result.method, result.reason)
+    data = {"fingerprint": fp, **result.to_dict()}
+    if not cfg.tasks:  # the embedded suite knows its answer
+        from sklearn.metrics import adjusted_rand_score
+
+        from ..tasks.suite import planted_groups
+
+        planted = planted_groups(cfg.suite)
+        truth = {t: g for g, grp in enumerate(planted) for t in grp}
+        if set(truth) == set(names):
+            data["planted_groups"] = planted
+            data["planted_ari"] = float(adjusted_rand_score([truth[n] for n in names], result.labels))
+            log.info("cluster: adjusted Rand index against the planted groups: %.3f", data["planted_ari"])
+    plot_affinity(A, names, result.groups, run_dir / "plots" / "affinity.png",
+                  title=f"task affinity (m={result.m}, {result.method})")
+    write_json(out, data)
+    log.info("cluster: m=%d groups (%s, average density %.4g): %s", result.m, result.method, result.score, result.groups)
+    return data

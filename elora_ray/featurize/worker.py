@@ -1,0 +1,109 @@
+"""The Ray Data actor: loads θ* once, then maps batches of samples to features.
+
+``mode="pooled"``: frozen pooled encoder features (input of the linear probe).
+``mode="gradients"``: h0 = gold-class log-odds at θ* and the JL-projected per-sample
+gradient of h w.r.t. the adapter, one forward + one backward per batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..models.classifier import TaskSpec
+from .gradients import PerSampleGradients, gold_log_odds, gradient_layers
+from .model_at_init import build_model_at_init
+from .projection import JLProjector
+
+PROJECTION_SALT = 0x9E3779B9  # P's seed differs from the adapter-init seed
+
+
+def projection_seed(cfg: RunConfig) -> int:
+    return (cfg.seed * 1_000_003 + PROJECTION_SALT) % (2**62)
+
+
+class SampleFeaturizer:
+    """Callable class for ``Dataset.map_batches(..., compute=ActorPoolStrategy(...))``."""
+
+    def __init__(self, cfg_data: dict, specs: list[dict], heads_path: str | None, mode: str, threads: int = 1) -> None:
+        torch.set_num_threads(max(1, int(threads)))
+        self.cfg = RunConfig.model_validate(cfg_data)
+        self.mode = mode
+        self.device = torch.device("cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
+        task_specs = [TaskSpec(s["name"], tuple(s["labels"]), s.get("verbalizer")) for s in specs]
+        t0 = time.perf_counter()
+        self.peft_model, self.model = build_model_at_init(self.cfg, task_specs, heads_path, self.device)
+        self.load_s = time.perf_counter() - t0
+        for name, p in self.peft_model.named_parameters():
+            p.requires_grad_(False)
+        if mode == "gradients":
+            self.layers = gradient_layers_for(self.peft_model)
+            self.projector = JLProjector(
+                sum(g.size for g in self.layers), self.cfg.featurize.dim, projection_seed(self.cfg),
+                self.cfg.featurize.projection, self.cfg.featurize.block_rows, self.cfg.featurize.cache_limit_mb,
+                self.device,
+            )
+        self.flops_per_token: float | None = None
+
+    def _tokenize(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        pairs = batch.get("text_pair")
+        pair_list = [None if (p is None or (isinstance(p, float) and np.isnan(p))) else str(p) for p in pairs] if pairs is not None else None
+        enc = self.model.tokenize([str(t) for t in batch["task"]], [str(t) for t in batch["text"]], pair_list)
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        enc = self._tokenize(batch)
+        out: dict[str, Any] = {k: batch[k] for k in ("task", "split", "sample_id", "label", "label_id", "shard")}
+        tokens = enc["attention_mask"].sum(1).cpu().numpy().astype(np.int32)
+        out["tokens"] = tokens
+        if self.mode == "pooled":
+            with torch.no_grad():
+                pooled = self.model.pooled(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+            out["pooled"] = pooled.float().cpu().numpy()
+            return out
+        labels = torch.tensor(np.array(batch["label_id"], dtype=np.int64), device=self.device)
+        padded = int(enc["input_ids"].numel())
+        if self.flops_per_token is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                h, grads = self._gradients(enc, labels)
+            self.flops_per_token = counter.get_total_flops() / max(1, padded)
+        else:
+            h, grads = self._gradients(enc, labels)
+        proj = self.projector.project(grads)
+        width = enc["input_ids"].shape[1]
+        out["h0"] = h.detach().float().cpu().numpy()
+        out["grad"] = proj.cpu().numpy()
+        out["flops"] = np.full(len(tokens), self.flops_per_token * width, dtype=np.float64)
+        out["grad_params"] = np.full(len(tokens), self.projector.p, dtype=np.int64)
+        return out
+
+    def _gradients(self, enc: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with PerSampleGradients(self.layers) as psg:
+            logits = self.peft_model(**enc)
+            h = gold_log_odds(logits, labels)
+            grads = psg.backward(h)
+        return h, grads
+
+
+def gradient_layers_for(peft_model: torch.nn.Module):
+    """Hook layers for featurisation: only the layers we differentiate keep requires_grad."""
+    for name, p in peft_model.named_parameters():
+        p.requires_grad_(False)
+    for name, m in peft_model.named_modules():
+        if isinstance(m, torch.nn.Linear) and any(r in name.split(".") for r in ("lora_A", "lora_B", "bottleneck_down", "bottleneck_up")):
+            for p in m.parameters():
+                p.requires_grad_(True)
+    layers = gradient_layers(peft_model)
+    chosen = {id(g.module) for g in layers}
+    for name, m in peft_model.named_modules():
+        if isinstance(m, torch.nn.Linear) and id(m) not in chosen:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    return layers

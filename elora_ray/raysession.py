@@ -1,0 +1,47 @@
+"""Connect to Ray once per process: an existing cluster (``ray.address`` / ``$RAY_ADDRESS``,
+e.g. under ``ray job submit``) or a local instance on this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(cfg: RayConfig | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    cfg = cfg or RayConfig()
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Workers must import elora_ray the same way the driver does (editable install or cwd).
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        log.info("connected to Ray at %s", address)
+    else:
+        if cfg.num_cpus is not None:
+            kwargs["num_cpus"] = cfg.num_cpus
+        ray.init(**kwargs)
+        log.info("started a local Ray instance (%s CPUs)", ray.cluster_resources().get("CPU"))
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours are per stage, in samples
+    ctx.print_on_execution_start = False
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
