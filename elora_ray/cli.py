@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--force", action="store_true", help="recluster even if groups.json is current")
 
+    p = sub.add_parser("fidelity", help="estimated vs really fine-tuned subset performance (+ cost ratio)",
+                       description="Really fine-tune the adapter on fidelity.num_subsets random task subsets "
+                       "(one Ray task each) and compare with the linearised estimate: first-order error of h, "
+                       "relative error and Spearman of the validation loss, and the FLOPs / wall-time ratio. "
+                       "Writes --out/fidelity/ and plots/fidelity.png. Runs featurize first if needed.")
+    _common(p)
+
     p = sub.add_parser("validate", help="validate the config and data without writing anything",
                        description="Validate the configuration and load every task; print a summary.")
     _common(p, out=False)
@@ -134,6 +141,17 @@ def _cmd_stage(args) -> None:
     run_stages(cfg, args.out, until=args.command, force_last=args.force)
 
 
+def _cmd_fidelity(args) -> None:
+    from .estimate.fidelity import run_fidelity
+    from .pipeline import run_stages
+
+    cfg = load_config(args.config, args.overrides)
+    run_stages(cfg, args.out, until="featurize")
+    summary = run_fidelity(cfg, args.out)
+    print((args.out / "fidelity" / "summary.md").read_text(), end="")
+    del summary
+
+
 def _cmd_validate(args) -> None:
     from .runlog import setup_logging
     from .tasks.load import load_tasks
@@ -182,6 +200,7 @@ COMMANDS = {
     "featurize": _cmd_stage,
     "estimate": _cmd_stage,
     "cluster": _cmd_stage,
+    "fidelity": _cmd_fidelity,
     "validate": _cmd_validate,
     "config": _cmd_config,
     "suite": _cmd_suite,

@@ -1,0 +1,309 @@
+"""``elora fidelity``: how well the linearised estimate predicts real fine-tuning.
+
+For ``fidelity.num_subsets`` seeded task subsets S (one Ray task each) we really fine-tune the
+adapter from θ* (same seed, probed heads frozen — exactly the model the linearisation
+describes) on S's training samples and measure, for each i ∈ S, the validation loss and
+accuracy f_i(S). Against them we put the estimate f̂_i(S) from the projected features, and
+report (paper Table 3 / Table 5):
+
+(a) first-order error of h: h_X(s, y) of the fine-tuned adapter vs h0 + ∇h(θ*)ᵀ(X − θ*)
+    with the *unprojected* gradient, on validation samples, with the relative distance
+    ‖X − θ*‖ / ‖θ_full‖;
+(b) relative error |f̂ − f| / f of the loss, Spearman correlations (over all (S, i), within
+    each task across subsets, and of the changes f − f(θ*));
+(c) cost: FLOPs and wall time of featurize + regressions vs fine-tuning the same subsets,
+    and linearly extrapolated to ``estimate.num_subsets`` subsets.
+
+Writes ``fidelity/results.parquet``, ``fidelity/summary.json``, ``fidelity/summary.md`` and
+``plots/fidelity.png`` under the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.special import log_expit
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..featurize.stage import FEATURE_DIR
+from ..featurize.store import read_manifest
+from ..io import write_json, write_parquet, write_text
+from ..raysession import ensure_ray
+from .stage import load_estimation_features
+from .subsets import default_subset_size, sample_subsets
+from .surrogate import evaluate, fit_surrogate
+
+log = logging.getLogger(__name__)
+L2_GRID = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int) -> dict:
+    """Really fine-tune on ``members`` from θ*; return per-task validation metrics and the
+    first-order check. Runs in a Ray task (or locally)."""
+    import torch
+
+    from ..featurize.gradients import PerSampleGradients, gold_log_odds
+    from ..featurize.model_at_init import build_model_at_init
+    from ..featurize.worker import gradient_layers_for
+    from ..models.classifier import TaskSpec
+    from ..prepare import read_prepared
+    from ..train.loop import evaluate_examples, fit_adapter
+
+    torch.set_num_threads(1)
+    cfg = RunConfig.model_validate(cfg_data)
+    run = Path(run_dir)
+    tasks = read_prepared(run)
+    by_name = {t.name: t for t in tasks}
+    heads = run / FEATURE_DIR / "heads.safetensors"
+    peft_model, model = build_model_at_init(cfg, [TaskSpec.of(t) for t in tasks], heads if heads.is_file() else None)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    full_norm = float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in peft_model.parameters())))
+    start = {n: p.detach().clone() for n, p in peft_model.named_parameters() if n in trainable}
+
+    # Unprojected per-sample gradients at θ* on the validation samples (first-order check).
+    layers = gradient_layers_for(peft_model)
+    val_rows = [(m, e) for m in members for e in by_name[m].splits["validation"]]
+    g_full, h0 = [], []
+    for i in range(0, len(val_rows), 32):
+        chunk = val_rows[i : i + 32]
+        enc = model.tokenize([n for n, _ in chunk], [e.text for _, e in chunk], [e.text_pair for _, e in chunk])
+        labels = torch.tensor([by_name[n].label_id(e.label) for n, e in chunk])
+        with PerSampleGradients(layers) as psg:
+            h = gold_log_odds(peft_model(**enc), labels)
+            g_full.append(psg.backward(h).numpy())
+        h0.append(h.detach().numpy())
+    g_full_arr, h0_arr = np.concatenate(g_full), np.concatenate(h0)
+    layer_params = []
+    for g in layers:
+        layer_params.append(g.module.weight)
+        if g.module.bias is not None:
+            layer_params.append(g.module.bias)
+    theta_star = torch.cat([p.detach().reshape(-1).clone() for p in layer_params])
+    for n, p in peft_model.named_parameters():
+        p.requires_grad_(n in trainable)
+    peft_model.zero_grad(set_to_none=True)
+
+    train_rows = [(m, e) for m in members for e in by_name[m].splits["train"]]
+    f = cfg.fidelity
+    stats = fit_adapter(peft_model, model, by_name, train_rows, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, seed=seed)
+    after = evaluate_examples(peft_model, model, by_name, val_rows)
+    delta = (torch.cat([p.detach().reshape(-1) for p in layer_params]) - theta_star).numpy()
+    h_lin = h0_arr + g_full_arr.astype(np.float64) @ delta
+    h_true = after["h"].astype(np.float64)
+    dist = float(torch.sqrt(sum(((p.detach() - start[n]) ** 2).sum() for n, p in peft_model.named_parameters() if n in trainable)))
+    task_of = np.array([n for n, _ in val_rows])
+    rows = []
+    for m in members:
+        sel = task_of == m
+        rows.append({
+            "task": m,
+            "true_loss": float(-log_expit(h_true[sel]).mean()),
+            "true_accuracy": float(after["correct"][sel].mean()),
+            "true_loss0": float(-log_expit(h0_arr[sel]).mean()),
+            "rss_h": float(((h_true[sel] - h_lin[sel]) ** 2).sum()),
+            "ss_h": float((h_true[sel] ** 2).sum()),
+            "ss_change": float(((h_true[sel] - h0_arr[sel]) ** 2).sum()),
+        })
+    return {
+        "members": members, "rows": rows, "train_flops": stats.flops, "train_seconds": stats.seconds,
+        "train_samples": stats.samples, "steps": stats.steps, "relative_distance": dist / full_norm,
+        "final_train_loss": float(np.mean(stats.losses[-10:])),
+    }
+
+
+def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
+    feat = read_manifest(run_dir)
+    names, feats = load_estimation_features(run_dir)
+    f = cfg.fidelity
+    n = len(names)
+    size = default_subset_size(n) if f.subset_size == "auto" else int(f.subset_size)
+    seed = f.seed if f.seed is not None else cfg.seed + 7919
+    subsets = sample_subsets(n, f.num_subsets, size, seed)
+    members = [[names[i] for i in s] for s in subsets]
+    out = run_dir / "fidelity"
+
+    # Estimated side: every l2 of the grid (seconds), the configured one is the headline.
+    l2s = sorted(set(L2_GRID) | {cfg.estimate.l2})
+    est: dict[float, list[dict]] = {l2: [] for l2 in l2s}
+    t_est = time.perf_counter()
+    solver_flops = 0.0
+    for sid, mem in enumerate(members):
+        g = np.concatenate([feats[m][0] for m in mem])
+        h0 = np.concatenate([feats[m][1] for m in mem])
+        for l2 in l2s:
+            t = time.perf_counter()
+            fit = fit_surrogate(g, h0, l2=l2, max_iter=cfg.estimate.max_iter)
+            if l2 == cfg.estimate.l2:
+                solver_flops += 4.0 * g.shape[0] * g.shape[1] * max(1, fit.iterations + 1)
+            for m in mem:
+                loss, acc = evaluate(feats[m][2], feats[m][3], fit.w)
+                est[l2].append({"subset_id": sid, "task": m, "est_loss": loss, "est_accuracy": acc})
+    est_solve_s = (time.perf_counter() - t_est) / len(l2s)
+
+    # Real side: one Ray task per subset.
+    ensure_ray(cfg.ray)
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=1)(finetune_subset)
+    cfg_data = cfg.model_dump(mode="json")
+    pending = {remote.remote(cfg_data, str(run_dir), mem, seed + sid): sid for sid, mem in enumerate(members)}
+    real: dict[int, dict] = {}
+    t_real = time.perf_counter()
+    with tqdm(total=len(pending), desc="fidelity: real fine-tuning", unit="subset", disable=not progress) as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for r in ready:
+                real[pending.pop(r)] = ray.get(r)
+                bar.update(1)
+    real_wall = time.perf_counter() - t_real
+
+    rows = []
+    for sid in range(len(members)):
+        for r in real[sid]["rows"]:
+            rows.append({"subset_id": sid, "members": members[sid], **r, "relative_distance": real[sid]["relative_distance"]})
+    table = pd.DataFrame(rows)
+    for l2 in l2s:
+        e = pd.DataFrame(est[l2]).rename(columns={"est_loss": f"est_loss@{l2:g}", "est_accuracy": f"est_accuracy@{l2:g}"})
+        table = table.merge(e, on=["subset_id", "task"])
+    key = f"{cfg.estimate.l2:g}"
+    table["est_loss"] = table[f"est_loss@{key}"]
+    table["est_accuracy"] = table[f"est_accuracy@{key}"]
+    write_parquet(out / "results.parquet", __import__("pyarrow").Table.from_pandas(table, preserve_index=False))
+
+    def agreement(col: str) -> dict:
+        rel = ((table[col] - table["true_loss"]).abs() / table["true_loss"]).mean()
+        rho = spearmanr(table[col], table["true_loss"]).statistic
+        within = [spearmanr(g[col], g["true_loss"]).statistic for _, g in table.groupby("task") if len(g) >= 3 and g["true_loss"].nunique() > 1]
+        d_est = table[col] - table["true_loss0"]
+        d_true = table["true_loss"] - table["true_loss0"]
+        return {
+            "relative_error": float(rel),
+            "spearman": float(rho),
+            "spearman_within_task": float(np.nanmean(within)) if within else None,
+            "spearman_of_changes": float(spearmanr(d_est, d_true).statistic),
+        }
+
+    per_l2 = {f"{l2:g}": agreement(f"est_loss@{l2:g}") for l2 in l2s}
+    best_l2 = min(per_l2, key=lambda k: per_l2[k]["relative_error"])
+    acc_rel = float(((table["est_accuracy"] - table["true_accuracy"]).abs() / table["true_accuracy"].clip(lower=1e-9)).mean())
+    k_full = cfg.estimate.num_subsets
+    train_flops = sum(r["train_flops"] for r in real.values())
+    train_s = sum(r["train_seconds"] for r in real.values())
+    feat_flops = float(feat["flops"])
+    feat_s = float(feat["seconds"])
+    summary = {
+        "subsets": len(members),
+        "subset_size": size,
+        "tasks": n,
+        "dim": feat["dim"],
+        "estimate_l2": cfg.estimate.l2,
+        "fine_tuning": {"epochs": f.epochs, "lr": f.lr, "batch_size": f.batch_size,
+                        "mean_relative_distance": float(np.mean([r["relative_distance"] for r in real.values()]))},
+        "first_order": {
+            "rss_relative": float(table["rss_h"].sum() / table["ss_h"].sum()),
+            "unexplained_change": float(table["rss_h"].sum() / max(table["ss_change"].sum(), 1e-30)),
+        },
+        "loss": per_l2[key],
+        "accuracy_relative_error": acc_rel,
+        "by_l2": per_l2,
+        "best_l2_by_relative_error": float(best_l2),
+        "cost": {
+            "featurize_flops": feat_flops,
+            "regression_flops": solver_flops,
+            "finetune_flops": train_flops,
+            "flops_ratio_same_subsets": train_flops / (feat_flops + solver_flops),
+            "featurize_seconds": feat_s,
+            "regression_seconds": est_solve_s,
+            "finetune_seconds": train_s,
+            "finetune_wall_seconds": real_wall,
+            "seconds_ratio_same_subsets": train_s / (feat_s + est_solve_s),
+            "extrapolated_to_subsets": k_full,
+            "flops_ratio_extrapolated": (train_flops / len(members) * k_full) / (feat_flops + solver_flops / len(members) * k_full),
+            "seconds_ratio_extrapolated": (train_s / len(members) * k_full) / (feat_s + est_solve_s / len(members) * k_full),
+            "note": "fine-tuning cost of k subsets extrapolated linearly from the subsets measured here",
+        },
+    }
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", render_summary(summary))
+    plot_fidelity(table, run_dir / "plots" / "fidelity.png", summary)
+    log.info(
+        "fidelity: loss relative error %.1f%%, Spearman %.2f (within task %s), first-order RSS %.2e; "
+        "fine-tuning these %d subsets cost %.0fx the FLOPs of featurize + regressions",
+        100 * summary["loss"]["relative_error"], summary["loss"]["spearman"], summary["loss"]["spearman_within_task"],
+        summary["first_order"]["rss_relative"], len(members), summary["cost"]["flops_ratio_same_subsets"],
+    )
+    return summary
+
+
+def render_summary(s: dict) -> str:
+    c, lo, fo = s["cost"], s["loss"], s["first_order"]
+    lines = [
+        "# Estimation fidelity",
+        "",
+        f"{s['subsets']} subsets of {s['subset_size']} of {s['tasks']} tasks; d={s['dim']}; surrogate λ={s['estimate_l2']:g}; "
+        f"real fine-tuning {s['fine_tuning']['epochs']:g} epoch(s), lr {s['fine_tuning']['lr']:g}, "
+        f"mean relative distance ‖X−θ*‖/‖θ‖ = {100 * s['fine_tuning']['mean_relative_distance']:.3f}%.",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| loss relative error, mean over (S, i) | {100 * lo['relative_error']:.2f}% |",
+        f"| Spearman (all (S, i)) | {lo['spearman']:.3f} |",
+        f"| Spearman within task, across subsets | {lo['spearman_within_task'] if lo['spearman_within_task'] is None else round(lo['spearman_within_task'], 3)} |",
+        f"| Spearman of loss changes vs θ* | {lo['spearman_of_changes']:.3f} |",
+        f"| accuracy relative error | {100 * s['accuracy_relative_error']:.2f}% |",
+        f"| first-order RSS error of h, Σ(h−ĥ)²/Σh² | {fo['rss_relative']:.3e} |",
+        f"| unexplained share of the change in h, Σ(h−ĥ)²/Σ(h−h0)² | {fo['unexplained_change']:.3f} |",
+        f"| FLOPs: fine-tune these subsets / (featurize + regressions) | {c['flops_ratio_same_subsets']:.1f}× |",
+        f"| FLOPs ratio extrapolated to k={c['extrapolated_to_subsets']} subsets | {c['flops_ratio_extrapolated']:.1f}× |",
+        f"| wall time ratio, these subsets | {c['seconds_ratio_same_subsets']:.1f}× |",
+        f"| wall time ratio extrapolated to k={c['extrapolated_to_subsets']} | {c['seconds_ratio_extrapolated']:.1f}× |",
+        "",
+        "Surrogate λ sweep (same fine-tuning runs):",
+        "",
+        "| λ | relative error | Spearman | within task | of changes |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for l2, a in s["by_l2"].items():
+        w = "–" if a["spearman_within_task"] is None else f"{a['spearman_within_task']:.3f}"
+        lines.append(f"| {l2} | {100 * a['relative_error']:.2f}% | {a['spearman']:.3f} | {w} | {a['spearman_of_changes']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_fidelity(table: pd.DataFrame, path: Path, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    for task, g in table.groupby("task"):
+        ax[0].scatter(g["true_loss"], g["est_loss"], s=14, label=task)
+    lim = [0, float(max(table["true_loss"].max(), table["est_loss"].max())) * 1.05]
+    ax[0].plot(lim, lim, "k--", lw=0.8)
+    ax[0].set_xlabel("validation loss after real fine-tuning")
+    ax[0].set_ylabel("estimated (linearised)")
+    ax[0].set_title(f"rel. err {100 * summary['loss']['relative_error']:.1f}%, ρ={summary['loss']['spearman']:.2f}")
+    if table["task"].nunique() <= 12:
+        ax[0].legend(fontsize=6)
+    d_true = table["true_loss"] - table["true_loss0"]
+    d_est = table["est_loss"] - table["true_loss0"]
+    ax[1].scatter(d_true, d_est, s=14)
+    ax[1].axhline(0, color="k", lw=0.5)
+    ax[1].axvline(0, color="k", lw=0.5)
+    ax[1].set_xlabel("change vs θ*: real")
+    ax[1].set_ylabel("change vs θ*: estimated")
+    ax[1].set_title(f"ρ of changes = {summary['loss']['spearman_of_changes']:.2f}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
