@@ -153,14 +153,27 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
 
     remote = ray.remote(num_cpus=1, max_retries=1)(finetune_subset)
     cfg_data = cfg.model_dump(mode="json")
-    pending = {remote.remote(cfg_data, str(run_dir), mem, seed + sid): sid for sid, mem in enumerate(members)}
+    # Each finished subset is kept (keyed by features, fine-tuning settings, members, seed),
+    # so an interrupted run resumes and a rerun with a different surrogate λ is instant.
+    tag = json.dumps({"features": feat["fingerprint"], "fidelity": {k: getattr(f, k) for k in ("epochs", "lr", "batch_size")}}, sort_keys=True)
     real: dict[int, dict] = {}
+    for sid, mem in enumerate(members):
+        cached = out / "real" / f"subset-{sid:04d}.json"
+        if cached.is_file():
+            data = json.loads(cached.read_text())
+            if data.get("tag") == tag and data["members"] == mem and data.get("seed") == seed + sid:
+                real[sid] = data
+    if real:
+        log.info("fidelity: reusing %d fine-tuned subset(s) from %s", len(real), out / "real")
+    pending = {remote.remote(cfg_data, str(run_dir), mem, seed + sid): sid for sid, mem in enumerate(members) if sid not in real}
     t_real = time.perf_counter()
-    with tqdm(total=len(pending), desc="fidelity: real fine-tuning", unit="subset", disable=not progress) as bar:
+    with tqdm(total=len(members), initial=len(real), desc="fidelity: real fine-tuning", unit="subset", disable=not progress) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for r in ready:
-                real[pending.pop(r)] = ray.get(r)
+                sid = pending.pop(r)
+                real[sid] = {**ray.get(r), "tag": tag, "seed": seed + sid}
+                write_json(out / "real" / f"subset-{sid:04d}.json", real[sid])
                 bar.update(1)
     real_wall = time.perf_counter() - t_real
 

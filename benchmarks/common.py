@@ -1,0 +1,55 @@
+"""Helpers shared by the benchmark scripts: machine description and atomic result writers."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    try:
+        import ray
+
+        info["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_results(name: str, data: dict, markdown: str, results_dir: Path | None = None) -> Path:
+    """Write ``<name>.json`` and ``<name>.md`` under benchmarks/results; return the json path."""
+    out = Path(results_dir or RESULTS)
+    _atomic_write(out / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
+    _atomic_write(out / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
+    return out / f"{name}.json"
