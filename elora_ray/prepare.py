@@ -24,6 +24,8 @@ from .tasks.load import load_tasks
 from .tasks.schema import SPLITS, Example, TaskData
 
 log = logging.getLogger(__name__)
+CARVING_VERSION = 2
+"""Bumped when split carving changes (2: MultiRC passages stay in one split), so old runs re-prepare."""
 
 
 def _file_stats(cfg: RunConfig) -> list:
@@ -55,6 +57,7 @@ def data_fingerprint(cfg: RunConfig) -> str:
         "suite": cfg.suite.model_dump(mode="json") if not cfg.tasks else None,
         "splits": cfg.splits.model_dump(mode="json"),
         "data_root": str(cfg.resolved_data_root()),
+        "carving": CARVING_VERSION,
     }
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 

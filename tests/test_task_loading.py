@@ -269,3 +269,21 @@ def test_builtin_readers_on_shared_files(shared_data, fmt, rows, has_pair):
     assert ex.text.strip() and (ex.text_pair is not None) == has_pair
     if fmt.startswith("superglue"):
         assert any("carved from validation" in n for n in t.notes)
+
+
+@pytest.mark.shared_data
+def test_multirc_splits_never_share_a_passage(shared_data):
+    from elora_ray.config import RunConfig, TaskConfig
+
+    cfg = RunConfig(tasks=[TaskConfig(name="multirc", format="superglue/multirc", max_samples={"train": 500})],
+                    data_root=str(shared_data))
+    task = load_tasks(cfg)[0]
+
+    def passages(split):
+        return {e.sample_id.rsplit("/", 1)[-1].split("-q")[0] for e in task.splits[split]}
+
+    assert not passages("train") & passages("validation")
+    assert not passages("train") & passages("test")
+    assert not passages("validation") & passages("test")
+    assert abs(len(task.splits["validation"]) - 0.15 * 4848) < 60  # whole passages, close to the fraction
+    assert any("kept together" in n for n in task.notes)

@@ -113,7 +113,15 @@ def _stratified_take(
     """Split ``rows`` into (taken, rest) with ``len(taken) == count`` where possible.
 
     Stratified by label, deterministic for a given ``rng`` seed; both parts keep file order.
+    Rows that came from the same line of the same file (MultiRC: every answer of one passage)
+    are never separated: whole lines are taken, in seeded order, until ``count`` is reached, so
+    no passage leaks between splits (not stratified in that case).
     """
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((str(r[2]), r[1]), []).append(i)
+    if len(groups) < len(rows):
+        return _grouped_take(rows, list(groups.values()), count, rng)
     by_label: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by_label.setdefault(r[0].label, []).append(i)
@@ -129,12 +137,29 @@ def _stratified_take(
     return [rows[i] for i in sorted(chosen)], [r for i, r in enumerate(rows) if i not in chosen]
 
 
+def _is_grouped(rows: list[Row]) -> bool:
+    return len({(str(r[2]), r[1]) for r in rows}) < len(rows)
+
+
+def _grouped_take(rows: list[Row], groups: list[list[int]], count: int, rng: np.random.Generator) -> tuple[list[Row], list[Row]]:
+    count = max(0, min(count, len(rows)))
+    chosen: set[int] = set()
+    for g in rng.permutation(len(groups)):
+        if len(chosen) >= count:
+            break
+        if len(chosen) + len(groups[g]) > count and chosen and len(chosen) + len(groups[g]) - count > count - len(chosen):
+            continue  # this passage would overshoot more than it fills; try a smaller one
+        chosen.update(groups[g])
+    return [rows[i] for i in sorted(chosen)], [r for i, r in enumerate(rows) if i not in chosen]
+
+
 def _carve(cfg: TaskConfig, splits_cfg: SplitConfig, data: dict[str, list], notes: list[str]) -> dict[str, list]:
     present = [s for s in SPLITS if data.get(s)]
     missing = [s for s in SPLITS if not data.get(s)]
     if not missing:
         return data
     frac = {"validation": splits_cfg.validation_fraction, "test": splits_cfg.test_fraction}
+    how = "whole source lines kept together" if any(_is_grouped(data[s]) for s in present) else "stratified"
     if "train" in missing:
         # Carve validation/test out of the largest split; train is what remains of it.
         source = max(present, key=lambda s: len(data[s]))
@@ -144,7 +169,7 @@ def _carve(cfg: TaskConfig, splits_cfg: SplitConfig, data: dict[str, list], note
             if s in missing or s == source:
                 taken, pool = _stratified_take(pool, int(round(n_source * frac[s])), _rng(splits_cfg, cfg.name, s))
                 data[s] = taken
-                notes.append(f"{s} carved from {source} ({frac[s]:.0%}, stratified, seed {splits_cfg.seed})")
+                notes.append(f"{s} carved from {source} ({frac[s]:.0%}, {how}, seed {splits_cfg.seed})")
         data["train"] = pool
         notes.append(f"train is the rest of {source}")
         return data
@@ -153,7 +178,7 @@ def _carve(cfg: TaskConfig, splits_cfg: SplitConfig, data: dict[str, list], note
         count = int(round(n_train * frac[s]))
         taken, data["train"] = _stratified_take(data["train"], count, _rng(splits_cfg, cfg.name, s))
         data[s] = taken
-        notes.append(f"{s} carved from train ({frac[s]:.0%}, stratified, seed {splits_cfg.seed})")
+        notes.append(f"{s} carved from train ({frac[s]:.0%}, {how}, seed {splits_cfg.seed})")
     return data
 
 
