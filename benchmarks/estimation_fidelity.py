@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert + 3 subsets (smoke test)")
     ap.add_argument("--run-dir", type=Path, default=None, help="default: benchmarks/runs/<name>")
+    ap.add_argument("--reuse", action="store_true",
+                    help="use the run directory's existing features and fine-tuned subsets as they are "
+                    "(recompute only the summary), even if the code's data preparation changed since")
     args = ap.parse_args(argv)
     if args.quick:
         cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "featurize.dim=64",
@@ -43,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or args.config.stem
     run_dir = args.run_dir or HERE / "runs" / f"fidelity_{name}"
     t0 = time.perf_counter()
-    run_stages(cfg, run_dir, until="featurize")
+    if not (args.reuse and (run_dir / "features" / "manifest.json").is_file()):
+        run_stages(cfg, run_dir, until="featurize")
     summary = run_fidelity(cfg, run_dir)
     data = {
         "benchmark": "estimation_fidelity",
         "name": name,
         "config": str(args.config) if not args.quick else "quick",
         "overrides": args.overrides,
+        "reused_run_dir": bool(args.reuse),
         "machine": machine_info(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "wall_s": round(time.perf_counter() - t0, 1),

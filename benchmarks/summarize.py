@@ -45,14 +45,14 @@ def main() -> int:
         best_key = f"{s['best_l2_by_relative_error']:g}"
         lines.append(f"| loss relative error, d={s['dim']} ({d['name']}) | < 5% at d ≥ 400 | {100 * s['loss']['relative_error']:.1f}% "
                      f"(λ={s['estimate_l2']:g}; best λ in sweep {s['best_l2_by_relative_error']:g}: "
-                     f"{100 * s['by_l2'][best_key]['relative_error']:.1f}%) | `{f.with_suffix('.md').name}` |")
+                     f"{100 * s['by_l2'][best_key]['relative_error']:.1f}%; predicting no change: {100 * s.get('no_change_baseline_relative_error', float('nan')):.1f}%) | `{f.with_suffix('.md').name}` |")
         lines.append(f"| Spearman, estimated vs true ({d['name']}) | up to 0.6 | {s['loss']['spearman']:.2f} overall; "
                      f"{s['loss']['spearman_within_task']:.2f} within task | `{f.with_suffix('.md').name}` |")
         lines.append(f"| FLOPs speed-up of estimation vs fine-tuning ({d['name']}) | 105× | "
                      f"{s['cost']['flops_ratio_extrapolated']:.0f}× at k={s['cost']['extrapolated_to_subsets']} "
                      f"(extrapolated; {s['cost']['flops_ratio_same_subsets']:.1f}× for the {s['subsets']} subsets measured) | `{f.with_suffix('.md').name}` |")
         lines.append(f"| first-order error of h, Σ(h−ĥ)²/Σh² ({d['name']}) | < 1% (distances 0.05–0.25%) | "
-                     f"{100 * s['first_order']['rss_relative']:.1f}% at distance {100 * s['fine_tuning']['mean_relative_distance']:.2f}% | "
+                     f"{100 * s['first_order']['rss_relative']:.2g}% at distance {100 * s['fine_tuning']['mean_relative_distance']:.2f}% | "
                      f"`{f.with_suffix('.md').name}` |")
     for f in sorted(RESULTS.glob("featurize_speed_*.json")):
         d = json.loads(f.read_text())

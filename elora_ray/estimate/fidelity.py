@@ -225,6 +225,8 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         },
         "loss": per_l2[key],
         "accuracy_relative_error": acc_rel,
+        # Context for the relative error: predicting "no change" (the loss at θ*) scores this.
+        "no_change_baseline_relative_error": float(((table["true_loss0"] - table["true_loss"]).abs() / table["true_loss"]).mean()),
         "by_l2": per_l2,
         "best_l2_by_relative_error": float(best_l2),
         "cost": {
@@ -271,6 +273,7 @@ def render_summary(s: dict) -> str:
         f"| Spearman within task, across subsets | {lo['spearman_within_task'] if lo['spearman_within_task'] is None else round(lo['spearman_within_task'], 3)} |",
         f"| Spearman of loss changes vs θ* | {lo['spearman_of_changes']:.3f} |",
         f"| accuracy relative error | {100 * s['accuracy_relative_error']:.2f}% |",
+        f"| for context: relative error of predicting no change (loss at θ*) | {100 * s['no_change_baseline_relative_error']:.2f}% |",
         f"| first-order RSS error of h, Σ(h−ĥ)²/Σh² | {fo['rss_relative']:.3e} |",
         f"| unexplained share of the change in h, Σ(h−ĥ)²/Σ(h−h0)² | {fo['unexplained_change']:.3f} |",
         f"| FLOPs: fine-tune these subsets / (featurize + regressions) | {c['flops_ratio_same_subsets']:.1f}× |",
