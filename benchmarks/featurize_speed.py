@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from elora_ray.config import load_config
-    from elora_ray.featurize.gradients import PerSampleGradients, gold_log_odds
+    from elora_ray.featurize.gradients import INPUT_SIDE, OUTPUT_SIDE, PerSampleGradients, gold_log_odds
     from elora_ray.featurize.model_at_init import build_model_at_init
     from elora_ray.featurize.projection import JLProjector
     from elora_ray.featurize.worker import gradient_layers_for
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     # The reference code's variant: per-sample autograd over *all* adapter parameters (A and B,
     # though ∂h/∂A = 0 at init) and a dense float64 projection matrix.
     all_params = [q for n, m in peft_model.named_modules() if isinstance(m, torch.nn.Linear)
-                  and any(k in n.split(".") for k in ("lora_A", "lora_B", "bottleneck_down", "bottleneck_up"))
+                  and any(k in n.split(".") for k in OUTPUT_SIDE + INPUT_SIDE)
                   for q in m.parameters(recurse=False)]
     p_all = sum(q.numel() for q in all_params)
 

@@ -30,7 +30,7 @@ def test_console_script_is_installed():
     assert r.returncode == 0 and "EnsembleLoRA" in r.stdout
 
 
-def test_run_writes_artifacts_and_resumes(tmp_path, caplog):
+def test_run_writes_artifacts_and_resumes(tmp_path, caplog, capsys):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *TINY]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -54,6 +54,15 @@ def test_run_writes_artifacts_and_resumes(tmp_path, caplog):
     assert (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns == before
     assert "already prepared" in caplog.text
     assert "features complete" in caplog.text and "results complete" in caplog.text and "up to date" in caplog.text
+
+    # Settings that cannot work for these tasks are clean errors and leave the artifacts alone.
+    groups_before, affinity_before = (out / "groups.json").read_bytes(), (out / "affinity.csv").read_bytes()
+    assert main(["cluster", "--out", str(out), *TINY, "--set", "cluster.num_groups=50"]) == 2
+    assert main(["estimate", "--out", str(out), *TINY, "--set", "estimate.subset_size=50"]) == 2
+    err = capsys.readouterr().err
+    assert "cluster:" in err and "estimate.subset_size=50 exceeds the number of tasks (10)" in err and "Traceback" not in err
+    assert (out / "groups.json").read_bytes() == groups_before and (out / "affinity.csv").read_bytes() == affinity_before
+    assert (out / "estimate" / "summary.json").is_file()
 
 
 def manifest_tasks(out):

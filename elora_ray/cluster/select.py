@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .objective import (
@@ -19,7 +18,7 @@ from .objective import (
     trace_objective,
     validate_affinity,
 )
-from .rounding import Eig, round_fixed_m, round_trace, spectral_eig, spectral_partition
+from .rounding import Eig, round_fixed_m, round_trace, single_threaded, spectral_eig, spectral_partition
 from .sdp import SDPSolveError, solve_sdp_info
 
 log = logging.getLogger(__name__)
@@ -142,6 +141,7 @@ def _trace_mode(S: np.ndarray, trace_weight: float, *, use_sdp: bool, reason: st
     return best[0], rows, "spectral-fallback", reason
 
 
+@single_threaded  # see rounding.single_threaded for the measurements behind this
 def cluster_tasks(
     T: np.ndarray,
     names: Sequence[str],
@@ -164,27 +164,6 @@ def cluster_tasks(
     fallback is used: a warning is logged and ``method``/``reason`` of the result say so.
     ``max_iters`` caps solver iterations (default: 5000 for SCS, the solver's own default otherwise).
     """
-    # single-threaded BLAS/OpenMP: see rounding.single_threaded for the measurements behind this
-    with threadpool_limits(limits=1):
-        return _cluster_tasks(T, names, num_groups=num_groups, max_groups=max_groups, trace_weight=trace_weight,
-                              solver=solver, max_sdp_tasks=max_sdp_tasks, seed=seed, progress=progress,
-                              max_iters=max_iters)
-
-
-def _cluster_tasks(
-    T: np.ndarray,
-    names: Sequence[str],
-    *,
-    num_groups: int | str = "auto",
-    max_groups: int = 8,
-    trace_weight: float | None = None,
-    solver: str = "SCS",
-    max_sdp_tasks: int = DEFAULT_MAX_SDP_TASKS,
-    seed: int = 0,
-    progress: bool = False,
-    max_iters: int | None = None,
-) -> ClusterResult:
-    """Implementation of :func:`cluster_tasks` (runs inside its thread limit)."""
     T = _validate(T, names, num_groups, max_groups, trace_weight, solver, max_sdp_tasks)
     S = symmetrize(T)
     n = S.shape[0]

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..io import write_json
 from .plot import plot_affinity
 from .select import cluster_tasks
@@ -37,10 +38,13 @@ def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
     kwargs = {}
     if c.max_sdp_tasks is not None:
         kwargs["max_sdp_tasks"] = c.max_sdp_tasks
-    result = cluster_tasks(
-        A, names, num_groups=c.num_groups, max_groups=min(c.max_groups, len(names)), trace_weight=c.trace_weight,
-        solver=c.solver, seed=cfg.seed, progress=progress, **kwargs,
-    )
+    try:
+        result = cluster_tasks(
+            A, names, num_groups=c.num_groups, max_groups=min(c.max_groups, len(names)), trace_weight=c.trace_weight,
+            solver=c.solver, seed=cfg.seed, progress=progress, **kwargs,
+        )
+    except ValueError as exc:  # bad cluster settings for these tasks (e.g. num_groups > n) or a bad matrix
+        raise ConfigError(f"cluster: {exc} (affinity from {run_dir / 'affinity.csv'})") from None
     if result.reason:
         log.warning("cluster: %s used: %s", result.method, result.reason)
     data = {"fingerprint": fp, **result.to_dict()}

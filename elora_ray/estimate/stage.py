@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..errors import ConfigError, DataError
 from ..featurize.store import read_features, read_manifest
 from ..io import write_json, write_parquet, write_text
 from ..raysession import cluster_cpus, ensure_ray
@@ -76,13 +77,18 @@ def load_estimation_features(run_dir: Path) -> tuple[list[str], dict]:
     names = sorted(train)
     missing = [n for n in names if n not in val or len(val[n]) == 0]
     if missing:
-        raise ValueError(f"tasks without validation features: {missing}")
+        raise DataError(f"tasks without validation samples, needed to evaluate subset estimates: {missing}")
     return names, {n: (train[n].grad, train[n].h0, val[n].grad, val[n].h0) for n in names}
 
 
 def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
     feat_manifest = read_manifest(run_dir)
     fp = estimate_fingerprint(cfg, feat_manifest["fingerprint"])
+    e = cfg.estimate
+    n = len(feat_manifest["splits"]["train"])
+    size = default_subset_size(n) if e.subset_size == "auto" else int(e.subset_size)
+    if size > n:  # checked before anything in the run directory is touched
+        raise ConfigError(f"estimate.subset_size={size} exceeds the number of tasks ({n})")
     out = run_dir / EST_DIR
     state = out / "state.json"
     if out.exists() and (force or not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fp):
@@ -93,11 +99,6 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
     write_json(state, {"fingerprint": fp})
     t0 = time.perf_counter()
     names, feats = load_estimation_features(run_dir)
-    n = len(names)
-    e = cfg.estimate
-    size = default_subset_size(n) if e.subset_size == "auto" else int(e.subset_size)
-    if size > n:
-        raise ValueError(f"estimate.subset_size={size} exceeds the number of tasks ({n})")
     seed = e.seed if e.seed is not None else cfg.seed
     subsets = sample_subsets(n, e.num_subsets, size, seed)
     write_json(out / "subsets.json", {"size": size, "seed": seed, "subsets": [[names[i] for i in s] for s in subsets]})

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..errors import ConfigError, DataError
 from .stage import FEATURE_DIR
 
 
@@ -35,7 +36,7 @@ def read_features(run_dir: Path, split: str, tasks: list[str] | None = None) -> 
     """Features of ``split`` per task (all tasks in the manifest unless ``tasks`` is given)."""
     manifest = read_manifest(run_dir)
     if split not in manifest["splits"]:
-        raise ValueError(f"split {split!r} was not featurized (have {sorted(manifest['splits'])}); set featurize.splits")
+        raise ConfigError(f"split {split!r} was not featurized (have {sorted(manifest['splits'])}); set featurize.splits")
     names = tasks if tasks is not None else sorted(manifest["splits"][split])
     out: dict[str, TaskFeatures] = {}
     d = int(manifest["dim"])
@@ -53,5 +54,8 @@ def read_features(run_dir: Path, split: str, tasks: list[str] | None = None) -> 
             flops=np.concatenate([t["flops"].to_numpy() for t in parts]),
         )
         if not np.isfinite(out[name].grad).all() or not np.isfinite(out[name].h0).all():
-            raise ValueError(f"features of task {name!r} ({split}) contain NaN/inf; check the model and data")
+            raise DataError(
+                f"features of task {name!r} ({split}) contain NaN/inf; check the model and data",
+                path=files[0].parent,
+            )
     return out

@@ -16,7 +16,7 @@ import torch
 
 from ..config import RunConfig
 from ..models.classifier import TaskSpec
-from .gradients import PerSampleGradients, gold_log_odds, gradient_layers
+from .gradients import INPUT_SIDE, OUTPUT_SIDE, PerSampleGradients, gold_log_odds, gradient_layers
 from .model_at_init import build_model_at_init
 from .projection import JLProjector
 
@@ -97,7 +97,7 @@ def gradient_layers_for(peft_model: torch.nn.Module):
     for name, p in peft_model.named_parameters():
         p.requires_grad_(False)
     for name, m in peft_model.named_modules():
-        if isinstance(m, torch.nn.Linear) and any(r in name.split(".") for r in ("lora_A", "lora_B", "bottleneck_down", "bottleneck_up")):
+        if isinstance(m, torch.nn.Linear) and any(r in name.split(".") for r in OUTPUT_SIDE + INPUT_SIDE):
             for p in m.parameters():
                 p.requires_grad_(True)
     layers = gradient_layers(peft_model)
