@@ -170,6 +170,81 @@ class FidelityConfig(_Section):
     seed: int | None = None
 
 
+class TrainConfig(_Section):
+    """Stage 4 — one adapter per group (and every baseline adapter) with Ray Train."""
+
+    epochs: float = Field(3.0, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(16, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+    train_heads: bool = True
+    """Encoders: train the task heads along with the adapter (they start from the probe)."""
+    evals_per_epoch: int = Field(2, ge=1)
+    """Validation checks per epoch (early stopping and checkpoints happen at these points)."""
+    patience: int = Field(2, ge=0)
+    """Stop after this many checks without improving the group's validation loss (0: never)."""
+    early_stopping_metric: Literal["loss", "accuracy"] = "loss"
+    num_workers: int = Field(0, ge=0)
+    """Ray Train workers per adapter. 0: Ray Train local mode inside one Ray task per adapter
+    (adapters train concurrently as CPUs allow); ≥ 1: data-parallel (DDP) workers."""
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    use_gpu: bool | Literal["auto"] = "auto"
+    """``auto``: one GPU per worker when the cluster has GPUs."""
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    """Multi-worker strategy; ``deepspeed`` needs the deepspeed package and GPUs."""
+    max_failures: int = Field(1, ge=0)
+    """Ray Train restarts of a failed run (it resumes from its last checkpoint)."""
+    seed: int | None = None
+    """Training seed (batch order); default the run seed."""
+
+
+class BoostConfig(_Section):
+    """Stage 5 — b gradient-boosting steps on the groups with the highest training loss."""
+
+    steps: int = Field(1, ge=0)
+    """b: boosting adapters added in total."""
+    method: Literal["linearized", "trained"] = "linearized"
+    """``linearized``: ridge regression of the residual 1 − p on the projected gradients (no
+    training); ``trained``: fine-tune a new adapter on the squared loss to the residual."""
+    step_size: float = Field(0.1, gt=0.0)
+    """η: each boosting adapter's outputs enter its group with this weight (paper: 0.1)."""
+    l2: float = Field(1e-3, ge=0.0)
+    """Ridge λ (scaled by the mean squared feature norm, as in the estimate stage)."""
+    epochs: float | None = Field(None, gt=0.0)
+    """``trained``: epochs (default ``train.epochs``)."""
+    lr: float | None = Field(None, gt=0.0)
+    """``trained``: learning rate (default ``train.lr``)."""
+
+
+class EnsembleConfig(_Section):
+    """Stage 6 — per-task convex weights combining the group ensembles, fit on validation."""
+
+    weights: Literal["learned", "uniform", "own_group"] = "learned"
+    """``learned``: minimise the validation log loss over the simplex (cvxpy);
+    ``uniform``: equal weights; ``own_group``: each task uses only its own group."""
+    solver: Literal["CLARABEL", "SCS"] = "CLARABEL"
+    shrink: float = Field(0.0, ge=0.0)
+    """L2 pull of each task's weights towards its own group (helps tiny validation sets)."""
+
+
+BASELINE_METHODS = ("single_adapter", "single_qlora", "per_task_adapters", "mtl_ft", "random_groups", "gradient_cosine")
+
+
+class BaselinesConfig(_Section):
+    """Baselines trained under the same protocol as the ensemble (same epochs, lr, seed)."""
+
+    methods: list[Literal[
+        "single_adapter", "single_qlora", "per_task_adapters", "mtl_ft", "random_groups", "gradient_cosine"
+    ]] = Field(default_factory=lambda: list(BASELINE_METHODS))
+    finetune_epochs: float | None = Field(None, gt=0.0)
+    """MTL-FT: epochs of per-task fine-tuning after the shared adapter (default ``train.epochs``)."""
+
+
+class EvaluateConfig(_Section):
+    split: Literal["test", "validation"] = "test"
+    batch_size: int = Field(64, ge=1)
+
+
 class RayConfig(_Section):
     address: str | None = None
     """``None``: connect to ``$RAY_ADDRESS`` if set, else start a local instance."""
@@ -187,6 +262,11 @@ class RunConfig(_Section):
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    boost: BoostConfig = Field(default_factory=BoostConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     data_root: str | None = None
     """Root of the GLUE/SuperGLUE folders for built-in readers; default ``$ELORA_DATA_ROOT``

@@ -2,6 +2,11 @@
 
 Samples are ``(task_name, Example)`` pairs; batches mix tasks (per-task heads or
 verbalizers handle it). Only parameters with ``requires_grad`` train.
+
+Two losses: ``ce`` (cross-entropy on the task's labels) and ``log_odds_mse`` (squared error
+between the gold-class log-odds and a per-sample target — the boosting learner). Optional
+periodic validation drives early stopping: the best state is kept and restored at the end.
+Under DDP each rank trains on its own shard of every batch order (``shard=(rank, world)``).
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +31,188 @@ class TrainStats:
     seconds: float = 0.0
     flops: float = 0.0
     losses: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    best_step: int | None = None
+    best_metric: float | None = None
+    stopped_early: bool = False
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint must hold to continue a run: counters and optimiser state."""
+
+    step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
 
 
 def _batch(model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], device):
     enc = model.tokenize([n for n, _ in rows], [e.text for _, e in rows], [e.text_pair for _, e in rows])
     labels = torch.tensor([tasks[n].label_id(e.label) for n, e in rows])
     return {k: v.to(device) for k, v in enc.items()}, labels.to(device)
+
+
+def batch_orders(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Index lists of ``steps`` batches: seeded permutations of ``range(n)``, concatenated."""
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    out = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order.extend(rng.permutation(n).tolist())
+        out.append(order[:batch_size])
+        order = order[batch_size:]
+    return out
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the parameters that train (adapter, and heads when they train)."""
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for n, v in state.items():
+            if n not in params:
+                raise KeyError(f"checkpoint parameter {n} is not in the model")
+            params[n].copy_(v.to(params[n].device, params[n].dtype))
+
+
+def train_adapter(
+    peft_model,
+    model,
+    tasks: dict[str, TaskData],
+    rows: Sequence[tuple[str, Example]],
+    *,
+    epochs: float = 1.0,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    device: str | torch.device = "cpu",
+    loss: Literal["ce", "log_odds_mse"] = "ce",
+    targets: np.ndarray | None = None,
+    regularizer: Callable[[], torch.Tensor | None] | None = None,
+    validate: Callable[[], dict[str, float]] | None = None,
+    evals_per_epoch: int = 1,
+    patience: int = 0,
+    metric: Literal["loss", "accuracy"] = "loss",
+    on_eval: Callable[[LoopState, dict, bool, Any], None] | None = None,
+    resume: tuple[LoopState, dict] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    forward: torch.nn.Module | None = None,
+    count_flops: bool = True,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainStats:
+    """AdamW on the trainable parameters over shuffled mixed-task batches.
+
+    ``validate()`` returns metrics with ``loss`` and ``accuracy``; it runs ``evals_per_epoch``
+    times per epoch and at the end. ``on_eval(state, metrics, improved, optimizer)`` is called
+    after each check (checkpoint there). ``resume=(state, optimizer_state)`` continues a run.
+    ``forward`` is the module to call (e.g. the DDP wrapper); default ``peft_model``.
+    """
+    if loss == "log_odds_mse" and (targets is None or len(targets) != len(rows)):
+        raise ValueError("loss 'log_odds_mse' needs one target per row")
+    fwd = forward if forward is not None else peft_model
+    params = [p for p in fwd.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    if not rows:
+        raise ValueError("no training rows")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    rank, world = shard
+    global_batch = batch_size * world
+    total_steps = max(1, math.ceil(epochs * len(rows) / global_batch))
+    orders = batch_orders(len(rows), global_batch, total_steps, seed)
+    steps_per_epoch = max(1, math.ceil(len(rows) / global_batch))
+    eval_every = max(1, steps_per_epoch // evals_per_epoch)
+    state = LoopState()
+    if resume is not None:
+        state, opt_state = resume
+        if opt_state:
+            opt.load_state_dict(opt_state)
+    stats = TrainStats(best_step=state.best_step, best_metric=state.best_metric)
+    best_params: dict[str, torch.Tensor] | None = trainable_state(peft_model) if resume is not None else None
+    flops_per_token: float | None = None
+    tgt = torch.as_tensor(targets, dtype=torch.float32) if targets is not None else None
+    sign = 1.0 if metric == "loss" else -1.0
+    peft_model.train()
+    t0 = time.perf_counter()
+
+    def check() -> bool:
+        """Validate; returns True to stop."""
+        nonlocal best_params
+        m = validate() if validate is not None else {}
+        m["step"] = state.step
+        m["train_loss"] = float(np.mean(stats.losses[-eval_every:])) if stats.losses else float("nan")
+        stats.evals.append(m)
+        improved = False
+        if validate is not None:
+            value = sign * float(m[metric])
+            if state.best_metric is None or value < state.best_metric - 1e-6:
+                state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
+                best_params = trainable_state(peft_model)
+                improved = True
+            else:
+                state.bad_evals += 1
+        if on_eval is not None:
+            on_eval(state, m, improved, opt)
+        peft_model.train()
+        return validate is not None and patience > 0 and state.bad_evals >= patience
+
+    stopped = False
+    while state.step < total_steps:
+        idx = orders[state.step][rank::world]
+        batch_rows = [rows[i] for i in idx]
+        enc, labels = _batch(model, tasks, batch_rows, device)
+        batch_targets = tgt[idx].to(labels.device) if tgt is not None else None
+        padded = enc["input_ids"].numel()
+        if count_flops and flops_per_token is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer)
+            flops_per_token = counter.get_total_flops() / max(1, padded)
+        else:
+            value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer)
+        state.step += 1
+        stats.losses.append(value)
+        stats.steps += 1
+        stats.samples += len(idx)
+        stats.tokens += int(enc["attention_mask"].sum())
+        stats.flops += (flops_per_token or 0.0) * padded
+        if progress is not None:
+            progress(state.step, total_steps, value)
+        if (validate is not None or on_eval is not None) and (state.step % eval_every == 0 or state.step == total_steps):
+            if check():
+                stopped = state.step < total_steps
+                break
+    stats.seconds = time.perf_counter() - t0
+    stats.stopped_early = stopped
+    stats.best_step, stats.best_metric = state.best_step, state.best_metric
+    if best_params is not None:
+        load_trainable_state(peft_model, best_params)
+    peft_model.eval()
+    return stats
+
+
+def _step(fwd, opt, enc, labels, loss: str, targets, regularizer) -> float:
+    logits = fwd(**enc)
+    if loss == "ce":
+        value = torch.nn.functional.cross_entropy(logits, labels)
+    else:
+        value = ((gold_log_odds(logits, labels) - targets) ** 2).mean()
+    total = value
+    if regularizer is not None:
+        extra = regularizer()
+        if extra is not None:
+            total = total + extra
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    return float(value.detach())
 
 
 def fit_adapter(
@@ -47,61 +228,50 @@ def fit_adapter(
     device: str | torch.device = "cpu",
     count_flops: bool = True,
 ) -> TrainStats:
-    """AdamW on the trainable parameters, cross-entropy, shuffled mixed-task batches."""
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: no parameter requires grad")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
-    total_steps = max(1, math.ceil(epochs * len(rows) / batch_size))
-    order: list[int] = []
-    stats = TrainStats()
-    flops_per_token: float | None = None
-    peft_model.train()
-    t0 = time.perf_counter()
-    for step in range(total_steps):
-        if len(order) < batch_size:
-            order.extend(rng.permutation(len(rows)).tolist())
-        idx, order = order[:batch_size], order[batch_size:]
-        enc, labels = _batch(model, tasks, [rows[i] for i in idx], device)
-        padded = enc["input_ids"].numel()
-        if count_flops and flops_per_token is None:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            with FlopCounterMode(display=False) as counter:
-                loss = _step(peft_model, opt, enc, labels)
-            flops_per_token = counter.get_total_flops() / max(1, padded)
-        else:
-            loss = _step(peft_model, opt, enc, labels)
-        stats.losses.append(loss)
-        stats.steps += 1
-        stats.samples += len(idx)
-        stats.tokens += int(enc["attention_mask"].sum())
-        stats.flops += (flops_per_token or 0.0) * padded
-    stats.seconds = time.perf_counter() - t0
-    peft_model.eval()
-    return stats
-
-
-def _step(peft_model, opt, enc, labels) -> float:
-    logits = peft_model(**enc)
-    loss = torch.nn.functional.cross_entropy(logits, labels)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
+    """Cross-entropy training for a fixed budget, no validation (used by ``elora fidelity``)."""
+    return train_adapter(
+        peft_model, model, tasks, rows, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+        count_flops=count_flops,
+    )
 
 
 @torch.no_grad()
+def predict_logits(
+    peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits [N, max_labels] with −inf beyond a task's labels, gold label ids [N])."""
+    peft_model.eval()
+    out, gold = [], []
+    for start in range(0, len(rows), batch_size):
+        enc, labels = _batch(model, tasks, rows[start : start + batch_size], device)
+        out.append(peft_model(**enc).float().cpu().numpy())
+        gold.append(labels.cpu().numpy())
+    width = model.max_labels
+    return (np.concatenate(out) if out else np.zeros((0, width), np.float32)), (
+        np.concatenate(gold) if gold else np.zeros(0, np.int64)
+    )
+
+
 def evaluate_examples(
     peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu"
 ) -> dict[str, np.ndarray]:
     """Per-sample gold log-odds h (so loss = softplus(−h)) and argmax correctness."""
-    peft_model.eval()
-    hs, correct = [], []
-    for start in range(0, len(rows), batch_size):
-        enc, labels = _batch(model, tasks, rows[start : start + batch_size], device)
-        logits = peft_model(**enc)
-        hs.append(gold_log_odds(logits, labels).cpu().numpy())
-        correct.append((logits.argmax(-1) == labels).cpu().numpy())
-    return {"h": np.concatenate(hs) if hs else np.zeros(0), "correct": np.concatenate(correct) if correct else np.zeros(0, bool)}
+    logits, gold = predict_logits(peft_model, model, tasks, rows, batch_size, device)
+    t = torch.from_numpy(logits)
+    g = torch.from_numpy(gold).long()
+    return {
+        "h": gold_log_odds(t, g).numpy() if len(gold) else np.zeros(0, np.float32),
+        "correct": (t.argmax(-1) == g).numpy() if len(gold) else np.zeros(0, bool),
+    }
+
+
+def classification_metrics(logits: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of logits (−inf on a task's invalid columns)."""
+    t = torch.from_numpy(np.asarray(logits, np.float32))
+    g = torch.from_numpy(np.asarray(gold)).long()
+    if len(g) == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    return {
+        "loss": float(torch.nn.functional.cross_entropy(t, g)),
+        "accuracy": float((t.argmax(-1) == g).float().mean()),
+    }

@@ -1,0 +1,102 @@
+"""What one adapter training is (an :class:`AdapterJob`) and where its artifacts live.
+
+Every adapter of every method — group adapters, boosting learners, baselines — is a job with
+a stable id. Its artifacts, all keyed by that id under the run directory:
+
+- ``adapters/<id>/``          PEFT layout (safetensors) + ``elora_adapter.json`` (job, stats)
+- ``outputs/<id>.parquet``    logits per (split, task, sample_id) — what later stages combine
+- ``train/jobs/<id>.json``    the job record, written last: its presence with a matching
+                              fingerprint means the job is done (a rerun skips it)
+- ``ray_train/<id>-<fp>/``    Ray Train's run folder (checkpoints; a restarted run resumes)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..config import RunConfig
+
+ADAPTER_DIR = "adapters"
+OUTPUT_DIR = "outputs"
+JOB_DIR = Path("train") / "jobs"
+RAY_TRAIN_DIR = "ray_train"
+THETA_STAR = "theta_star"
+"""Id of the untrained model at θ* (adapter at init, probed heads): its outputs are the
+reference the boosting learners are measured against."""
+
+
+@dataclass
+class AdapterJob:
+    id: str
+    method: str
+    tasks: list[str]
+    """Tasks whose training samples it trains on (validation of the same tasks for early stopping)."""
+    output_tasks: dict[str, list[str]] = field(default_factory=dict)
+    """split → tasks to compute logits for once trained."""
+    adapter_type: str | None = None
+    """Override of ``adapter.type`` (the QLoRA baseline)."""
+    init_from: str | None = None
+    """Start from this job's adapter instead of θ* (MTL-FT's per-task fine-tuning)."""
+    loss: Literal["ce", "log_odds_mse"] = "ce"
+    targets: str | None = None
+    """``log_odds_mse``: parquet (relative to the run dir) of sample_id → target log-odds."""
+    epochs: float | None = None
+    lr: float | None = None
+    train_heads: bool | None = None
+    seed: int = 0
+    kind: Literal["trained", "linearized", "reference"] = "trained"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AdapterJob":
+        return cls(**data)
+
+    def fingerprint(self, cfg: RunConfig, data_fingerprint: str) -> str:
+        """Hash of everything that determines this adapter: the job, model, adapter, training
+        settings, the probed heads' config and the data."""
+        relevant = {
+            "job": {k: v for k, v in self.to_dict().items() if k != "output_tasks"},
+            "model": cfg.model.model_dump(mode="json"),
+            "adapter": cfg.adapter.model_dump(mode="json"),
+            "train": cfg.train.model_dump(mode="json", exclude={"num_workers", "cpus_per_worker", "use_gpu", "max_failures"}),
+            "boost": cfg.boost.model_dump(mode="json") if self.loss != "ce" or self.kind == "linearized" else None,
+            "featurize": cfg.featurize.model_dump(mode="json", include={"probe", "probe_samples_per_task", "probe_l2", "dim", "projection"}),
+            "seed": cfg.seed,
+            "data": data_fingerprint,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def adapter_dir(run_dir: Path, job_id: str) -> Path:
+    return Path(run_dir) / ADAPTER_DIR / job_id
+
+
+def output_path(run_dir: Path, job_id: str) -> Path:
+    return Path(run_dir) / OUTPUT_DIR / f"{job_id}.parquet"
+
+
+def job_record_path(run_dir: Path, job_id: str) -> Path:
+    return Path(run_dir) / JOB_DIR / f"{job_id}.json"
+
+
+def read_job_record(run_dir: Path, job_id: str) -> dict | None:
+    p = job_record_path(run_dir, job_id)
+    if not p.is_file():
+        return None
+    return json.loads(p.read_text())
+
+
+def job_done(run_dir: Path, job: AdapterJob, fingerprint: str) -> bool:
+    rec = read_job_record(run_dir, job.id)
+    return (
+        rec is not None
+        and rec.get("fingerprint") == fingerprint
+        and output_path(run_dir, job.id).is_file()
+        and (job.kind == "reference" or adapter_dir(run_dir, job.id).is_dir())
+    )

@@ -1,0 +1,252 @@
+"""Run adapter jobs with Ray Train, concurrently where the cluster has room, and export them.
+
+Each job is one Ray task that builds a ``TorchTrainer`` and calls ``fit()``:
+
+- ``train.num_workers == 0``: Ray Train local mode; the training function runs inside that
+  task, which reserves ``train.cpus_per_worker`` CPUs (and a GPU when used), so as many jobs
+  run at once as the cluster has room for.
+- ``train.num_workers >= 1``: the task only launches the trainer (0 CPUs); Ray Train's worker
+  group (DDP, or DeepSpeed) reserves the resources, and jobs queue on them.
+
+After ``fit()`` the task exports the best checkpoint as a PEFT adapter directory, computes the
+adapter's logits on the requested (split, task) samples, and writes the job record last.
+The Ray Train run folder is ``ray_train/<id>-<fingerprint>``: rerunning a killed job with
+the same configuration resumes from its latest checkpoint (Train V2 restores by name).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..errors import ConfigError, EloraError
+from ..io import write_json, write_parquet
+from ..models.classifier import TaskSpec
+from ..prepare import data_fingerprint, read_prepared
+from ..raysession import cluster_gpus, ensure_ray
+from .jobs import RAY_TRAIN_DIR, AdapterJob, adapter_dir, job_done, job_record_path, output_path, read_job_record
+from .loop import predict_logits
+
+log = logging.getLogger(__name__)
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),
+        ("task", pa.string()),
+        ("sample_id", pa.string()),
+        ("label_id", pa.int32()),
+        ("logits", pa.list_(pa.float32())),
+    ]
+)
+
+
+class TrainJobError(EloraError):
+    """An adapter job failed; the message names the job and the cause."""
+
+
+def compute_outputs(peft_model, model, tasks, output_tasks: dict[str, list[str]], batch_size: int = 64, device="cpu") -> pa.Table:
+    """Logits of ``peft_model`` on every (split, task) requested, keyed by sample id."""
+    by_name = {t.name: t for t in tasks}
+    cols: dict[str, list] = {k: [] for k in OUTPUT_SCHEMA.names}
+    for split, names in output_tasks.items():
+        for name in names:
+            rows = [(name, e) for e in by_name[name].splits.get(split, [])]
+            if not rows:
+                continue
+            logits, gold = predict_logits(peft_model, model, by_name, rows, batch_size, device)
+            cols["split"] += [split] * len(rows)
+            cols["task"] += [name] * len(rows)
+            cols["sample_id"] += [e.sample_id for _, e in rows]
+            cols["label_id"] += gold.astype(np.int32).tolist()
+            cols["logits"] += [np.asarray(r, np.float32) for r in logits]
+    return pa.table(cols, schema=OUTPUT_SCHEMA)
+
+
+def resolve_use_gpu(cfg: RunConfig) -> bool:
+    if cfg.train.use_gpu == "auto":
+        return cluster_gpus() > 0
+    if cfg.train.use_gpu and cluster_gpus() == 0:
+        raise ConfigError("train.use_gpu=true but the Ray cluster has no GPUs")
+    return bool(cfg.train.use_gpu)
+
+
+def check_strategy(cfg: RunConfig, use_gpu: bool) -> None:
+    if cfg.train.strategy == "deepspeed":
+        if cfg.train.num_workers < 1 or not use_gpu:
+            raise ConfigError("train.strategy=deepspeed needs train.num_workers ≥ 1 and GPUs (train.use_gpu)")
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.strategy=deepspeed: the deepspeed package is not installed") from None
+
+
+def export_job(
+    cfg: RunConfig, run_dir: Path, job: AdapterJob, state_dir: Path | None, metrics: dict, fingerprint: str, wall_s: float,
+    device: str = "cpu",
+) -> dict:
+    """Write the adapter, its outputs and the job record (last) from a training state."""
+    from ..adapters import count_parameters, save_adapter
+    from .loop import load_trainable_state
+    from .model import build_job_model, job_config, load_training_state
+
+    tasks = read_prepared(run_dir)
+    specs = [TaskSpec.of(t) for t in tasks]
+    peft_model, model = build_job_model(cfg, job, run_dir, specs, device)
+    if state_dir is not None:
+        params, _, _ = load_training_state(state_dir)
+        load_trainable_state(peft_model, params)
+    adapter_params = count_parameters(peft_model)
+    if job.kind != "reference":
+        save_adapter(peft_model, job_config(cfg, job).adapter, adapter_dir(run_dir, job.id), extra={"job": job.to_dict()})
+    t0 = time.perf_counter()
+    table = compute_outputs(peft_model, model, tasks, job.output_tasks, cfg.evaluate.batch_size, device)
+    write_parquet(output_path(run_dir, job.id), table)
+    record = {
+        "id": job.id, "method": job.method, "kind": job.kind, "tasks": job.tasks, "fingerprint": fingerprint,
+        "job": job.to_dict(), "adapter_parameters": adapter_params,
+        "metrics": {k: v for k, v in metrics.items()}, "wall_s": round(wall_s, 3),
+        "output_seconds": round(time.perf_counter() - t0, 3), "output_rows": table.num_rows,
+    }
+    write_json(job_record_path(run_dir, job.id), record)
+    return record
+
+
+def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_gpu: bool) -> dict:
+    """Train one job with Ray Train (or only evaluate a reference job) and export it."""
+    import torch
+
+    cfg = RunConfig.model_validate(cfg_data)
+    job = AdapterJob.from_dict(job_data)
+    run = Path(run_dir)
+    t0 = time.perf_counter()
+    threads = max(1, int(cfg.train.cpus_per_worker))
+    torch.set_num_threads(threads)
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    if job.kind == "reference":
+        return export_job(cfg, run, job, None, {}, fingerprint, time.perf_counter() - t0, device)
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .worker import train_loop_per_worker
+
+    t = cfg.train
+    scaling = ray.train.ScalingConfig(
+        num_workers=t.num_workers,
+        use_gpu=use_gpu and t.num_workers > 0,
+        resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu and t.num_workers > 0 else {})},
+    )
+    run_config = ray.train.RunConfig(
+        name=f"{job.id}-{fingerprint}",
+        storage_path=str((run / RAY_TRAIN_DIR).resolve()),
+        failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+    )
+    loop_config = {"cfg": cfg_data, "job": job_data, "run_dir": str(run.resolve()), "threads": threads, "use_gpu": use_gpu}
+    if t.num_workers == 0:  # local mode persists nothing itself: our checkpoints live in the run folder
+        loop_config["local_checkpoints"] = str((run / RAY_TRAIN_DIR / run_config.name / "local_checkpoints").resolve())
+        for name in ("ray.train.v2._internal.execution.train_fn_utils", "ray.train.v2.api.config"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if t.strategy == "deepspeed":
+        loop_config["strategy"] = "deepspeed"
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
+    result = trainer.fit()
+    if result.error is not None:
+        raise TrainJobError(f"training job {job.id!r} failed: {result.error}")
+    if result.checkpoint is None:
+        raise TrainJobError(f"training job {job.id!r} finished without a checkpoint")
+    metrics = dict(result.metrics or {})
+    with result.checkpoint.as_directory() as d:
+        evals = Path(d) / "evals.json"
+        if evals.is_file():
+            import json
+
+            metrics["evals"] = json.loads(evals.read_text())
+        return export_job(cfg, run, job, Path(d), metrics, fingerprint, time.perf_counter() - t0, device)
+
+
+def run_jobs(
+    cfg: RunConfig,
+    run_dir: Path,
+    jobs: Sequence[AdapterJob],
+    desc: str = "train",
+    progress: bool = True,
+    on_done: Callable[[dict], None] | None = None,
+) -> dict[str, dict]:
+    """Run every job not already done (by fingerprint); returns {job id: job record}."""
+    import ray
+
+    ids = [j.id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate job ids in {ids}")
+    data_fp = data_fingerprint(cfg)
+    records: dict[str, dict] = {}
+    todo: list[tuple[AdapterJob, str]] = []
+    for job in jobs:
+        fp = job.fingerprint(cfg, data_fp)
+        if job_done(run_dir, job, fp):
+            records[job.id] = read_job_record(run_dir, job.id)  # type: ignore[assignment]
+        else:
+            todo.append((job, fp))
+    if records:
+        log.info("%s: %d of %d adapters already trained for this configuration, skipping them", desc, len(records), len(jobs))
+    if not todo:
+        return {j.id: records[j.id] for j in jobs}
+    ensure_ray(cfg.ray)
+    use_gpu = resolve_use_gpu(cfg)
+    check_strategy(cfg, use_gpu)
+    local = cfg.train.num_workers == 0
+    options = {"num_cpus": cfg.train.cpus_per_worker if local else 0, "max_retries": 0}
+    if local and use_gpu:
+        options["num_gpus"] = 1
+    remote = ray.remote(run_job).options(**options)
+    cfg_data = cfg.model_dump(mode="json")
+    pending = {remote.remote(cfg_data, str(run_dir), job.to_dict(), fp, use_gpu): job for job, fp in todo}
+    bar = tqdm(total=len(jobs), initial=len(records), desc=desc, unit="adapter", disable=not progress)
+    failures: list[str] = []
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            try:
+                rec = ray.get(done[0])
+            except Exception as exc:  # noqa: BLE001 - reported with the job id below
+                cause = getattr(exc, "cause", None) or exc
+                failures.append(f"{job.id}: {type(cause).__name__}: {cause}")
+                log.error("%s: adapter %s failed: %s", desc, job.id, cause)
+                continue
+            records[job.id] = rec
+            m = rec["metrics"]
+            log.info(
+                "%s: %s trained on %d tasks in %.1fs (%d steps, best step %s, val %s)",
+                desc, job.id, len(job.tasks), rec["wall_s"], int(m.get("steps", 0)), m.get("best_step"),
+                _fmt_val(m),
+            )
+            if on_done is not None:
+                on_done(rec)
+            bar.update(1)
+    finally:
+        bar.close()
+    if failures:
+        raise TrainJobError(f"{desc}: {len(failures)} adapter job(s) failed:\n  " + "\n  ".join(failures))
+    return {j.id: records[j.id] for j in jobs}
+
+
+def _fmt_val(m: dict) -> str:
+    evals = m.get("evals") or []
+    if not evals:
+        return "n/a"
+    best = [e for e in evals if e.get("step") == m.get("best_step")] or evals[-1:]
+    e = best[0]
+    return f"loss {e.get('loss', float('nan')):.4f} acc {e.get('accuracy', float('nan')):.3f}"
+
+
+def job_flops(record: dict) -> float:
+    return float(record.get("metrics", {}).get("train_flops", 0.0))

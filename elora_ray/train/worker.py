@@ -1,0 +1,218 @@
+"""The Ray Train training function: one adapter job, on each worker.
+
+``train_loop_per_worker(config)`` runs unchanged in Ray Train local mode (``num_workers=0``,
+in the calling process), on one worker, or on N DDP workers (gloo on CPU, NCCL on GPU; each
+rank trains on its slice of every global batch). It reports validation metrics with
+``ray.train.report`` at every check and a checkpoint whenever the group's validation metric
+improves, and resumes from ``ray.train.get_checkpoint()`` after a failure or a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import RunConfig
+from ..io import atomic_path
+from ..models.classifier import TaskSpec
+from ..prepare import read_prepared
+from .jobs import AdapterJob
+from .loop import LoopState, classification_metrics, predict_logits, train_adapter
+
+
+class PeakMemory:
+    """Samples this process's RSS (and CUDA peak) in a background thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.peak_rss = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    def __enter__(self) -> "PeakMemory":
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    def megabytes(self) -> dict[str, float]:
+        out = {"peak_rss_mb": self.peak_rss / 2**20}
+        if torch.cuda.is_available():
+            out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
+
+
+def job_rows(tasks, names: list[str], split: str):
+    by = {t.name: t for t in tasks}
+    return [(n, e) for n in names for e in by[n].splits.get(split, [])]
+
+
+def boost_targets(run_dir: Path, job: AdapterJob, rows) -> np.ndarray:
+    """Target log-odds for each row, joined by sample id (never by file order)."""
+    table = pd.read_parquet(Path(run_dir) / job.targets)
+    lookup = dict(zip(table["sample_id"].astype(str), table["target"].astype(float)))
+    missing = [e.sample_id for _, e in rows if e.sample_id not in lookup]
+    if missing:
+        raise KeyError(f"{job.targets}: no boosting target for {len(missing)} samples (e.g. {missing[0]})")
+    return np.array([lookup[e.sample_id] for _, e in rows], dtype=np.float32)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    cfg = RunConfig.model_validate(config["cfg"])
+    job = AdapterJob.from_dict(config["job"])
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = max(1, int(config.get("threads", 1)))
+    torch.set_num_threads(threads)
+    use_gpu = bool(config.get("use_gpu")) and torch.cuda.is_available()
+    if world > 1 or use_gpu:
+        import ray.train.torch as rtt
+
+        device = rtt.get_device()
+    else:
+        device = torch.device("cpu")
+
+    from ..adapters import regularization_loss
+    from .model import build_job_model, load_training_state, save_training_state
+
+    tasks = read_prepared(run_dir)
+    by_name = {t.name: t for t in tasks}
+    specs = [TaskSpec.of(t) for t in tasks]
+    with PeakMemory() as mem:
+        torch.manual_seed(job.seed)
+        peft_model, model = build_job_model(cfg, job, run_dir, specs, device)
+        train_rows = job_rows(tasks, job.tasks, "train")
+        val_rows = job_rows(tasks, job.tasks, "validation")
+        targets = val_targets = None
+        if job.loss == "log_odds_mse":
+            targets = boost_targets(run_dir, job, train_rows)
+            val_targets = boost_targets(run_dir, job, val_rows) if val_rows else None
+        forward = peft_model
+        if world > 1:
+            import ray.train.torch as rtt
+
+            forward = rtt.prepare_model(peft_model, parallel_strategy="ddp", move_to_device=False)
+        jcfg_adapter = cfg.adapter if job.adapter_type is None else cfg.adapter.model_copy(update={"type": job.adapter_type})
+
+        def regularizer():
+            return regularization_loss(peft_model, jcfg_adapter)
+
+        def validate() -> dict[str, float]:
+            logits, gold = predict_logits(peft_model, model, by_name, val_rows, batch_size=64, device=device)
+            m = classification_metrics(logits, gold)
+            if val_targets is not None:
+                from ..featurize.gradients import gold_log_odds
+
+                h = gold_log_odds(torch.from_numpy(logits), torch.from_numpy(gold).long()).numpy()
+                m["ce_loss"], m["loss"] = m["loss"], float(np.mean((h - val_targets) ** 2))
+            return m
+
+        local_root = Path(config["local_checkpoints"]) if config.get("local_checkpoints") else None
+        resume = None
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None and local_root is not None:
+            ckpt = latest_local_checkpoint(local_root)
+        if ckpt is not None:
+            from .loop import load_trainable_state
+
+            with ckpt.as_directory() as d:
+                params, opt_state, loop = load_training_state(Path(d))
+            load_trainable_state(peft_model, params)
+            resume = (LoopState(**{k: loop[k] for k in ("step", "best_metric", "best_step", "bad_evals")}), opt_state)
+
+        def on_eval(state: LoopState, metrics: dict, improved: bool, optimizer) -> None:
+            report = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            report["improved"] = float(improved)
+            if improved and rank == 0:
+                with staged_checkpoint(local_root, state.step, lambda d: save_training_state(d, peft_model, optimizer, vars(state))) as d:
+                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
+            else:
+                ray.train.report(report)
+
+        t = cfg.train
+        stats = train_adapter(
+            peft_model, model, by_name, train_rows,
+            epochs=job.epochs if job.epochs is not None else t.epochs,
+            lr=job.lr if job.lr is not None else t.lr,
+            batch_size=t.batch_size, seed=job.seed, weight_decay=t.weight_decay, device=device,
+            loss=job.loss, targets=targets, regularizer=regularizer,
+            validate=validate if val_rows else None,
+            evals_per_epoch=t.evals_per_epoch, patience=t.patience,
+            metric="loss" if job.loss != "ce" else t.early_stopping_metric,
+            on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward,
+        )
+    final = {
+        "final": 1.0, "steps": float(stats.steps), "samples": float(stats.samples), "tokens": float(stats.tokens),
+        "train_seconds": stats.seconds, "train_flops": stats.flops * world,
+        "best_step": float(stats.best_step if stats.best_step is not None else stats.steps),
+        "stopped_early": float(stats.stopped_early), "world_size": float(world),
+        "first_loss": float(np.mean(stats.losses[:5])) if stats.losses else float("nan"),
+        "last_loss": float(np.mean(stats.losses[-5:])) if stats.losses else float("nan"),
+        **mem.megabytes(),
+    }
+    if rank == 0:
+        def write_final(d: Path) -> None:  # the best state (restored by train_adapter)
+            save_training_state(d, peft_model, torch.optim.AdamW([torch.zeros(1)]), {"step": stats.steps, "final": True})
+            (d / "evals.json").write_text(json.dumps(stats.evals, default=float))
+
+        with staged_checkpoint(local_root, "final", write_final) as d:
+            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
+    else:
+        ray.train.report(final)
+
+
+@contextmanager
+def staged_checkpoint(local_root: Path | None, step, write: Callable[[Path], None]) -> Iterator[Path]:
+    """A complete checkpoint directory (filled by ``write``) to hand to ``ray.train.report``.
+
+    Distributed runs: a temporary directory (Ray Train copies it into ``storage_path``).
+    Local mode keeps checkpoints only in memory, so we persist them ourselves under
+    ``local_root`` (complete directories only: written to a temporary name, then renamed),
+    keeping the newest two.
+    """
+    if local_root is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp))
+            yield Path(tmp)
+        return
+    name = f"checkpoint_{step:06d}" if isinstance(step, int) else f"checkpoint_{step}"
+    target = local_root / name
+    with atomic_path(target) as tmp:
+        tmp.mkdir(parents=True)
+        write(tmp)
+    steps = sorted(p for p in local_root.glob("checkpoint_[0-9]*") if p.is_dir())
+    for old in steps[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    yield target
+
+
+def latest_local_checkpoint(local_root: Path):
+    """The newest complete step checkpoint under ``local_root`` (a resumed local-mode run)."""
+    import ray.train
+
+    steps = sorted(p for p in local_root.glob("checkpoint_[0-9]*") if (p / "state.json").is_file())
+    return ray.train.Checkpoint.from_directory(str(steps[-1])) if steps else None
