@@ -79,6 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--force", action="store_true", help="recluster even if groups.json is current")
 
+    for name, help_, desc in (
+        ("train", "one adapter per group with Ray Train → adapters/group-*",
+         "Train one adapter per group of groups.json with Ray Train (TorchTrainer; local mode on CPU, DDP with "
+         "train.num_workers ≥ 1), early-stopped on the group's validation loss; groups train concurrently. "
+         "Writes adapters/<id>/, outputs/<id>.parquet and ensemble/members.json. Runs earlier stages if needed."),
+        ("boost", "b gradient-boosting adapters on the worst groups",
+         "Add boost.steps boosting adapters, each fit to the residual 1 − p of the group with the highest "
+         "training loss (boost.method: linearized ridge on projected gradients, or trained)."),
+        ("combine", "learn the per-task combination weights on validation → ensemble/weights.json",
+         "Fit per-task convex weights over the group ensembles minimising the validation log loss (cvxpy)."),
+        ("baselines", "train the baselines (single adapter, QLoRA, per-task, MTL-FT, random/gradient groups)",
+         "Train every method in baselines.methods under the ensemble's protocol."),
+        ("evaluate", "accuracy and cost of every method → evaluation.json",
+         "Per-task accuracy of the ensemble and the baselines on evaluate.split, with FLOPs, memory and time."),
+    ):
+        p = sub.add_parser(name, help=help_, description=desc)
+        _common(p)
+        p.add_argument("--force", action="store_true", help="redo this stage even if its artifacts are current")
+
+    p = sub.add_parser("predict", help="predict with a finished run's ensemble",
+                       description="Load the ensemble of a finished run (adapters + weights) and predict labels "
+                       "for new text: --text (repeatable) or --input FILE.jsonl with 'text' (and optional "
+                       "'text_pair') fields; prints one JSON object per input.")
+    p.add_argument("--run", type=Path, required=True, help="run directory written by `elora run`")
+    p.add_argument("--task", required=True, help="task name (one of the run's tasks)")
+    p.add_argument("--text", action="append", default=[], help="input text (repeatable)")
+    p.add_argument("--input", type=Path, default=None, help="jsonl file with a 'text' field per line")
+    p.add_argument("--batch-size", type=int, default=32)
+
     p = sub.add_parser("fidelity", help="estimated vs really fine-tuned subset performance (+ cost ratio)",
                        description="Really fine-tune the adapter on fidelity.num_subsets random task subsets "
                        "(one Ray task each) and compare with the linearised estimate: first-order error of h, "
@@ -152,6 +181,37 @@ def _cmd_fidelity(args) -> None:
     del summary
 
 
+def _cmd_predict(args) -> None:
+    import json
+
+    from .ensemble.predictor import EnsemblePredictor
+    from .runlog import setup_logging
+
+    setup_logging(None)
+    texts, pairs = list(args.text), [None] * len(args.text)
+    if args.input is not None:
+        for lineno, line in enumerate(args.input.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{args.input}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ConfigError(f"{args.input}:{lineno}: field 'text' (a string) is missing")
+            texts.append(row["text"])
+            pairs.append(row.get("text_pair"))
+    if not texts:
+        raise ConfigError("nothing to predict: give --text or --input")
+    predictor = EnsemblePredictor(args.run, batch_size=args.batch_size)
+    if args.task not in predictor.tasks:
+        raise ConfigError(f"unknown task {args.task!r}; the run has {sorted(predictor.tasks)}")
+    probs = predictor.predict_proba(args.task, texts, pairs if any(p is not None for p in pairs) else None)
+    labels = predictor.tasks[args.task].labels
+    for text, p in zip(texts, probs):
+        print(json.dumps({"text": text, "label": labels[int(p.argmax())], "probabilities": dict(zip(labels, map(float, p.round(6))))}))
+
+
 def _cmd_validate(args) -> None:
     from .runlog import setup_logging
     from .tasks.load import load_tasks
@@ -200,6 +260,12 @@ COMMANDS = {
     "featurize": _cmd_stage,
     "estimate": _cmd_stage,
     "cluster": _cmd_stage,
+    "train": _cmd_stage,
+    "boost": _cmd_stage,
+    "combine": _cmd_stage,
+    "baselines": _cmd_stage,
+    "evaluate": _cmd_stage,
+    "predict": _cmd_predict,
     "fidelity": _cmd_fidelity,
     "validate": _cmd_validate,
     "config": _cmd_config,

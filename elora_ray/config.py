@@ -207,7 +207,10 @@ class BoostConfig(_Section):
     """``linearized``: ridge regression of the residual 1 − p on the projected gradients (no
     training); ``trained``: fine-tune a new adapter on the squared loss to the residual."""
     step_size: float = Field(0.1, gt=0.0)
-    """η: each boosting adapter's outputs enter its group with this weight (paper: 0.1)."""
+    """η: shrinkage of each boosting adapter's contribution to its group (paper: 0.1)."""
+    line_search: bool = True
+    """Scale each new learner by the multiplier ρ that minimises its group's training log loss
+    before shrinking by η (Friedman's gradient boosting). ``false``: the paper's plain η·output."""
     l2: float = Field(1e-3, ge=0.0)
     """Ridge λ (scaled by the mean squared feature norm, as in the estimate stage)."""
     epochs: float | None = Field(None, gt=0.0)

@@ -138,7 +138,6 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         g = np.concatenate([feats[m][0] for m in mem])
         h0 = np.concatenate([feats[m][1] for m in mem])
         for l2 in l2s:
-            t = time.perf_counter()
             fit = fit_surrogate(g, h0, l2=l2, max_iter=cfg.estimate.max_iter)
             if l2 == cfg.estimate.l2:
                 solver_flops += 4.0 * g.shape[0] * g.shape[1] * max(1, fit.iterations + 1)

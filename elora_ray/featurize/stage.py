@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..io import write_json, write_parquet
-from ..models.classifier import TaskSpec
 from ..prepare import read_prepared
 from ..raysession import cluster_cpus, cluster_gpus, ensure_ray
 from ..tasks.schema import TaskData

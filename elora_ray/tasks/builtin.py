@@ -13,7 +13,6 @@ Split policy:
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path

@@ -49,6 +49,9 @@ class AdapterJob:
     train_heads: bool | None = None
     seed: int = 0
     kind: Literal["trained", "linearized", "reference"] = "trained"
+    inputs: str = ""
+    """Fingerprint of upstream artifacts the job depends on beyond the configuration (a
+    boosting learner: the group ensemble whose residual it fits)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,11 +64,11 @@ class AdapterJob:
         """Hash of everything that determines this adapter: the job, model, adapter, training
         settings, the probed heads' config and the data."""
         relevant = {
-            "job": {k: v for k, v in self.to_dict().items() if k != "output_tasks"},
+            "job": self.to_dict(),
             "model": cfg.model.model_dump(mode="json"),
             "adapter": cfg.adapter.model_dump(mode="json"),
             "train": cfg.train.model_dump(mode="json", exclude={"num_workers", "cpus_per_worker", "use_gpu", "max_failures"}),
-            "boost": cfg.boost.model_dump(mode="json") if self.loss != "ce" or self.kind == "linearized" else None,
+            "boost": cfg.boost.model_dump(mode="json", exclude={"steps", "line_search", "step_size"}) if self.loss != "ce" or self.kind == "linearized" else None,
             "featurize": cfg.featurize.model_dump(mode="json", include={"probe", "probe_samples_per_task", "probe_l2", "dim", "projection"}),
             "seed": cfg.seed,
             "data": data_fingerprint,
@@ -98,5 +101,5 @@ def job_done(run_dir: Path, job: AdapterJob, fingerprint: str) -> bool:
         rec is not None
         and rec.get("fingerprint") == fingerprint
         and output_path(run_dir, job.id).is_file()
-        and (job.kind == "reference" or adapter_dir(run_dir, job.id).is_dir())
+        and adapter_dir(run_dir, job.id).is_dir()
     )

@@ -17,6 +17,7 @@ the same configuration resumes from its latest checkpoint (Train V2 restores by 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -89,22 +90,22 @@ def check_strategy(cfg: RunConfig, use_gpu: bool) -> None:
 
 def export_job(
     cfg: RunConfig, run_dir: Path, job: AdapterJob, state_dir: Path | None, metrics: dict, fingerprint: str, wall_s: float,
-    device: str = "cpu",
+    device: str = "cpu", built=None,
 ) -> dict:
-    """Write the adapter, its outputs and the job record (last) from a training state."""
+    """Write the adapter, its outputs and the job record (last) from a training state (or from
+    an already ``built`` (peft_model, model) pair)."""
     from ..adapters import count_parameters, save_adapter
     from .loop import load_trainable_state
     from .model import build_job_model, job_config, load_training_state
 
     tasks = read_prepared(run_dir)
     specs = [TaskSpec.of(t) for t in tasks]
-    peft_model, model = build_job_model(cfg, job, run_dir, specs, device)
+    peft_model, model = built if built is not None else build_job_model(cfg, job, run_dir, specs, device)
     if state_dir is not None:
         params, _, _ = load_training_state(state_dir)
         load_trainable_state(peft_model, params)
     adapter_params = count_parameters(peft_model)
-    if job.kind != "reference":
-        save_adapter(peft_model, job_config(cfg, job).adapter, adapter_dir(run_dir, job.id), extra={"job": job.to_dict()})
+    save_adapter(peft_model, job_config(cfg, job).adapter, adapter_dir(run_dir, job.id), extra={"job": job.to_dict()})
     t0 = time.perf_counter()
     table = compute_outputs(peft_model, model, tasks, job.output_tasks, cfg.evaluate.batch_size, device)
     write_parquet(output_path(run_dir, job.id), table)
@@ -131,6 +132,21 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     if job.kind == "reference":
         return export_job(cfg, run, job, None, {}, fingerprint, time.perf_counter() - t0, device)
+    if job.kind == "linearized":
+        import pandas as pd
+
+        from ..boost.linearized import linearized_learner
+        from .model import build_job_model
+        from .worker import PeakMemory
+
+        tasks = read_prepared(run)
+        with PeakMemory() as mem:
+            built = build_job_model(cfg, job, run, [TaskSpec.of(t) for t in tasks], device)
+            metrics = linearized_learner(cfg, run, job.tasks, pd.read_parquet(run / str(job.targets)), built[0])
+        d = cfg.featurize.dim
+        metrics.update(mem.megabytes())
+        metrics["train_flops"] = 2.0 * metrics["samples"] * d * d + d**3 / 3.0  # normal equations + solve
+        return export_job(cfg, run, job, None, metrics, fingerprint, time.perf_counter() - t0, device, built=built)
 
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -179,8 +195,10 @@ def run_jobs(
     desc: str = "train",
     progress: bool = True,
     on_done: Callable[[dict], None] | None = None,
+    force: bool = False,
 ) -> dict[str, dict]:
-    """Run every job not already done (by fingerprint); returns {job id: job record}."""
+    """Run every job not already done (by fingerprint; all of them with ``force``, discarding
+    their Ray Train checkpoints); returns {job id: job record}."""
     import ray
 
     ids = [j.id for j in jobs]
@@ -191,7 +209,9 @@ def run_jobs(
     todo: list[tuple[AdapterJob, str]] = []
     for job in jobs:
         fp = job.fingerprint(cfg, data_fp)
-        if job_done(run_dir, job, fp):
+        if force:
+            shutil.rmtree(Path(run_dir) / RAY_TRAIN_DIR / f"{job.id}-{fp}", ignore_errors=True)
+        if not force and job_done(run_dir, job, fp):
             records[job.id] = read_job_record(run_dir, job.id)  # type: ignore[assignment]
         else:
             todo.append((job, fp))

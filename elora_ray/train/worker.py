@@ -10,6 +10,7 @@ improves, and resumes from ``ray.train.get_checkpoint()`` after a failure or a r
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -27,6 +28,8 @@ from ..models.classifier import TaskSpec
 from ..prepare import read_prepared
 from .jobs import AdapterJob
 from .loop import LoopState, classification_metrics, predict_logits, train_adapter
+
+log = logging.getLogger(__name__)
 
 
 class PeakMemory:
@@ -143,6 +146,7 @@ def train_loop_per_worker(config: dict) -> None:
                 params, opt_state, loop = load_training_state(Path(d))
             load_trainable_state(peft_model, params)
             resume = (LoopState(**{k: loop[k] for k in ("step", "best_metric", "best_step", "bad_evals")}), opt_state)
+            log.info("adapter %s: resuming from its checkpoint at step %d", job.id, resume[0].step)
 
         def on_eval(state: LoopState, metrics: dict, improved: bool, optimizer) -> None:
             report = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -170,6 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
         "train_seconds": stats.seconds, "train_flops": stats.flops * world,
         "best_step": float(stats.best_step if stats.best_step is not None else stats.steps),
         "stopped_early": float(stats.stopped_early), "world_size": float(world),
+        "resumed_from_step": float(resume[0].step) if resume is not None else -1.0,
         "first_loss": float(np.mean(stats.losses[:5])) if stats.losses else float("nan"),
         "last_loss": float(np.mean(stats.losses[-5:])) if stats.losses else float("nan"),
         **mem.megabytes(),

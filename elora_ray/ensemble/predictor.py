@@ -1,0 +1,146 @@
+"""``EnsemblePredictor``: load a finished run directory and predict on new text.
+
+It rebuilds the base model once, loads every ensemble adapter into it as a named PEFT
+adapter (safetensors only), and computes the ensemble exactly as the pipeline evaluated it:
+
+    z(s) = Σ_j α_ij · [ z_base_j(s) + Σ_t c_jt · (z_jt(s) − z_θ*(s)) ]
+
+Adapters with zero total weight for the task are skipped. For LoRA-family adapters all the
+needed adapters run in *one* forward pass per batch: the batch is repeated once per adapter
+and PEFT's mixed-adapter batches (``adapter_names=[...]``) route each copy through its own
+adapter. Other adapter types (bottleneck adapters) fall back to one pass per adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..config import load_config
+from ..errors import ConfigError
+from ..models.classifier import TaskSpec
+from ..prepare import read_prepared
+from ..train.jobs import adapter_dir
+from .members import load_members, load_weights
+
+log = logging.getLogger(__name__)
+MIXED_BATCH_TYPES = ("lora", "qlora")
+
+
+class EnsemblePredictor:
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 32,
+                 mixed_batches: bool | None = None) -> None:
+        from ..adapters import needs_quantized_base
+        from ..featurize.model_at_init import load_heads
+        from ..models.build import build_classifier
+        from ..train.model import heads_path
+
+        self.run_dir = Path(run_dir)
+        cfg_path = self.run_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: not an elora run directory")
+        self.cfg = load_config(cfg_path)
+        self.tasks = {t.name: t for t in read_prepared(self.run_dir)}
+        self.specs = [TaskSpec.of(t) for t in self.tasks.values()]
+        self.members = load_members(self.run_dir)
+        self.weights = {n: np.asarray(t["weights"], np.float64) for n, t in load_weights(self.run_dir)["tasks"].items()}
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        adapter_type = self.cfg.adapter.type
+        self.mixed = adapter_type in MIXED_BATCH_TYPES if mixed_batches is None else mixed_batches
+        if self.mixed and adapter_type not in MIXED_BATCH_TYPES:
+            raise ConfigError(f"mixed adapter batches need a LoRA-family adapter, this run uses {adapter_type!r}")
+        model = build_classifier(self.cfg.model, self.specs, quantize=needs_quantized_base(self.cfg.adapter),
+                                 quant_type=self.cfg.adapter.quant_type, seed=self.cfg.seed)
+        heads = heads_path(self.run_dir)
+        if heads is not None:
+            load_heads(model, heads)
+        self.model = model
+        self.adapters = list(dict.fromkeys(self.members.job_ids + ([self.members.reference] if self.members.boosting_steps else [])))
+        self.peft_model = self._load_adapters(model, self.adapters)
+        log.info("ensemble predictor: %d adapters loaded from %s (%s)", len(self.adapters), self.run_dir,
+                 "mixed-adapter batches" if self.mixed else "one pass per adapter")
+        if not needs_quantized_base(self.cfg.adapter):
+            self.peft_model.to(self.device)
+        self.peft_model.eval()
+
+    def _load_adapters(self, model, ids: Sequence[str]):
+        from peft import PeftModel
+
+        from ..adapters import read_adapter_meta
+
+        for i in ids:
+            meta = read_adapter_meta(adapter_dir(self.run_dir, i))
+            if meta["adapter"]["type"] in ("adapter", "qadapter"):
+                from ..adapters import bottleneck  # noqa: F401  registers the PEFT method
+            want = [t["name"] for t in meta.get("tasks", [])]
+            if want and want != [s.name for s in self.specs]:
+                raise ConfigError(f"{adapter_dir(self.run_dir, i)}: adapter was trained for tasks {want}, the run has {[s.name for s in self.specs]}")
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir(self.run_dir, ids[0])), adapter_name=ids[0])
+        for i in ids[1:]:
+            peft_model.load_adapter(str(adapter_dir(self.run_dir, i)), adapter_name=i)
+        return peft_model
+
+    def adapter_coefficients(self, task: str) -> dict[str, float]:
+        """Each adapter's coefficient in the task's logits (the formula above, expanded)."""
+        if task not in self.weights:
+            raise KeyError(f"unknown task {task!r}; this ensemble knows {sorted(self.weights)}")
+        coef: dict[str, float] = defaultdict(float)
+        for a, g in zip(self.weights[task], self.members.groups):
+            if a == 0:
+                continue
+            coef[g.base] += a
+            for lr in g.learners:
+                coef[lr.job_id] += a * lr.coef
+                coef[self.members.reference] -= a * lr.coef
+        return {k: v for k, v in coef.items() if v != 0.0}
+
+    @torch.no_grad()
+    def adapter_logits(self, task: str, texts: Sequence[str], text_pairs: Sequence[str | None] | None,
+                       adapters: Sequence[str]) -> dict[str, np.ndarray]:
+        """{adapter id: [N, C] logits} of each listed adapter on the inputs."""
+        n_labels = len(self.tasks[task].labels)
+        out: dict[str, list[np.ndarray]] = {a: [] for a in adapters}
+        pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start : start + self.batch_size])
+            chunk_pairs = pairs[start : start + self.batch_size]
+            if self.mixed:
+                k = len(adapters)
+                enc = self.model.tokenize([task] * len(chunk) * k, chunk * k, chunk_pairs * k)
+                enc = {key: v.to(self.device) for key, v in enc.items()}
+                names = [a for a in adapters for _ in chunk]
+                logits = self.peft_model(**enc, adapter_names=names).float().cpu().numpy()[:, :n_labels]
+                for i, a in enumerate(adapters):
+                    out[a].append(logits[i * len(chunk) : (i + 1) * len(chunk)])
+            else:
+                enc = self.model.tokenize([task] * len(chunk), chunk, chunk_pairs)
+                enc = {key: v.to(self.device) for key, v in enc.items()}
+                for a in adapters:
+                    self.peft_model.set_adapter(a)
+                    out[a].append(self.peft_model(**enc).float().cpu().numpy()[:, :n_labels])
+        return {a: np.concatenate(v) if v else np.zeros((0, n_labels)) for a, v in out.items()}
+
+    def predict_logits(self, task: str, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> np.ndarray:
+        coef = self.adapter_coefficients(task)
+        per_adapter = self.adapter_logits(task, texts, text_pairs, list(coef))
+        n_labels = len(self.tasks[task].labels)
+        z = np.zeros((len(texts), n_labels))
+        for a, c in coef.items():
+            z += c * per_adapter[a]
+        return z
+
+    def predict_proba(self, task: str, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> np.ndarray:
+        z = self.predict_logits(task, texts, text_pairs)
+        z = z - z.max(1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(1, keepdims=True)
+
+    def predict(self, task: str, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> list[str]:
+        labels = self.tasks[task].labels
+        return [labels[i] for i in self.predict_logits(task, texts, text_pairs).argmax(1)]

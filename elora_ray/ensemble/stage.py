@@ -1,0 +1,69 @@
+"""``elora combine``: learn the per-task weights over the group ensembles on validation
+outputs (``ensemble.weights``) and save them to ``ensemble/weights.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RunConfig
+from ..prepare import read_prepared
+from .members import WEIGHTS_FILE, group_outputs, load_members, save_weights
+from .weights import combine, fit_task_weights, task_loss
+
+log = logging.getLogger(__name__)
+
+
+def combine_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
+    run = Path(run_dir)
+    members = load_members(run)
+    tasks = read_prepared(run)
+    names = [t.name for t in tasks]
+    num_labels = {t.name: len(t.labels) for t in tasks}
+    e = cfg.ensemble
+    fp = hashlib.sha256(json.dumps([members.to_dict(), e.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()[:16]
+    path = run / WEIGHTS_FILE
+    if path.is_file() and not force:
+        old = json.loads(path.read_text())
+        if old.get("fingerprint") == fp:
+            log.info("combine: weights already fit for these members, skipping")
+            return old
+    m = len(members.groups)
+    val = [group_outputs(run, members, j, "validation", names, num_labels) for j in range(m)]
+    per_task: dict[str, dict] = {}
+    for name in names:
+        own = members.group_of(name)
+        labels = val[own][name].labels
+        logits = [v[name].align_to(val[own][name].sample_ids).logits for v in val]
+        if e.weights == "learned":
+            alpha = fit_task_weights(logits, labels, own, e.shrink, e.solver)
+        elif e.weights == "uniform":
+            alpha = np.full(m, 1.0 / m)
+        else:
+            alpha = np.eye(m)[own]
+        losses = {
+            label: task_loss(combine(val, {name: list(a)})[name])
+            for label, a in (("weights", alpha), ("uniform", np.full(m, 1.0 / m)), ("own_group", np.eye(m)[own]))
+        }
+        per_task[name] = {
+            "own_group": own,
+            "weights": [round(float(a), 6) for a in alpha],
+            "validation_loss": losses,
+            "validation_samples": int(len(labels)),
+        }
+    result = {"method": e.weights, "fingerprint": fp, "groups": [g.tasks for g in members.groups], "tasks": per_task}
+    save_weights(run, result)
+    mean = {k: float(np.mean([t["validation_loss"][k] for t in per_task.values()])) for k in ("weights", "uniform", "own_group")}
+    log.info(
+        "combine: %s weights; mean validation loss %.4f (uniform %.4f, own group only %.4f)",
+        e.weights, mean["weights"], mean["uniform"], mean["own_group"],
+    )
+    return result
+
+
+def weight_matrix(weights: dict) -> dict[str, list[float]]:
+    return {name: t["weights"] for name, t in weights["tasks"].items()}

@@ -1,0 +1,79 @@
+"""``elora train``: one adapter per group of ``groups.json`` (Algorithm 2, line 2), plus the
+θ* reference outputs the boosting step measures learners against.
+
+Writes ``ensemble/members.json`` (the groups and their adapters). Re-running with the same
+configuration and groups skips finished adapters and keeps boosting learners already added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from ..config import RunConfig
+from ..ensemble.members import MEMBERS_FILE, EnsembleMembers, GroupMembers, save_members
+from ..errors import ConfigError
+from ..prepare import read_prepared
+from .jobs import THETA_STAR, AdapterJob
+from .runner import run_jobs
+
+log = logging.getLogger(__name__)
+
+
+def train_seed(cfg: RunConfig) -> int:
+    return cfg.train.seed if cfg.train.seed is not None else cfg.seed
+
+
+def read_groups(run_dir: Path) -> list[list[str]]:
+    p = Path(run_dir) / "groups.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: run `elora cluster` first")
+    return json.loads(p.read_text())["groups"]
+
+
+def output_splits(names: list[str], train_tasks: list[str]) -> dict[str, list[str]]:
+    """Training logits of the job's own tasks (boosting), validation and test of all tasks
+    (weights may combine any group for any task)."""
+    return {"train": list(train_tasks), "validation": list(names), "test": list(names)}
+
+
+def reference_job(names: list[str]) -> AdapterJob:
+    return AdapterJob(id=THETA_STAR, method="reference", tasks=[], output_tasks=output_splits(names, names), kind="reference")
+
+
+def group_jobs(cfg: RunConfig, groups: list[list[str]], names: list[str], prefix: str = "group", method: str = "ensemble") -> list[AdapterJob]:
+    return [
+        AdapterJob(id=f"{prefix}-{i}", method=method, tasks=list(g), output_tasks=output_splits(names, g), seed=train_seed(cfg))
+        for i, g in enumerate(groups)
+    ]
+
+
+def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
+    run = Path(run_dir)
+    groups = read_groups(run)
+    names = [t.name for t in read_prepared(run)]
+    unknown = sorted({t for g in groups for t in g} - set(names))
+    if unknown:
+        raise ConfigError(f"{run / 'groups.json'}: tasks {unknown} are not in the prepared data; rerun `elora cluster`")
+    jobs = group_jobs(cfg, groups, names)
+    if cfg.boost.steps > 0:
+        jobs.append(reference_job(names))
+    records = run_jobs(cfg, run, jobs, desc="train groups", progress=progress, force=force)
+    fp = hashlib.sha256(json.dumps([records[j.id]["fingerprint"] for j in jobs if j.kind != "reference"]).encode()).hexdigest()[:16]
+    existing = None
+    if (run / MEMBERS_FILE).is_file() and not force:
+        from ..ensemble.members import load_members
+
+        existing = load_members(run)
+    if existing is None or existing.fingerprint != fp:
+        save_members(run, EnsembleMembers([GroupMembers(list(g), f"group-{i}") for i, g in enumerate(groups)], fingerprint=fp))
+    group_records = [records[j.id] for j in jobs if j.kind != "reference"]
+    return {
+        "groups": groups,
+        "adapters": [r["id"] for r in group_records],
+        "train_flops": sum(float(r["metrics"].get("train_flops", 0.0)) for r in group_records),
+        "seconds": sum(float(r["wall_s"]) for r in group_records),
+        "records": records,
+    }

@@ -1,0 +1,193 @@
+"""Algorithm 2 on a tiny model: group adapters on Ray Train, boosting, learned weights,
+baselines, evaluation, the report, the predictor, and resuming."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from elora_ray.boost.linearized import fit_residual
+from elora_ray.config import load_config
+from elora_ray.ensemble.members import group_outputs, load_members, load_weights
+from elora_ray.ensemble.outputs import TaskOutputs, log_loss, read_outputs
+from elora_ray.ensemble.predictor import EnsemblePredictor
+from elora_ray.ensemble.stage import weight_matrix
+from elora_ray.ensemble.weights import combine, fit_task_weights
+from elora_ray.pipeline import run_pipeline
+from elora_ray.prepare import read_prepared
+from elora_ray.train.jobs import job_record_path, output_path
+from elora_ray.train.runner import run_jobs
+from elora_ray.train.stage import group_jobs
+
+SETS = [
+    "model.name_or_path=tiny-bert", "suite.samples_per_task=48", "suite.tasks_per_group=[2,2]",
+    "featurize.dim=32", "featurize.shard_size=16", "estimate.num_subsets=24", "cluster.num_groups=2",
+    "train.epochs=2", "train.lr=3e-3", "train.batch_size=8", "boost.steps=2", "evaluate.batch_size=32",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("alg2")
+    cfg = load_config(None, SETS)
+    report = run_pipeline(cfg, out)
+    return cfg, out, report
+
+
+def test_report_has_every_method_with_costs(run):
+    cfg, out, report = run
+    names = [t.name for t in read_prepared(out)]
+    want = {"ensemble", "single_adapter", "single_qlora", "per_task_adapters", "mtl_ft", "random_groups", "gradient_cosine"}
+    assert set(report["methods"]) == want
+    for name, r in report["methods"].items():
+        assert set(r["per_task"]) == set(names), name
+        assert 0.0 <= r["avg_accuracy"] <= 1.0
+        assert r["avg_accuracy"] == pytest.approx(np.mean(list(r["per_task"].values())))
+        assert r["train_flops"] > 0 and r["peak_memory_mb"] > 0 and r["wall_s"] > 0, name
+    m = report["methods"]
+    assert m["per_task_adapters"]["adapters"] == len(names)
+    assert m["mtl_ft"]["adapters"] == len(names) + 1  # the shared adapter + one per task
+    assert m["ensemble"]["adapters"] == len(report["groups"]) + cfg.boost.steps
+    # The ensemble pays for featurisation on top of its adapters.
+    feats = json.loads((out / "features" / "manifest.json").read_text())
+    assert m["ensemble"]["train_flops"] > feats["flops"]
+    for f in ("report.json", "report.md", "affinity.csv", "groups.json", "plots/affinity.png",
+              "plots/per_task_accuracy.png", "plots/cost_vs_accuracy.png", "ensemble/weights.json"):
+        assert (out / f).is_file(), f
+    md = (out / "report.md").read_text()
+    assert "## Results" in md and "MTL-FT" in md and "boosting step 1" in md
+
+
+def test_group_adapters_trained_with_ray_train_and_keyed_by_sample_id(run):
+    cfg, out, report = run
+    members = load_members(out)
+    assert [g.tasks for g in members.groups] == report["groups"]
+    tasks = {t.name: t for t in read_prepared(out)}
+    for j, g in enumerate(members.groups):
+        rec = json.loads(job_record_path(out, g.base).read_text())
+        assert rec["metrics"]["steps"] > 0 and rec["metrics"]["evals"], rec["metrics"]
+        assert (out / "adapters" / g.base / "adapter_model.safetensors").is_file()
+        assert list((out / "ray_train").glob(f"{g.base}-*/local_checkpoints/checkpoint_final"))
+        table = pq.read_table(output_path(out, g.base)).to_pandas()
+        for split in ("validation", "test"):
+            got = set(table[table.split == split].sample_id)
+            want = {e.sample_id for t in tasks.values() for e in t.splits[split]}
+            assert got == want, (split, g.base)
+        assert set(table[table.split == "train"].task) == set(g.tasks)
+
+
+def test_boosting_reduces_the_chosen_groups_training_loss(run):
+    cfg, out, _ = run
+    steps = json.loads((out / "boost" / "steps.json").read_text())["steps"]
+    assert len(steps) == cfg.boost.steps
+    for s in steps:
+        assert s["group"] == int(np.argmax(s["group_train_losses_before"]))
+        assert s["train_loss_after"] < s["train_loss_before"], s
+        assert s["rho"] > 0 and s["coef"] == pytest.approx(cfg.boost.step_size * s["rho"])
+    # members.json holds exactly those learners, and recomputing the group's loss agrees.
+    members = load_members(out)
+    assert members.boosting_steps == len(steps)
+    last = steps[-1]
+    num_labels = {t.name: len(t.labels) for t in read_prepared(out)}
+    loss = log_loss(group_outputs(out, members, last["group"], "train", num_labels=num_labels))
+    assert loss == pytest.approx(min(s["train_loss_after"] for s in steps if s["group"] == last["group"]), rel=1e-9)
+
+
+def test_trained_boosting_also_reduces_training_loss(run, tmp_path):
+    from elora_ray.boost.stage import boost_stage
+
+    cfg, out, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("ray_train"))
+    cfg2 = load_config(None, SETS + ["boost.method=trained", "boost.steps=1", "boost.epochs=3"])
+    res = boost_stage(cfg2, copy, force=True, progress=False)
+    (step,) = res["steps"]
+    assert step["method"] == "trained"
+    assert step["train_loss_after"] < step["train_loss_before"]
+    rec = json.loads(job_record_path(copy, step["job"]).read_text())
+    assert rec["kind"] == "trained" and rec["metrics"]["steps"] > 0
+
+
+def test_predictor_round_trip_matches_evaluated_outputs(run):
+    cfg, out, _ = run
+    tasks = read_prepared(out)
+    predictor = EnsemblePredictor(out)
+    assert predictor.mixed  # LoRA: all adapters in one forward per batch
+    members, weights = load_members(out), weight_matrix(load_weights(out))
+    num_labels = {t.name: len(t.labels) for t in tasks}
+    groups = [group_outputs(out, members, j, "test", [t.name for t in tasks], num_labels) for j in range(len(members.groups))]
+    expected = combine(groups, weights)
+    for t in tasks:
+        rows = t.splits["test"][:12]
+        z = predictor.predict_logits(t.name, [e.text for e in rows], [e.text_pair for e in rows])
+        ref = expected[t.name].align_to(np.array([e.sample_id for e in rows]))
+        np.testing.assert_allclose(z, ref.logits, rtol=1e-4, atol=1e-4)
+        assert predictor.predict(t.name, [rows[0].text], [rows[0].text_pair])[0] in t.labels
+    # Mixed-adapter batches give the same numbers as one pass per adapter.
+    seq = EnsemblePredictor(out, mixed_batches=False)
+    t = tasks[0]
+    texts = [e.text for e in t.splits["test"][:6]]
+    np.testing.assert_allclose(seq.predict_logits(t.name, texts), predictor.predict_logits(t.name, texts), rtol=1e-4, atol=1e-5)
+
+
+def test_rerun_skips_finished_adapters_and_resumes_from_checkpoints(run, caplog):
+    cfg, out, _ = run
+    names = [t.name for t in read_prepared(out)]
+    jobs = group_jobs(cfg, [g.tasks for g in load_members(out).groups], names)
+    before = {j.id: json.loads(job_record_path(out, j.id).read_text()) for j in jobs}
+    caplog.set_level("INFO")
+    records = run_jobs(cfg, out, jobs, progress=False)
+    assert "already trained" in caplog.text
+    assert all(records[j.id]["wall_s"] == before[j.id]["wall_s"] for j in jobs)
+    # As if killed after training but before the export: the job restarts from its checkpoint.
+    victim = jobs[0]
+    job_record_path(out, victim.id).unlink()
+    records = run_jobs(cfg, out, [victim], progress=False)
+    m = records[victim.id]["metrics"]
+    assert m["resumed_from_step"] >= 0
+    assert m["resumed_from_step"] <= before[victim.id]["metrics"]["steps"]
+    a = read_outputs(out, victim.id, "test")
+    for name, o in a.items():
+        assert np.isfinite(o.logits).all()
+
+
+def test_fit_residual_matches_a_direct_ridge_solution():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(200, 12))
+    w_true = rng.normal(size=12)
+    r = g @ w_true + 0.01 * rng.normal(size=200)
+    w = fit_residual(g, r, l2=0.0)
+    np.testing.assert_allclose(w, np.linalg.lstsq(g, r, rcond=None)[0], rtol=1e-6, atol=1e-8)
+    lam = 0.1
+    scale = (g**2).sum(1).mean()
+    direct = np.linalg.solve(g.T @ g / 200 + lam * scale * np.eye(12), g.T @ r / 200)
+    np.testing.assert_allclose(fit_residual(g, r, l2=lam), direct, rtol=1e-6)
+
+
+def test_learned_weights_beat_uniform_on_held_out_data():
+    """Group 1 is informative for the task, groups 0 and 2 are noise: the fitted weights put
+    their mass on group 1, and on fresh samples their log loss beats uniform weights."""
+    rng = np.random.default_rng(1)
+
+    def sample(n):
+        y = rng.integers(0, 3, n)
+        good = 2.0 * np.eye(3)[y] + rng.normal(0, 1.0, (n, 3))
+        return y, [rng.normal(0, 1.5, (n, 3)), good, rng.normal(0, 1.5, (n, 3))]
+
+    y_val, z_val = sample(120)
+    alpha = fit_task_weights(z_val, y_val, own=0)
+    assert alpha.sum() == pytest.approx(1.0) and (alpha >= 0).all()
+    assert alpha[1] > 0.8
+    y_test, z_test = sample(2000)
+    ids = np.array([f"s{i}" for i in range(len(y_test))])
+
+    def loss(a):
+        groups = [{"t": TaskOutputs(ids, y_test, z)} for z in z_test]
+        return log_loss(combine(groups, {"t": list(a)}))
+
+    assert loss(alpha) < loss(np.full(3, 1 / 3)) - 0.05
+    assert loss(alpha) < loss(np.eye(3)[0])
