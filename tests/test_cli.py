@@ -10,7 +10,8 @@ import pytest
 from elora_ray.cli import main
 
 TINY = ["--set", "model.name_or_path=tiny-bert", "--set", "suite.samples_per_task=40", "--set", "featurize.dim=32",
-        "--set", "estimate.num_subsets=30", "--set", "cluster.max_groups=4"]
+        "--set", "estimate.num_subsets=30", "--set", "cluster.max_groups=4", "--set", "train.epochs=1",
+        "--set", "baselines.methods=[single_adapter]"]
 
 
 def test_help_for_every_subcommand(capsys):
@@ -34,7 +35,11 @@ def test_run_writes_artifacts_and_resumes(tmp_path, caplog, capsys):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *TINY]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["stages"] == ["prepare", "model_check", "featurize", "estimate", "cluster"]
+    assert report["stages"] == ["prepare", "model_check", "featurize", "estimate", "cluster", "train", "boost",
+                                "combine", "baselines", "evaluate"]
+    assert set(report["methods"]) == {"ensemble", "single_adapter"}
+    for f in ("ensemble/members.json", "ensemble/weights.json", "plots/per_task_accuracy.png", "plots/cost_vs_accuracy.png"):
+        assert (out / f).is_file(), f
     groups = json.loads((out / "groups.json").read_text())
     assert sorted(t for g in report["groups"] for t in g) == sorted(manifest_tasks(out))
     assert groups["groups"] == report["groups"] and -1 <= groups["planted_ari"] <= 1
@@ -54,6 +59,7 @@ def test_run_writes_artifacts_and_resumes(tmp_path, caplog, capsys):
     assert (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns == before
     assert "already prepared" in caplog.text
     assert "features complete" in caplog.text and "results complete" in caplog.text and "up to date" in caplog.text
+    assert "already trained" in caplog.text and "weights already fit" in caplog.text
 
     # Settings that cannot work for these tasks are clean errors and leave the artifacts alone.
     groups_before, affinity_before = (out / "groups.json").read_bytes(), (out / "affinity.csv").read_bytes()

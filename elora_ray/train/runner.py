@@ -154,6 +154,9 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     from .worker import train_loop_per_worker
 
     t = cfg.train
+    if t.num_workers == 0:  # Ray Train's "Running in local mode" notice, once per adapter, is noise here
+        for name in ("ray.train.v2._internal.execution.train_fn_utils", "ray.train.v2.api.config"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     scaling = ray.train.ScalingConfig(
         num_workers=t.num_workers,
         use_gpu=use_gpu and t.num_workers > 0,
@@ -168,8 +171,6 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     loop_config = {"cfg": cfg_data, "job": job_data, "run_dir": str(run.resolve()), "threads": threads, "use_gpu": use_gpu}
     if t.num_workers == 0:  # local mode persists nothing itself: our checkpoints live in the run folder
         loop_config["local_checkpoints"] = str((run / RAY_TRAIN_DIR / run_config.name / "local_checkpoints").resolve())
-        for name in ("ray.train.v2._internal.execution.train_fn_utils", "ray.train.v2.api.config"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     if t.strategy == "deepspeed":
         loop_config["strategy"] = "deepspeed"
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)

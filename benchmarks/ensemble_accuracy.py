@@ -1,0 +1,171 @@
+"""Ensemble vs baselines (paper Figure 3 / Table 7): accuracy and cost over several seeds.
+
+Runs the whole pipeline (``elora run``) once per seed on a config (default: the GLUE/SuperGLUE
+mix with MiniLM) and aggregates every method's average test accuracy (mean ± std over seeds),
+training FLOPs, peak memory and wall time into
+``benchmarks/results/ensemble_accuracy_<name>.{json,md,png}``.
+
+    python benchmarks/ensemble_accuracy.py                          # GLUE/SuperGLUE mix, 3 seeds
+    python benchmarks/ensemble_accuracy.py --seeds 0 1 2 3 4
+    python benchmarks/ensemble_accuracy.py --suite                  # the embedded suite (default model)
+    python benchmarks/ensemble_accuracy.py --quick                  # tiny-bert smoke test
+
+Each seed changes the adapter initialisation, the projection, the sampled subsets and the
+batch order; the data splits stay fixed. Seeds already finished are reused (the pipeline
+resumes from its run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.common import machine_info, write_results  # noqa: E402,I001
+from elora_ray.config import load_config  # noqa: E402
+from elora_ray.pipeline import run_pipeline  # noqa: E402
+from elora_ray.report.plots import METHOD_LABELS  # noqa: E402
+
+DEFAULT_CONFIG = HERE.parent / "configs" / "glue_superglue_minilm.yaml"
+
+
+def aggregate(reports: list[dict]) -> dict:
+    methods = list(reports[0]["methods"])
+    out = {}
+    for m in methods:
+        acc = np.array([r["methods"][m]["avg_accuracy"] for r in reports])
+        tasks = list(reports[0]["methods"][m]["per_task"])
+        out[m] = {
+            "avg_accuracy_mean": float(acc.mean()),
+            "avg_accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+            "avg_accuracy_per_seed": acc.tolist(),
+            "per_task_mean": {t: float(np.mean([r["methods"][m]["per_task"][t] for r in reports])) for t in tasks},
+            "train_flops_mean": float(np.mean([r["methods"][m]["train_flops"] for r in reports])),
+            "peak_memory_mb_mean": float(np.mean([r["methods"][m]["peak_memory_mb"] for r in reports])),
+            "wall_s_mean": float(np.mean([r["methods"][m]["wall_s"] for r in reports])),
+            "adapters": reports[0]["methods"][m]["adapters"],
+            "adapter_parameters": reports[0]["methods"][m]["adapter_parameters"],
+        }
+    abl = {}
+    for k in reports[0].get("ensemble_ablations", {}):
+        acc = np.array([r["ensemble_ablations"][k]["avg_accuracy"] for r in reports])
+        abl[k] = {"avg_accuracy_mean": float(acc.mean()), "avg_accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0}
+    return {"methods": out, "ensemble_ablations": abl}
+
+
+def render(name: str, data: dict) -> str:
+    agg = data["aggregate"]["methods"]
+    ens = agg["ensemble"]
+    lines = [
+        f"# Ensemble vs baselines: {name}",
+        "",
+        f"Config `{data['config']}` with {' '.join(data['overrides']) or 'no overrides'}; seeds {data['seeds']}; "
+        f"{data['tasks']} tasks; evaluated on the {data['split']} split. Machine: {data['machine']['cpu']} "
+        f"({data['machine']['cores']} cores), GPU: {data['machine']['gpu']}; {data['machine']['date']}.",
+        "",
+        "| method | avg accuracy (mean ± std) | Δ vs ensemble | train FLOPs | FLOPs vs ensemble | peak memory MB | wall s | adapters |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m, r in agg.items():
+        lines.append(
+            f"| {METHOD_LABELS.get(m, m)} | {r['avg_accuracy_mean']:.4f} ± {r['avg_accuracy_std']:.4f} | "
+            f"{r['avg_accuracy_mean'] - ens['avg_accuracy_mean']:+.4f} | {r['train_flops_mean']:.3g} | "
+            f"{r['train_flops_mean'] / ens['train_flops_mean']:.2f}× | {r['peak_memory_mb_mean']:.0f} | {r['wall_s_mean']:.0f} | {r['adapters']} |"
+        )
+    tasks = list(ens["per_task_mean"])
+    lines += ["", "Per-task accuracy (mean over seeds):", "", "| task | " + " | ".join(METHOD_LABELS.get(m, m) for m in agg) + " |",
+              "|---|" + "---:|" * len(agg)]
+    for t in tasks:
+        lines.append(f"| {t} | " + " | ".join(f"{agg[m]['per_task_mean'][t]:.3f}" for m in agg) + " |")
+    lines += ["", "Ensemble ablations (same adapters):", "", "| variant | avg accuracy |", "|---|---:|"]
+    for k, r in data["aggregate"]["ensemble_ablations"].items():
+        lines.append(f"| {k} | {r['avg_accuracy_mean']:.4f} ± {r['avg_accuracy_std']:.4f} |")
+    lines += ["", "Groups per seed: " + "; ".join(f"seed {s}: {g}" for s, g in zip(data["seeds"], data["groups"])), ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = data["aggregate"]["methods"]
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
+    names = list(agg)
+    means = [agg[m]["avg_accuracy_mean"] for m in names]
+    stds = [agg[m]["avg_accuracy_std"] for m in names]
+    colors = ["tab:red" if m == "ensemble" else "tab:blue" for m in names]
+    ax[0].bar(range(len(names)), means, yerr=stds, color=colors, capsize=4)
+    ax[0].set_xticks(range(len(names)), [METHOD_LABELS.get(m, m) for m in names], rotation=30, ha="right")
+    ax[0].set_ylim(max(0.0, min(means) - 0.08), min(1.0, max(means) + 0.05))
+    ax[0].set_ylabel(f"average {data['split']} accuracy (± std over {len(data['seeds'])} seeds)")
+    ax[0].grid(axis="y", alpha=0.3)
+    for m in names:
+        r = agg[m]
+        ax[1].errorbar(r["train_flops_mean"], r["avg_accuracy_mean"], yerr=r["avg_accuracy_std"], fmt="*" if m == "ensemble" else "o",
+                       ms=12 if m == "ensemble" else 7, capsize=3, label=METHOD_LABELS.get(m, m))
+    ax[1].set_xscale("log")
+    ax[1].set_xlabel("training FLOPs (ensemble includes featurisation)")
+    ax[1].set_ylabel("average accuracy")
+    ax[1].legend(fontsize=7)
+    ax[1].grid(alpha=0.3)
+    fig.suptitle(f"Ensemble vs baselines: {data['name']}")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--suite", action="store_true", help="the embedded suite with the default model")
+    ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert (smoke test)")
+    args = ap.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.quick:
+        config, name = None, args.name or "quick"
+        overrides = ["model.name_or_path=tiny-bert", "suite.samples_per_task=48", "featurize.dim=32",
+                     "estimate.num_subsets=30", "train.epochs=2", *overrides]
+    elif args.suite:
+        config, name = None, args.name or "suite"
+    else:
+        config, name = args.config, args.name or args.config.stem
+    reports, t0 = [], time.perf_counter()
+    for seed in args.seeds:
+        cfg = load_config(config, [*overrides, f"seed={seed}"])
+        reports.append(run_pipeline(cfg, HERE / "runs" / f"ensemble_{name}" / f"seed{seed}"))
+    data = {
+        "name": name,
+        "config": str(config.relative_to(HERE.parent)) if config else "embedded default",
+        "overrides": overrides,
+        "seeds": args.seeds,
+        "split": reports[0]["evaluation_split"],
+        "tasks": len(reports[0]["tasks"]),
+        "groups": [r["groups"] for r in reports],
+        "per_seed": [{"seed": s, "methods": r["methods"], "ensemble_ablations": r["ensemble_ablations"],
+                      "boosting": r["boosting"]} for s, r in zip(args.seeds, reports)],
+        "aggregate": aggregate(reports),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": machine_info(),
+    }
+    result = f"ensemble_accuracy_{name}"
+    path = write_results(result, data, render(name, data))
+    plot(path.with_suffix(".png"), data)
+    print(render(name, data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
