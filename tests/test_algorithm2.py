@@ -191,3 +191,21 @@ def test_learned_weights_beat_uniform_on_held_out_data():
 
     assert loss(alpha) < loss(np.full(3, 1 / 3)) - 0.05
     assert loss(alpha) < loss(np.eye(3)[0])
+
+
+def test_ddp_workers_train_an_adapter_on_their_batch_slices(run, tmp_path):
+    """Two Ray Train workers (DDP over gloo) train one adapter; checkpoints go to storage_path."""
+    cfg, out, _ = run
+    copy = tmp_path / "ddp"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("ray_train", "train", "outputs", "adapters"))
+    cfg2 = load_config(None, SETS + ["train.num_workers=2", "train.epochs=1"])
+    names = [t.name for t in read_prepared(copy)]
+    (job,) = group_jobs(cfg2, [names[:2]], names, prefix="ddp")
+    rec = run_jobs(cfg2, copy, [job], progress=False)[job.id]
+    m = rec["metrics"]
+    assert m["world_size"] == 2 and m["steps"] > 0
+    # Each step consumes a global batch of 2 × batch_size samples split across the workers.
+    n = sum(len(t.splits["train"]) for t in read_prepared(copy) if t.name in names[:2])
+    assert m["steps"] == -(-n // (2 * cfg2.train.batch_size)) or m["stopped_early"]
+    assert list((copy / "ray_train").glob(f"{job.id}-*/checkpoint_*"))
+    assert (copy / "adapters" / job.id / "adapter_model.safetensors").is_file()

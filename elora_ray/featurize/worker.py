@@ -69,11 +69,11 @@ class SampleFeaturizer:
         labels = torch.tensor(np.array(batch["label_id"], dtype=np.int64), device=self.device)
         padded = int(enc["input_ids"].numel())
         if self.flops_per_token is None:
-            from torch.utils.flop_counter import FlopCounterMode
+            from ..models.flops import FlopCounter
 
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounter(self.peft_model) as counter:
                 h, grads = self._gradients(enc, labels)
-            self.flops_per_token = counter.get_total_flops() / max(1, padded)
+            self.flops_per_token = counter.total / max(1, padded)
         else:
             h, grads = self._gradients(enc, labels)
         proj = self.projector.project(grads)

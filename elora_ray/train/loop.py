@@ -170,11 +170,11 @@ def train_adapter(
         batch_targets = tgt[idx].to(labels.device) if tgt is not None else None
         padded = enc["input_ids"].numel()
         if count_flops and flops_per_token is None:
-            from torch.utils.flop_counter import FlopCounterMode
+            from ..models.flops import FlopCounter
 
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounter(fwd) as counter:
                 value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer)
-            flops_per_token = counter.get_total_flops() / max(1, padded)
+            flops_per_token = counter.total / max(1, padded)
         else:
             value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer)
         state.step += 1

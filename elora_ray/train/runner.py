@@ -245,11 +245,19 @@ def run_jobs(
                 continue
             records[job.id] = rec
             m = rec["metrics"]
-            log.info(
-                "%s: %s trained on %d tasks in %.1fs (%d steps, best step %s, val %s)",
-                desc, job.id, len(job.tasks), rec["wall_s"], int(m.get("steps", 0)), m.get("best_step"),
-                _fmt_val(m),
-            )
+            if job.kind == "reference":
+                log.info("%s: %s (θ*) outputs computed in %.1fs", desc, job.id, rec["output_seconds"])
+            elif job.kind == "linearized":
+                log.info(
+                    "%s: %s fit by ridge regression on %d tasks' projected gradients in %.1fs (uncentred R² %.3f)",
+                    desc, job.id, len(job.tasks), rec["wall_s"], m.get("fit_r2_uncentered", float("nan")),
+                )
+            else:
+                log.info(
+                    "%s: %s trained on %d tasks in %.1fs (%d steps, best step %s, val %s)",
+                    desc, job.id, len(job.tasks), rec["wall_s"], int(m.get("steps", 0)), m.get("best_step"),
+                    _fmt_val(m),
+                )
             if on_done is not None:
                 on_done(rec)
             bar.update(1)

@@ -118,7 +118,9 @@ def train_loop_per_worker(config: dict) -> None:
         if world > 1:
             import ray.train.torch as rtt
 
-            forward = rtt.prepare_model(peft_model, parallel_strategy="ddp", move_to_device=False)
+            # A mixed-task batch touches only the heads of the tasks it contains.
+            forward = rtt.prepare_model(peft_model, parallel_strategy="ddp", move_to_device=False,
+                                        parallel_strategy_kwargs={"find_unused_parameters": True})
         jcfg_adapter = cfg.adapter if job.adapter_type is None else cfg.adapter.model_copy(update={"type": job.adapter_type})
 
         def regularizer():
