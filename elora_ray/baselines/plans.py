@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..train.jobs import AdapterJob
-from ..train.stage import train_seed
+from ..train.stage import in_task_order, train_seed
 from .grouping import gradient_cosine_groups, random_groups
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,9 @@ def baseline_plans(cfg: RunConfig, run_dir: Path, names: list[str], ensemble_gro
             else:
                 groups, _ = gradient_cosine_groups(run_dir, names, len(ensemble_groups), seed, cfg.cluster.solver)
                 prefix = "gradcos"
+            groups = [in_task_order(g, names) for g in groups]
             jobs = [
-                AdapterJob(id=f"{prefix}-{i}", method=method, tasks=list(g), output_tasks=_eval_splits(g), seed=seed)
+                AdapterJob(id=f"{prefix}-{i}", method=method, tasks=g, output_tasks=_eval_splits(g), seed=seed)
                 for i, g in enumerate(groups)
             ]
             plans.append(MethodPlan(method, jobs, {n: f"{prefix}-{i}" for i, g in enumerate(groups) for n in g}, groups))

@@ -43,11 +43,19 @@ def reference_job(names: list[str]) -> AdapterJob:
     return AdapterJob(id=THETA_STAR, method="reference", tasks=[], output_tasks=output_splits(names, names), kind="reference")
 
 
+def in_task_order(group: list[str], names: list[str]) -> list[str]:
+    """The group's tasks in the run's task order: the same set of tasks always trains on the
+    same rows in the same batch order, whichever grouping method produced it."""
+    members = set(group)
+    return [n for n in names if n in members]
+
+
 def group_jobs(cfg: RunConfig, groups: list[list[str]], names: list[str], prefix: str = "group", method: str = "ensemble") -> list[AdapterJob]:
-    return [
-        AdapterJob(id=f"{prefix}-{i}", method=method, tasks=list(g), output_tasks=output_splits(names, g), seed=train_seed(cfg))
-        for i, g in enumerate(groups)
-    ]
+    jobs = []
+    for i, g in enumerate(groups):
+        tasks = in_task_order(g, names)
+        jobs.append(AdapterJob(id=f"{prefix}-{i}", method=method, tasks=tasks, output_tasks=output_splits(names, tasks), seed=train_seed(cfg)))
+    return jobs
 
 
 def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
@@ -68,7 +76,7 @@ def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
 
         existing = load_members(run)
     if existing is None or existing.fingerprint != fp:
-        save_members(run, EnsembleMembers([GroupMembers(list(g), f"group-{i}") for i, g in enumerate(groups)], fingerprint=fp))
+        save_members(run, EnsembleMembers([GroupMembers(list(j.tasks), j.id) for j in jobs if j.kind != "reference"], fingerprint=fp))
     group_records = [records[j.id] for j in jobs if j.kind != "reference"]
     return {
         "groups": groups,
