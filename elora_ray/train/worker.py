@@ -81,9 +81,19 @@ def boost_targets(run_dir: Path, job: AdapterJob, rows) -> np.ndarray:
     return np.array([lookup[e.sample_id] for _, e in rows], dtype=np.float32)
 
 
+def _quiet_train_reports() -> None:
+    """Ray Train logs every ``report`` call at INFO from each worker; ours are logged per job."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # pragma: no cover - internal module moved
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
+    _quiet_train_reports()
     cfg = RunConfig.model_validate(config["cfg"])
     job = AdapterJob.from_dict(config["job"])
     run_dir = Path(config["run_dir"])
