@@ -13,7 +13,6 @@ the planted groups.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -11,7 +11,6 @@ and copies its summary into ``benchmarks/results/estimation_fidelity_<name>.{jso
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time

@@ -23,6 +23,7 @@ generated from those files by `python benchmarks/summarize.py`.
 | `featurize_speed.py` | featurization throughput: ours vs a naive per-sample loop vs plain forward+backward; memory while streaming |
 | `estimate_speed.py` | estimation stage time (k subsets as Ray tasks) and planted-group recovery on the embedded suite |
 | `estimation_fidelity.py` | linearised estimate vs real fine-tuning (paper Table 3 / Table 5) |
+| `ensemble_accuracy.py` | the ensemble vs six baselines over seeds: accuracy, FLOPs, memory, time (paper Figure 3 / Table 7) |
 """
 
 
@@ -66,6 +67,28 @@ def main() -> int:
         lines.append(f"| featurize ({f.stem.replace('featurize_speed_', '')}): ours / plain batched forward+backward (target ≥ 0.5) | – | "
                      f"{min(r['ours_vs_plain'] for r in d['results']):.2f}–{max(r['ours_vs_plain'] for r in d['results']):.2f} "
                      f"(best {best['ours_samples_s']:.0f} samples/s at batch {best['batch_size']}) | `{f.with_suffix('.md').name}` |")
+    for f in sorted(RESULTS.glob("ensemble_accuracy_*.json")):
+        d = json.loads(f.read_text())
+        if d["name"] == "quick":
+            continue
+        a = d["aggregate"]["methods"]
+        ens = a["ensemble"]
+        n = len(d["seeds"])
+
+        def cmp(m: str) -> str:
+            r = a[m]
+            return (f"{100 * (ens['avg_accuracy_mean'] - r['avg_accuracy_mean']):+.1f} points "
+                    f"({ens['avg_accuracy_mean']:.3f} ± {ens['avg_accuracy_std']:.3f} vs {r['avg_accuracy_mean']:.3f} ± {r['avg_accuracy_std']:.3f}, {n} seeds)")
+
+        src = f"`{f.with_suffix('.md').name}`"
+        if "single_qlora" in a:
+            lines.append(f"| ensemble vs single QLoRA adapter, avg accuracy ({d['name']}) | +10 points | {cmp('single_qlora')} | {src} |")
+        if "single_adapter" in a:
+            lines.append(f"| ensemble vs single LoRA adapter ({d['name']}) | – | {cmp('single_adapter')} | {src} |")
+        if "mtl_ft" in a:
+            r = a["mtl_ft"]
+            lines.append(f"| ensemble vs MTL-FT: accuracy, compute ({d['name']}) | ≈ same accuracy, 45% less compute | "
+                         f"{cmp('mtl_ft')}; FLOPs {100 * (1 - ens['train_flops_mean'] / r['train_flops_mean']):+.0f}% less | {src} |")
     lines += ["", "## Latest results", ""]
     for md in sorted(RESULTS.glob("*.md")):
         if "quick" in md.name:

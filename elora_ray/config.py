@@ -190,8 +190,6 @@ class TrainConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     use_gpu: bool | Literal["auto"] = "auto"
     """``auto``: one GPU per worker when the cluster has GPUs."""
-    strategy: Literal["ddp", "deepspeed"] = "ddp"
-    """Multi-worker strategy; ``deepspeed`` needs the deepspeed package and GPUs."""
     max_failures: int = Field(1, ge=0)
     """Ray Train restarts of a failed run (it resumes from its last checkpoint)."""
     seed: int | None = None

@@ -217,3 +217,20 @@ def test_ddp_workers_train_an_adapter_on_their_batch_slices(run, tmp_path):
     assert m["steps"] == -(-n // (2 * cfg2.train.batch_size)) or m["stopped_early"]
     assert list((copy / "ray_train").glob(f"{job.id}-*/checkpoint_*"))
     assert (copy / "adapters" / job.id / "adapter_model.safetensors").is_file()
+
+
+def test_predict_command_prints_labels_and_names_bad_input_lines(run, tmp_path, capsys):
+    from elora_ray.cli import main
+
+    cfg, out, _ = run
+    task = read_prepared(out)[0]
+    assert main(["predict", "--run", str(out), "--task", task.name, "--text", "what a good film"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["label"] in task.labels and sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    bad = tmp_path / "in.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "oops"}\n')
+    assert main(["predict", "--run", str(out), "--task", task.name, "--input", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2" in err and "'text'" in err
+    assert main(["predict", "--run", str(out), "--task", "nope", "--text", "x"]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err

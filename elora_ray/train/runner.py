@@ -5,8 +5,8 @@ Each job is one Ray task that builds a ``TorchTrainer`` and calls ``fit()``:
 - ``train.num_workers == 0``: Ray Train local mode; the training function runs inside that
   task, which reserves ``train.cpus_per_worker`` CPUs (and a GPU when used), so as many jobs
   run at once as the cluster has room for.
-- ``train.num_workers >= 1``: the task only launches the trainer (0 CPUs); Ray Train's worker
-  group (DDP, or DeepSpeed) reserves the resources, and jobs queue on them.
+- ``train.num_workers >= 1``: the task only launches the trainer (0 CPUs); Ray Train's DDP
+  worker group reserves the resources, and jobs queue on them.
 
 After ``fit()`` the task exports the best checkpoint as a PEFT adapter directory, computes the
 adapter's logits on the requested (split, task) samples, and writes the job record last.
@@ -76,16 +76,6 @@ def resolve_use_gpu(cfg: RunConfig) -> bool:
     if cfg.train.use_gpu and cluster_gpus() == 0:
         raise ConfigError("train.use_gpu=true but the Ray cluster has no GPUs")
     return bool(cfg.train.use_gpu)
-
-
-def check_strategy(cfg: RunConfig, use_gpu: bool) -> None:
-    if cfg.train.strategy == "deepspeed":
-        if cfg.train.num_workers < 1 or not use_gpu:
-            raise ConfigError("train.strategy=deepspeed needs train.num_workers ≥ 1 and GPUs (train.use_gpu)")
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError:
-            raise ConfigError("train.strategy=deepspeed: the deepspeed package is not installed") from None
 
 
 def export_job(
@@ -171,8 +161,6 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     loop_config = {"cfg": cfg_data, "job": job_data, "run_dir": str(run.resolve()), "threads": threads, "use_gpu": use_gpu}
     if t.num_workers == 0:  # local mode persists nothing itself: our checkpoints live in the run folder
         loop_config["local_checkpoints"] = str((run / RAY_TRAIN_DIR / run_config.name / "local_checkpoints").resolve())
-    if t.strategy == "deepspeed":
-        loop_config["strategy"] = "deepspeed"
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
     result = trainer.fit()
     if result.error is not None:
@@ -222,7 +210,6 @@ def run_jobs(
         return {j.id: records[j.id] for j in jobs}
     ensure_ray(cfg.ray)
     use_gpu = resolve_use_gpu(cfg)
-    check_strategy(cfg, use_gpu)
     local = cfg.train.num_workers == 0
     options = {"num_cpus": cfg.train.cpus_per_worker if local else 0, "max_retries": 0}
     if local and use_gpu:
