@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("--force", action="store_true", help="redo this stage even if its artifacts are current")
 
+    p = sub.add_parser("tune", help="Ray Tune: choose m and b from the estimated objective (seconds)",
+                       description="Search the number of groups m (tune.min_groups..max_groups) and boosting steps "
+                       "b (0..tune.max_boost_steps, ASHA's time attribute) with Ray Tune, scoring each by Algorithm 2 "
+                       "run in the linearised model (no fine-tuning). Writes tune/trials.csv, tune/best.json and "
+                       "plots/tune_objective.png. Runs featurize/estimate first if needed.")
+    _common(p)
+
     p = sub.add_parser("predict", help="predict with a finished run's ensemble",
                        description="Load the ensemble of a finished run (adapters + weights) and predict labels "
                        "for new text: --text (repeatable) or --input FILE.jsonl with 'text' (and optional "
@@ -179,6 +186,17 @@ def _cmd_fidelity(args) -> None:
     summary = run_fidelity(cfg, args.out)
     print((args.out / "fidelity" / "summary.md").read_text(), end="")
     del summary
+
+
+def _cmd_tune(args) -> None:
+    from .pipeline import run_stages
+    from .tune.stage import tune_stage
+
+    cfg = load_config(args.config, args.overrides)
+    run_stages(cfg, args.out, until="estimate")
+    best = tune_stage(cfg, args.out)
+    print(f"best: m={best['m']}, b={best['b']} (estimated validation loss {best['estimated_val_loss']:.4f}); "
+          f"train it with: elora run --out {args.out} --set {' --set '.join(best['overrides'])}")
 
 
 def _cmd_predict(args) -> None:
@@ -266,6 +284,7 @@ COMMANDS = {
     "baselines": _cmd_stage,
     "evaluate": _cmd_stage,
     "predict": _cmd_predict,
+    "tune": _cmd_tune,
     "fidelity": _cmd_fidelity,
     "validate": _cmd_validate,
     "config": _cmd_config,

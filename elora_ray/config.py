@@ -246,6 +246,22 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class TuneConfig(_Section):
+    """``elora tune`` — Ray Tune chooses m (groups) and b (boosting steps)."""
+
+    objective: Literal["estimated"] = "estimated"
+    """``estimated``: Algorithm 2 in the linearised model (no fine-tuning; seconds)."""
+    min_groups: int = Field(1, ge=1)
+    max_groups: int = Field(8, ge=1)
+    max_boost_steps: int = Field(5, ge=0)
+    """b is searched in 0 … max_boost_steps (ASHA's time attribute)."""
+    l2: list[float] | None = None
+    """Also search the surrogate's λ over these values (default: ``estimate.l2`` only)."""
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+
+
 class RayConfig(_Section):
     address: str | None = None
     """``None``: connect to ``$RAY_ADDRESS`` if set, else start a local instance."""
@@ -263,6 +279,7 @@ class RunConfig(_Section):
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     boost: BoostConfig = Field(default_factory=BoostConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)

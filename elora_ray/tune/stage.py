@@ -1,0 +1,156 @@
+"""``elora tune``: Ray Tune chooses the number of groups m and boosting steps b.
+
+One trial per (m[, λ]) from a grid (basic variant generation); each trial partitions the
+tasks into m groups with the same clustering as the cluster stage, then runs the estimated
+Algorithm 2 (:mod:`.estimated`) and reports after every boosting step, which is ASHA's time
+attribute — a trial whose estimated validation loss lags stops early. Needs only the
+affinity matrix and the features, so the whole search takes seconds to a minute.
+
+Writes ``tune/trials.csv`` (one row per trial and step), ``tune/best.json`` and
+``plots/tune_objective.png`` (estimated validation loss vs m, one line per b).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cluster.select import cluster_tasks
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..estimate.stage import load_estimation_features, read_affinity
+from ..io import write_json, write_text
+from ..raysession import ensure_ray
+from .estimated import TaskFeatureArrays, iter_estimated_path
+
+log = logging.getLogger(__name__)
+TUNE_DIR = "tune"
+METRIC = "val_loss"
+
+
+def estimated_trial(config: dict, names: list[str], affinity: np.ndarray, feats: dict, settings: dict) -> None:
+    """Ray Tune function trainable: cluster into ``config['m']`` groups, then report the
+    estimated objective after each boosting step."""
+    from ray import tune
+
+    m = int(config["m"])
+    if m == 1:
+        groups, density = [list(names)], float("nan")
+    else:
+        res = cluster_tasks(affinity, names, num_groups=m, solver=settings["solver"], seed=settings["seed"])
+        groups, density = res.groups, float(res.score)
+    best = float("inf")
+    for snap in iter_estimated_path(
+        feats, groups, settings["max_boost_steps"], l2=float(config.get("l2", settings["l2"])),
+        boost_l2=settings["boost_l2"], step_size=settings["step_size"], line_search=settings["line_search"],
+    ):
+        best = min(best, snap["val_loss"])
+        tune.report({
+            "boost_steps": snap["boost_steps"], METRIC: snap["val_loss"], "val_accuracy": snap["val_accuracy"],
+            "train_loss": snap["train_loss"], "best_val_loss": best, "density": density,
+        })
+
+
+def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    run = Path(run_dir)
+    t = cfg.tune
+    names, affinity = read_affinity(run)
+    n = len(names)
+    lo, hi = t.min_groups, min(t.max_groups, n)
+    if lo > hi:
+        raise ConfigError(f"tune.min_groups={t.min_groups} exceeds min(tune.max_groups, tasks)={hi}")
+    feat_names, raw = load_estimation_features(run)
+    if sorted(feat_names) != sorted(names):
+        raise ConfigError(f"{run / 'affinity.csv'} and the features disagree on the tasks: rerun `elora estimate`")
+    feats = {k: TaskFeatureArrays(*v) for k, v in raw.items()}
+    settings = {
+        "solver": cfg.cluster.solver, "seed": cfg.seed, "max_boost_steps": t.max_boost_steps, "l2": cfg.estimate.l2,
+        "boost_l2": cfg.boost.l2, "step_size": cfg.boost.step_size, "line_search": cfg.boost.line_search,
+    }
+    space: dict = {"m": tune.grid_search(list(range(lo, hi + 1)))}
+    if t.l2:
+        space["l2"] = tune.grid_search(list(t.l2))
+    ensure_ray(cfg.ray)
+    scheduler = (
+        ASHAScheduler(time_attr="boost_steps", max_t=max(1, t.max_boost_steps), grace_period=min(t.grace_period, max(1, t.max_boost_steps)))
+        if t.scheduler == "asha" and t.max_boost_steps > 0 else FIFOScheduler()
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(estimated_trial, names=names, affinity=affinity, feats=feats, settings=settings),
+        {"cpu": t.cpus_per_trial},
+    )
+    t0 = time.perf_counter()
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=scheduler),
+        run_config=tune.RunConfig(
+            name="estimated", storage_path=str((run / TUNE_DIR / "ray_tune").resolve()), verbose=0,
+        ),
+    )
+    results = tuner.fit()
+    seconds = time.perf_counter() - t0
+    rows = []
+    for r in results:
+        if r.error is not None:
+            raise ConfigError(f"tune trial {r.config} failed: {r.error}")
+        hist = r.metrics_dataframe
+        for _, h in hist.iterrows():
+            rows.append({
+                "m": int(r.config["m"]), "l2": float(r.config.get("l2", cfg.estimate.l2)), "b": int(h["boost_steps"]),
+                "val_loss": float(h[METRIC]), "val_accuracy": float(h["val_accuracy"]), "train_loss": float(h["train_loss"]),
+                "density": float(h["density"]), "stopped_at": int(hist["boost_steps"].max()),
+            })
+    table = pd.DataFrame(rows).sort_values(["m", "l2", "b"]).reset_index(drop=True)
+    best_row = table.loc[table["val_loss"].idxmin()]
+    m_best = int(best_row["m"])
+    groups = [list(names)] if m_best == 1 else cluster_tasks(
+        affinity, names, num_groups=m_best, solver=cfg.cluster.solver, seed=cfg.seed).groups
+    best = {
+        "m": int(best_row["m"]), "b": int(best_row["b"]), "l2": float(best_row["l2"]),
+        "estimated_val_loss": float(best_row["val_loss"]), "estimated_val_accuracy": float(best_row["val_accuracy"]),
+        "groups": groups, "objective": t.objective, "trials": len(results),
+        "seconds": round(seconds, 2),
+        "overrides": [f"cluster.num_groups={int(best_row['m'])}", f"boost.steps={int(best_row['b'])}"],
+    }
+    out = run / TUNE_DIR
+    write_text(out / "trials.csv", table.to_csv(index=False, float_format="%.6g"))
+    write_json(out / "best.json", best)
+    plot_tune(table, run / "plots" / "tune_objective.png")
+    log.info("tune: %d trials in %.1fs; best m=%d, b=%d (estimated validation loss %.4f); use --set %s",
+             len(results), seconds, best["m"], best["b"], best["estimated_val_loss"], " --set ".join(best["overrides"]))
+    return best
+
+
+def plot_tune(table: pd.DataFrame, path: Path) -> Path:
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    base = table[table["l2"] == table["l2"].iloc[0]]
+    for b, sub in base.groupby("b"):
+        ax.plot(sub["m"], sub["val_loss"], marker="o", label=f"b = {b}")
+    best = table.loc[table["val_loss"].idxmin()]
+    ax.scatter([best["m"]], [best["val_loss"]], s=160, marker="*", color="black", zorder=5, label="best")
+    ax.set_xlabel("number of groups m")
+    ax.set_ylabel("estimated validation loss (mean over tasks)")
+    ax.set_title("Ray Tune: estimated objective vs m and boosting steps b")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
