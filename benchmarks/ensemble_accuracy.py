@@ -32,7 +32,7 @@ from elora_ray.config import load_config  # noqa: E402
 from elora_ray.pipeline import run_pipeline  # noqa: E402
 from elora_ray.report.plots import METHOD_LABELS  # noqa: E402
 
-DEFAULT_CONFIG = HERE.parent / "configs" / "glue_superglue_minilm.yaml"
+DEFAULT_CONFIG = HERE / "configs" / "glue_ensemble_minilm.yaml"
 
 
 def aggregate(reports: list[dict]) -> dict:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(run_pipeline(cfg, HERE / "runs" / f"ensemble_{name}" / f"seed{seed}"))
     data = {
         "name": name,
-        "config": str(config.relative_to(HERE.parent)) if config else "embedded default",
+        "config": str(config.resolve().relative_to(HERE.parent)) if config else "embedded default",
         "overrides": overrides,
         "seeds": args.seeds,
         "split": reports[0]["evaluation_split"],
