@@ -129,3 +129,17 @@ def test_decoder_run_reports_truncation(tmp_path):
     assert model["kind"] == "decoder"
     assert model["truncated"]["qa"] == {"count": 3, "of": 40}
     assert "| qa |" in (out / "report.md").read_text()
+
+
+def test_every_stage_has_a_ray_job_entrypoint():
+    from pathlib import Path
+
+    from elora_ray.cli import COMMANDS
+
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    local_only = {"validate", "config", "suite", "formats", "run", "check-model"}
+    for cmd in set(COMMANDS) - local_only:
+        f = jobs / f"{cmd.replace('-', '_')}.py"
+        assert f.is_file(), f"no ray job entrypoint for `elora {cmd}`"
+        assert f'main(["{cmd}", *sys.argv[1:]])' in f.read_text()
+    assert (jobs / "run_pipeline.py").is_file()
