@@ -1,0 +1,121 @@
+"""A fixed pool of Ray actors that serves many more clients than it has workers.
+
+Like Flower's simulation engine: W long-lived actors each hold the base model once; a client
+is only data, instantiated on demand inside whichever actor picks up its call. Calls are
+scheduled as actors free up (at most ``depth`` in flight per actor). A call that raises —
+or whose actor dies, in which case the actor is replaced — is retried up to ``max_retries``
+times and then *excluded*: it is logged and reported back, and the round goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolResult:
+    results: dict[Any, Any] = field(default_factory=dict)
+    """key → return value, for the calls that succeeded."""
+    failed: dict[Any, str] = field(default_factory=dict)
+    """key → last error, for the calls excluded after their retries."""
+    retries: int = 0
+
+
+class ActorPool:
+    """``ActorPool(cls, args, workers)``; ``map(method, items)`` with ``items = [(key, args), ...]``."""
+
+    def __init__(self, actor_cls, init_args: tuple = (), workers: int = 1, *, num_cpus: float = 1.0,
+                 max_retries: int = 1, depth: int = 2) -> None:
+        import ray
+
+        self._remote = ray.remote(num_cpus=num_cpus, max_restarts=0)(actor_cls) if not hasattr(actor_cls, "remote") \
+            else actor_cls.options(num_cpus=num_cpus, max_restarts=0)
+        self._init_args = init_args
+        self.max_retries = max_retries
+        self.depth = max(1, depth)
+        self.actors = [self._remote.remote(*init_args) for _ in range(max(1, workers))]
+        self.replaced = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def _replace(self, i: int) -> None:
+        import ray
+
+        try:
+            ray.kill(self.actors[i])
+        except Exception:  # noqa: BLE001 - already dead
+            pass
+        self.actors[i] = self._remote.remote(*self._init_args)
+        self.replaced += 1
+
+    def map(self, method: str, items: Iterable[tuple[Any, tuple]], *, desc: str | None = None,
+            on_result: Callable[[Any, Any], None] | None = None) -> PoolResult:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        queue = [(key, args, 0) for key, args in items]
+        queue.reverse()  # pop() from the end keeps the given order
+        out = PoolResult()
+        inflight: dict[Any, tuple[int, Any, Any, tuple, int]] = {}  # ref → (actor index, actor, key, args, attempt)
+        load = [0] * len(self.actors)
+        bar = tqdm(total=len(queue), desc=desc, unit="client", disable=desc is None, leave=False)
+        try:
+            while queue or inflight:
+                for i in range(len(self.actors)):
+                    while queue and load[i] < self.depth:
+                        key, args, attempt = queue.pop()
+                        ref = getattr(self.actors[i], method).remote(*args)
+                        inflight[ref] = (i, self.actors[i], key, args, attempt)
+                        load[i] += 1
+                done, _ = ray.wait(list(inflight), num_returns=1)
+                ref = done[0]
+                i, actor, key, args, attempt = inflight.pop(ref)
+                load[i] -= 1
+                try:
+                    value = ray.get(ref)
+                except (RayTaskError, RayActorError) as exc:
+                    if isinstance(exc, RayActorError) and self.actors[i] is actor:
+                        # the other calls on this actor fail too; they are retried through the queue
+                        self._replace(i)
+                    reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+                    if attempt < self.max_retries:
+                        out.retries += 1
+                        log.warning("client %s failed (%s); retrying (%d/%d)", key, reason, attempt + 1, self.max_retries)
+                        queue.append((key, args, attempt + 1))
+                    else:
+                        out.failed[key] = reason
+                        log.warning("client %s failed %d time(s) (%s); excluded from this round", key, attempt + 1, reason)
+                        bar.update(1)
+                    continue
+                out.results[key] = value
+                if on_result is not None:
+                    on_result(key, value)
+                bar.update(1)
+        finally:
+            bar.close()
+        return out
+
+    def broadcast(self, method: str, *args) -> list:
+        """Call ``method(*args)`` on every actor (e.g. to load shared data); returns their results."""
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []

@@ -1,0 +1,464 @@
+"""``elora federated``: FedAvg baselines and the federated EnsembleLoRA on many clients.
+
+Methods (``federated.methods``), all with the configured adapter (paper: QLoRA):
+
+- ``fedavg``: one adapter averaged over all clients for ``rounds`` rounds.
+- ``mtl_ft``: that adapter, then each client fine-tunes it locally (``finetune_epochs``) and is
+  tested with its own copy — "pre-train then fine-tune".
+- ``ensemble``: projected gradients of every client's windows at θ* → k subset regressions →
+  client affinity → m groups → one FedAvg adapter per group (same rounds and client fraction)
+  → b linearised boosting learners on the groups with the highest training loss → per-group
+  convex weights over the m group predictors, fit on the validation windows.
+
+Everything lands in ``<out>/federated/``: ``windows.parquet`` + ``clients.json`` (the client
+rule's result), ``features.parquet``, ``affinity.csv``, ``groups.json``, ``adapters/*.safetensors``,
+FedAvg checkpoints per round, ``methods/<name>.json``, ``per_client.csv``, ``report.json``,
+``report.md`` and ``plots/federated_test_loss.png``. Every step is skipped when its artifact
+exists, so a killed run resumes (FedAvg from its last finished round).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors.numpy import load_file, save_file
+
+from ..boost.linearized import fit_residual
+from ..cluster.select import cluster_tasks
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..estimate.affinity import affinity_matrix
+from ..estimate.subsets import sample_subsets
+from ..estimate.surrogate import evaluate as surrogate_loss
+from ..estimate.surrogate import fit_surrogate
+from ..io import atomic_path, write_json, write_parquet, write_text
+from ..raysession import cluster_cpus, ensure_ray
+from .clients import load_clients, select_clients, windows_table
+from .fedavg import FedAvgRun, run_fedavg
+from .pool import ActorPool
+from .worker import ClientWorker
+
+log = logging.getLogger(__name__)
+FED_DIR = "federated"
+RHOS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _source(cfg: RunConfig) -> Path:
+    return Path(cfg.federated.source) if cfg.federated.source else cfg.resolved_data_root() / "shakespeare" / "tinyshakespeare.txt"
+
+
+def _fingerprint(cfg: RunConfig) -> dict:
+    return {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
+            "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries"}),
+            "featurize_dim": cfg.featurize.dim, "estimate_l2": cfg.estimate.l2, "boost": cfg.boost.model_dump(mode="json"),
+            "ensemble_weights": cfg.ensemble.weights, "seed": cfg.seed, "source": str(_source(cfg))}
+
+
+def prepare_windows(cfg: RunConfig, fed: Path) -> dict:
+    """Clients and their token windows (``windows.parquet``, ``clients.json``); reused when present."""
+    meta_path = fed / "clients.json"
+    if (fed / "windows.parquet").is_file() and meta_path.is_file():
+        return json.loads(meta_path.read_text())
+    from transformers import AutoTokenizer
+
+    from ..models.registry import resolve_model_dir
+
+    source = _source(cfg)
+    tok = AutoTokenizer.from_pretrained(str(resolve_model_dir(cfg.model)), local_files_only=True)
+    tok.model_max_length = 10**9  # we tokenise whole clients, then cut windows
+    clients, dropped = select_clients(load_clients(cfg.federated, source), tok, cfg.federated, str(source))
+    table, counts = windows_table(clients, tok, cfg.federated)
+    write_parquet(fed / "windows.parquet", table)
+    roles = sorted({c.role for c in clients})
+    meta = {"source": str(source), "clients": [c.name for c in clients], "num_clients": len(clients), "roles": len(roles),
+            "windows": {s: int(sum(v[s] for v in counts.values())) for s in ("train", "validation", "test")},
+            "dropped_without_windows": dropped, "per_client": counts}
+    write_json(meta_path, meta)
+    log.info("federated: %d clients from %d roles in %s; windows train %d / validation %d / test %d",
+             len(clients), len(roles), source.name, meta["windows"]["train"], meta["windows"]["validation"],
+             meta["windows"]["test"])
+    return meta
+
+
+def _chunks(xs: list, n: int) -> list[list]:
+    return [xs[i : i + n] for i in range(0, len(xs), n)]
+
+
+def _save_state(path: Path, state: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
+
+
+def _evaluate(pool: ActorPool, clients: list[str], groups_terms: dict[str, list], assignment: dict[str, str],
+              split: str = "test") -> tuple[dict[str, tuple[float, int]], float, int]:
+    """Per-client (mean loss, windows) of each client's group prediction."""
+    import ray
+
+    items = []
+    for g, terms in groups_terms.items():
+        ref = ray.put(terms)
+        members = [c for c in clients if assignment[c] == g]
+        for k, chunk in enumerate(_chunks(members, 10)):
+            items.append(((g, k), (chunk, split, ref)))
+    res = pool.map("evaluate", items, desc=f"evaluate on {split}")
+    per: dict[str, tuple[float, int]] = {}
+    for v in res.results.values():
+        per.update(v["per_client"])
+    windows = sum(v["windows"] for v in res.results.values())
+    peak = max([v["peak_rss_mb"] for v in res.results.values()] or [0.0])
+    return per, peak, windows
+
+
+def _method_row(per: dict[str, tuple[float, int]], clients: list[str], **extra) -> dict:
+    vals = [per[c][0] for c in clients if c in per]
+    n = [per[c][1] for c in clients if c in per]
+    return {"test_loss": float(np.mean(vals)), "test_loss_pooled": float(np.average(vals, weights=n)),
+            "clients_evaluated": len(vals), "per_client": {c: per[c][0] for c in clients if c in per}, **extra}
+
+
+class _Run:
+    def __init__(self, cfg: RunConfig, run_dir: Path, force: bool) -> None:
+        self.cfg, self.fcfg = cfg, cfg.federated
+        self.fed = Path(run_dir) / FED_DIR
+        self.force = force
+        self.fed.mkdir(parents=True, exist_ok=True)
+        fp = _fingerprint(cfg)
+        fp_path = self.fed / "config.json"
+        if fp_path.is_file() and json.loads(fp_path.read_text()) != json.loads(json.dumps(fp)):
+            if not force:
+                raise ConfigError(
+                    f"{self.fed} was made with a different federated configuration; use a new --out "
+                    "or --force to start over")
+            import shutil
+
+            shutil.rmtree(self.fed)
+            self.fed.mkdir(parents=True)
+        write_json(fp_path, fp)
+        self.meta = prepare_windows(cfg, self.fed)
+        self.clients: list[str] = self.meta["clients"]
+        ensure_ray(cfg.ray)
+        workers = self.fcfg.workers or cluster_cpus()
+        self.pool = ActorPool(ClientWorker, (cfg.model_dump(mode="json"), str(self.fed / "windows.parquet")), workers,
+                              max_retries=self.fcfg.max_retries)
+        info = self.pool.broadcast("info")[0]
+        self.theta_star: dict[str, np.ndarray] = info["theta_star"]
+        self.units: dict[str, float] = info["flops_per_window"]
+        self.adapter_parameters = int(info["adapter_parameters"])
+        log.info("federated: %d client workers; adapter %s with %d parameters; FLOPs per window: train %.3g, "
+                 "forward %.3g, featurize %.3g", self.pool.size, cfg.adapter.type, self.adapter_parameters,
+                 self.units["train"], self.units["forward"], self.units["featurize"])
+
+    def done(self, name: str) -> dict | None:
+        p = self.fed / "methods" / f"{name}.json"
+        return None if self.force or not p.is_file() else json.loads(p.read_text())
+
+    def record(self, name: str, row: dict) -> dict:
+        write_json(self.fed / "methods" / f"{name}.json", row)
+        return row
+
+    # ---------------------------------------------------------------- baselines
+    def fedavg_all(self) -> FedAvgRun:
+        return run_fedavg(self.pool, {"all": self.clients}, self.theta_star, self.fcfg, self.cfg.seed,
+                          self.fed / "checkpoints" / "fedavg", desc="fedavg")
+
+    def base(self) -> dict:
+        if (row := self.done("base")) is not None:
+            return row
+        t0 = time.perf_counter()
+        per, peak, _ = _evaluate(self.pool, self.clients, {"all": [(1.0, self.theta_star)]}, dict.fromkeys(self.clients, "all"))
+        return self.record("base", _method_row(per, self.clients, train_flops=0.0, peak_memory_mb=peak,
+                                               wall_s=time.perf_counter() - t0, adapters=0, adapter_parameters=0))
+
+    def fedavg(self) -> dict:
+        if (row := self.done("fedavg")) is not None:
+            return row
+        t0 = time.perf_counter()
+        run = self.fedavg_all()
+        _save_state(self.fed / "adapters" / "fedavg.safetensors", run.states["all"])
+        wall = time.perf_counter() - t0
+        per, peak, _ = _evaluate(self.pool, self.clients, {"all": [(1.0, run.states["all"])]}, dict.fromkeys(self.clients, "all"))
+        return self.record("fedavg", _method_row(
+            per, self.clients, train_flops=run.trained_windows * self.units["train"],
+            peak_memory_mb=max(run.peak_rss_mb, peak), wall_s=wall, adapters=1,
+            adapter_parameters=self.adapter_parameters, client_updates=run.client_updates,
+            excluded_updates=run.failed_updates, history=run.history))
+
+    def mtl_ft(self) -> dict:
+        import ray
+
+        if (row := self.done("mtl_ft")) is not None:
+            return row
+        t0 = time.perf_counter()
+        run = self.fedavg_all()  # resumes from (or reuses) the fedavg checkpoint
+        ref = ray.put(run.states["all"])
+        f = self.fcfg
+        items = [(c, (c, ref, f.finetune_epochs, f.lr, self.cfg.seed)) for c in self.clients]
+        res = self.pool.map("finetune_evaluate", items, desc="mtl_ft: per-client fine-tuning")
+        per = {c: (v["loss"], v["n"]) for c, v in res.results.items()}
+        windows = run.trained_windows + sum(v["trained_windows"] for v in res.results.values())
+        peak = max([run.peak_rss_mb] + [v["peak_rss_mb"] for v in res.results.values()])
+        return self.record("mtl_ft", _method_row(
+            per, self.clients, train_flops=windows * self.units["train"], peak_memory_mb=peak,
+            wall_s=time.perf_counter() - t0, adapters=1 + len(res.results),
+            adapter_parameters=self.adapter_parameters * (1 + len(res.results)), excluded_clients=sorted(res.failed)))
+
+    # ---------------------------------------------------------------- ensemble
+    def features(self) -> tuple[dict[str, dict], float, int]:
+        path = self.fed / "features.parquet"
+        if path.is_file() and not self.force:
+            df = pq.read_table(path).to_pandas()
+        else:
+            items = [(k, (chunk,)) for k, chunk in enumerate(_chunks(self.clients, 10))]
+            res = self.pool.map("featurize", items, desc="featurize clients")
+            rows = {"client": [], "sample_id": [], "h0": [], "g": []}
+            for k in sorted(res.results):
+                for c, v in res.results[k]["features"].items():
+                    rows["client"] += [c] * len(v["sample_id"])
+                    rows["sample_id"] += v["sample_id"]
+                    rows["h0"] += v["h0"].tolist()
+                    rows["g"] += list(v["g"])
+            if res.failed:
+                raise RuntimeError(f"featurisation failed for client chunks {sorted(res.failed)}")
+            table = pa.table({"client": rows["client"], "sample_id": rows["sample_id"], "h0": pa.array(rows["h0"], pa.float32()),
+                              "g": pa.array([np.asarray(x, np.float32) for x in rows["g"]], pa.list_(pa.float32()))})
+            write_parquet(path, table)
+            df = table.to_pandas()
+        feats = {c: {"sample_id": d["sample_id"].tolist(), "g": np.stack(d["g"].to_numpy()).astype(np.float32),
+                     "h0": d["h0"].to_numpy(np.float32)} for c, d in df.groupby("client", sort=False)}
+        n = len(df)
+        return feats, n * self.units["featurize"], n
+
+    def groups(self, feats: dict[str, dict]) -> list[list[str]]:
+        path = self.fed / "groups.json"
+        if path.is_file() and not self.force:
+            return json.loads(path.read_text())["groups"]
+        import ray
+
+        f = self.fcfg
+        names = self.clients
+        size = min(f.subset_size, len(names))
+        subsets = sample_subsets(len(names), f.num_subsets, size, self.cfg.seed)
+        ref = ray.put({c: (feats[c]["g"], feats[c]["h0"]) for c in names})
+        chunks = _chunks(list(enumerate(subsets)), max(1, len(subsets) // (4 * cluster_cpus())))
+        t0 = time.perf_counter()
+        # on the pool's actors: they hold the CPUs, so separate Ray tasks would wait for them forever
+        res = self.pool.map("fit_subsets", [(k, (ch, ref, names, self.cfg.estimate.l2)) for k, ch in enumerate(chunks)],
+                            desc="subset regressions")
+        if res.failed:
+            raise RuntimeError(f"subset regressions failed: {next(iter(res.failed.values()))}")
+        rows = [r for k in sorted(res.results) for r in res.results[k]]
+        results = pd.DataFrame(rows)
+        aff = affinity_matrix(results, names)
+        aff.frame("centered").to_csv(self.fed / "affinity.csv")
+        res = cluster_tasks(aff.centered, names, num_groups=min(f.num_groups, len(names)), seed=self.cfg.seed)
+        write_json(path, {"groups": res.groups, "m": res.m, "method": res.method, "reason": res.reason,
+                          "average_density": res.score, "subsets": len(subsets), "subset_size": size,
+                          "pair_coverage": aff.coverage, "estimate_s": time.perf_counter() - t0})
+        log.info("federated: %d subset regressions in %.1f s (pair coverage %.0f%%); %d groups (%s), sizes %s",
+                 len(subsets), time.perf_counter() - t0, 100 * aff.coverage, res.m, res.method,
+                 sorted((len(g) for g in res.groups), reverse=True))
+        return res.groups
+
+    def ensemble(self) -> dict:
+        import ray
+
+        if (row := self.done("ensemble")) is not None:
+            return row
+        t0 = time.perf_counter()
+        feats, feat_flops, _ = self.features()
+        groups = self.groups(feats)
+        gnames = [f"group-{i}" for i in range(len(groups))]
+        assignment = {c: g for g, members in zip(gnames, groups) for c in members}
+        run = run_fedavg(self.pool, dict(zip(gnames, groups)), self.theta_star, self.fcfg, self.cfg.seed,
+                         self.fed / "checkpoints" / "ensemble", desc="group fedavg")
+        for g in gnames:
+            _save_state(self.fed / "adapters" / f"{g}.safetensors", run.states[g])
+        extra_forward = 0
+        # members[g]: the terms of group g's (boosted) predictor
+        members: dict[str, list] = {g: [(1.0, run.states[g])] for g in gnames}
+        boost_log = self._load_boost(gnames, members)
+        b = self.cfg.boost
+        for step in range(len(boost_log), self.fcfg.boost_steps):
+            res = self.pool.map("gold_log_odds", [(g, (clients, members[g])) for g, clients in zip(gnames, groups)],
+                                desc=f"boosting step {step + 1}: group training losses")
+            losses = {}
+            for g, r in res.results.items():
+                extra_forward += r["windows"] * len(members[g])
+                losses[g] = (float(np.mean(np.logaddexp(0.0, -r["h"]))), r)
+            worst = max(losses, key=lambda g: losses[g][0])
+            clients = groups[gnames.index(worst)]
+            h = losses[worst][1]
+            g_feat = np.concatenate([feats[c]["g"] for c in clients])
+            order = [s for c in clients for s in feats[c]["sample_id"]]
+            pos = {s: i for i, s in enumerate(h["sample_id"])}
+            if set(pos) != set(order):
+                raise RuntimeError("boosting: residuals and features do not cover the same samples")
+            hv = np.array([h["h"][pos[s]] for s in order])  # aligned by sample id
+            resid = 1.0 - 1.0 / (1.0 + np.exp(-hv))
+            w = fit_residual(g_feat, resid, b.l2)
+            learner = self.pool.map("learner_state", [(0, (w,))]).results[0]
+            delta = [(1.0, learner), (-1.0, self.theta_star)]
+            if b.line_search:
+                ls = self.pool.map("line_search", [(0, (clients, members[worst], delta, list(RHOS)))]).results[0]
+                extra_forward += ls["windows"] * (len(members[worst]) + 2)
+                rho = RHOS[int(np.argmin(ls["losses"]))]
+                loss_after = min(ls["losses"])
+            else:
+                rho, loss_after = 1.0, float("nan")
+            coef = b.step_size * rho
+            k = len(boost_log)
+            _save_state(self.fed / "adapters" / f"boost-{k}.safetensors", learner)
+            boost_log.append({"step": k, "group": worst, "train_loss_before": losses[worst][0],
+                              "train_loss_after_full_step": loss_after, "rho": rho, "coef": coef,
+                              "fit_residual_mean": float(resid.mean())})
+            write_json(self.fed / "boost.json", boost_log)
+            members[worst] += [(coef, learner), (-coef, self.theta_star)]
+            log.info("federated boosting step %d: group %s (train loss %.4f), ρ=%.2f, coefficient %.3f",
+                     k + 1, worst, losses[worst][0], rho, coef)
+        # combination weights per group over the m group predictors, on validation windows
+        weights = {}
+        if self.cfg.ensemble.weights == "learned" and len(gnames) > 1:
+            ref = ray.put([members[g] for g in gnames])
+            items = [(g, (clients, ref)) for g, clients in zip(gnames, groups)]
+            res = self.pool.map("fit_weights", items, desc="combination weights")
+            for g in gnames:
+                if g in res.results:
+                    weights[g] = res.results[g]["alpha"]
+                    extra_forward += res.results[g]["windows"] * sum(len(t) for t in members.values())
+        for g in gnames:
+            weights.setdefault(g, [1.0 if h == g else (1.0 / len(gnames) if self.cfg.ensemble.weights == "uniform" else 0.0)
+                                   for h in gnames])
+        write_json(self.fed / "weights.json", {"members": gnames, "weights": weights})
+        terms = {g: [(a * c, s) for a, h in zip(weights[g], gnames) for c, s in members[h] if a > 1e-6] for g in gnames}
+        wall = time.perf_counter() - t0
+        per, peak, _ = _evaluate(self.pool, self.clients, terms, assignment)
+        own = {g: [(c, s) for c, s in members[g]] for g in gnames}
+        per_own, _, _ = _evaluate(self.pool, self.clients, own, assignment)
+        flops = feat_flops + run.trained_windows * self.units["train"] + extra_forward * self.units["forward"]
+        n_boost = len(boost_log)
+        return self.record("ensemble", _method_row(
+            per, self.clients, train_flops=flops, peak_memory_mb=max(run.peak_rss_mb, peak), wall_s=wall,
+            adapters=len(gnames) + n_boost, adapter_parameters=self.adapter_parameters * (len(gnames) + n_boost),
+            groups=len(gnames), boost=boost_log, client_updates=run.client_updates,
+            excluded_updates=run.failed_updates,
+            ablation_own_group_test_loss=_method_row(per_own, self.clients)["test_loss"],
+            flops_breakdown={"featurize": feat_flops, "fedavg": run.trained_windows * self.units["train"],
+                             "boost_and_weights_forward": extra_forward * self.units["forward"]}))
+
+    def _load_boost(self, gnames: list[str], members: dict[str, list]) -> list[dict]:
+        path = self.fed / "boost.json"
+        if not path.is_file() or self.force:
+            return []
+        steps = json.loads(path.read_text())
+        for s in steps:
+            learner = dict(load_file(str(self.fed / "adapters" / f"boost-{s['step']}.safetensors")))
+            members[s["group"]] += [(s["coef"], learner), (-s["coef"], self.theta_star)]
+        return steps
+
+
+def fit_subsets(chunk, feats: dict, names: list[str], l2: float) -> list[dict]:
+    """Surrogate fits for ``chunk = [(subset_id, client indices), ...]``; one row per (subset, member)."""
+    rows = []
+    for sid, subset in chunk:
+        members = [names[i] for i in subset]
+        g = np.concatenate([feats[c][0] for c in members])
+        h0 = np.concatenate([feats[c][1] for c in members])
+        fit = fit_surrogate(g, h0, l2)
+        for c in members:
+            loss, acc = surrogate_loss(feats[c][0], feats[c][1], fit.w)
+            rows.append({"subset_id": sid, "task": c, "members": members, "loss": loss, "accuracy": acc})
+    return rows
+
+
+def federated_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
+    """Run the configured methods (plus the untrained θ* reference) and write the report."""
+    t0 = time.perf_counter()
+    run = _Run(cfg, Path(run_dir), force)
+    try:
+        rows = {"base": run.base()}
+        for name in cfg.federated.methods:
+            rows[name] = getattr(run, name)()
+    finally:
+        run.pool.shutdown()
+    report = write_report(cfg, run, rows, time.perf_counter() - t0)
+    return report
+
+
+LABELS = {"base": "base model (θ*, no fine-tuning)", "fedavg": "FedAvg, one adapter", "mtl_ft": "MTL-FT (FedAvg + per-client FT)",
+          "ensemble": "EnsembleLoRA (federated)"}
+
+
+def write_report(cfg: RunConfig, run: _Run, rows: dict[str, dict], wall: float) -> dict:
+    fed = run.fed
+    per_client = pd.DataFrame({m: pd.Series(r["per_client"]) for m, r in rows.items()})
+    per_client.index.name = "client"
+    with atomic_path(fed / "per_client.csv") as tmp:
+        per_client.to_csv(tmp)
+    methods = {m: {k: v for k, v in r.items() if k != "per_client"} for m, r in rows.items()}
+    ref = methods.get("fedavg")
+    mtl = methods.get("mtl_ft")
+    for m, r in methods.items():
+        if ref:
+            r["test_loss_vs_fedavg_pct"] = 100.0 * (r["test_loss"] - ref["test_loss"]) / ref["test_loss"]
+        if mtl and mtl["train_flops"]:
+            r["flops_vs_mtl_ft"] = r["train_flops"] / mtl["train_flops"]
+    report = {"clients": run.meta["num_clients"], "roles": run.meta["roles"], "windows": run.meta["windows"],
+              "model": cfg.model.name_or_path, "adapter": cfg.adapter.type, "rounds": cfg.federated.rounds,
+              "client_fraction": cfg.federated.client_fraction, "workers": run.pool.size if run.pool.actors else None,
+              "flops_per_window": run.units, "wall_s": wall, "methods": methods}
+    write_json(fed / "report.json", report)
+    lines = [f"# Federated run: {report['clients']} clients ({report['roles']} roles)", "",
+             f"Model `{cfg.model.name_or_path}`, adapter `{cfg.adapter.type}`, {cfg.federated.rounds} rounds, "
+             f"client fraction {cfg.federated.client_fraction}, {cfg.federated.context_tokens}-token windows "
+             f"(train {report['windows']['train']}, validation {report['windows']['validation']}, test {report['windows']['test']}).",
+             "", "| method | test loss (mean over clients) | pooled | vs FedAvg | train FLOPs | FLOPs vs MTL-FT | peak memory MB | wall s | adapters |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m, r in methods.items():
+        lines.append(f"| {LABELS.get(m, m)} | {r['test_loss']:.4f} | {r['test_loss_pooled']:.4f} | "
+                     f"{r.get('test_loss_vs_fedavg_pct', float('nan')):+.1f}% | {r['train_flops']:.3g} | "
+                     f"{r.get('flops_vs_mtl_ft', float('nan')):.2f}× | {r['peak_memory_mb']:.0f} | {r['wall_s']:.0f} | {r['adapters']} |")
+    if "ensemble" in methods:
+        e = methods["ensemble"]
+        lines += ["", f"Ensemble: {e['groups']} groups, {len(e['boost'])} boosting step(s); own-group predictors only "
+                  f"(no learned weights): test loss {e['ablation_own_group_test_loss']:.4f}."]
+    lines += ["", "FLOPs are training-side: measured per window (FlopCounter) × windows processed; evaluation on "
+              "the test windows is not counted. Peak memory is the largest client-worker RSS during the method."]
+    write_text(fed / "report.md", "\n".join(lines) + "\n")
+    _plot(methods, fed / "plots" / "federated_test_loss.png")
+    return report
+
+
+def _plot(methods: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].bar([LABELS.get(n, n).split(" (")[0] for n in names], [methods[n]["test_loss"] for n in names], color="#4c72b0")
+    axes[0].set_ylabel("test loss (nats / token)")
+    axes[0].set_title("test loss by method")
+    lo = min(methods[n]["test_loss"] for n in names)
+    axes[0].set_ylim(lo * 0.95, max(methods[n]["test_loss"] for n in names) * 1.02)
+    for n in names:
+        if methods[n]["train_flops"] > 0:
+            axes[1].scatter(methods[n]["train_flops"], methods[n]["test_loss"], s=40)
+            axes[1].annotate(LABELS.get(n, n).split(" (")[0], (methods[n]["train_flops"], methods[n]["test_loss"]), fontsize=8)
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("training FLOPs")
+    axes[1].set_ylabel("test loss")
+    axes[1].set_title("cost vs loss")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

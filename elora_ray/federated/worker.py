@@ -1,0 +1,222 @@
+"""The client worker: a Ray actor holding the base model once and serving any client on demand.
+
+Every method takes adapter states as arguments (``{name: array}``; pass ``ray.put`` refs to
+ship them once) and a client name; the client's windows are looked up in the table the actor
+loaded at start. A prediction is a *linear combination of adapters' logits*, given as
+``terms = [(coef, state), ...]`` — a single adapter is ``[(1.0, s)]``; a group with a boosting
+learner L at step size c is ``[(1, s_g), (c, s_L), (−c, s_θ*)]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from ..config import RunConfig
+from ..models.flops import FlopCounter
+from ..train.worker import PeakMemory
+from .clients import _evenly
+from .model import (
+    WindowFeaturizer,
+    apply_projected_step,
+    build_lm,
+    get_state,
+    set_state,
+    token_losses,
+    train_windows,
+    window_logits,
+)
+
+Terms = Sequence[tuple[float, dict]]
+
+
+class ClientWorker:
+    def __init__(self, cfg_data: dict, windows_path: str, threads: int = 1) -> None:
+        torch.set_num_threads(max(1, int(threads)))
+        self.cfg = RunConfig.model_validate(cfg_data)
+        self.peft_model, _ = build_lm(self.cfg)
+        self.theta_star = get_state(self.peft_model)
+        table = pq.read_table(windows_path).to_pandas()
+        self.data: dict[str, dict[str, tuple[np.ndarray, np.ndarray, list[str]]]] = {}
+        for (client, split), df in table.groupby(["client", "split"], sort=False):
+            x = np.stack(df["input_ids"].to_numpy()).astype(np.int64)
+            self.data.setdefault(client, {})[split] = (x, df["target"].to_numpy(np.int64), df["sample_id"].tolist())
+        self._featurizer: WindowFeaturizer | None = None
+        self._units: dict | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _windows(self, client: str, split: str):
+        try:
+            return self.data[client][split]
+        except KeyError:
+            raise KeyError(f"client {client!r} has no {split} windows") from None
+
+    def _feature_windows(self, client: str):
+        x, y, ids = self._windows(client, "train")
+        keep = _evenly(list(range(len(y))), self.cfg.federated.featurize_windows)
+        return x[keep], y[keep], [ids[i] for i in keep]
+
+    def _combined_logits(self, x: np.ndarray, terms: Terms) -> torch.Tensor:
+        total = None
+        for coef, state in terms:
+            if coef == 0:
+                continue
+            set_state(self.peft_model, state)
+            z = window_logits(self.peft_model, x) * float(coef)
+            total = z if total is None else total + z
+        if total is None:
+            raise ValueError("a prediction needs at least one adapter with a non-zero coefficient")
+        return total
+
+    def _gather(self, clients: Sequence[str], split: str, features: bool = False, skip_missing: bool = False):
+        xs, ys, ids, owner = [], [], [], []
+        for c in clients:
+            if skip_missing and not features and split not in self.data.get(c, {}):
+                continue
+            x, y, i = self._feature_windows(c) if features else self._windows(c, split)
+            xs.append(x)
+            ys.append(y)
+            ids.extend(i)
+            owner.extend([c] * len(y))
+        if not xs:
+            raise KeyError(f"none of the {len(clients)} clients has {split} windows")
+        return np.concatenate(xs), np.concatenate(ys), ids, owner
+
+    # ------------------------------------------------------------------ calls
+    def info(self) -> dict:
+        """θ*, adapter size and per-window FLOPs (train step, forward, featurisation), measured once."""
+        if self._units is None:
+            client = next(iter(self.data))
+            x, y, _ = self._windows(client, "train")
+            b = min(len(y), self.cfg.federated.batch_size)
+            set_state(self.peft_model, self.theta_star)
+            with FlopCounter(self.peft_model) as fc:
+                train_windows(self.peft_model, x[:b], y[:b], epochs=b / max(1, b), lr=0.0, batch_size=b, seed=0)
+            train = fc.total / b
+            with FlopCounter(self.peft_model) as fc:
+                window_logits(self.peft_model, x[:b])
+            fwd = fc.total / b
+            set_state(self.peft_model, self.theta_star)
+            feat = self.featurizer()
+            with FlopCounter(self.peft_model) as fc:
+                feat(x[:b], y[:b])
+            self._units = {"train": train, "forward": fwd, "featurize": fc.total / b}
+        return {
+            "theta_star": self.theta_star,
+            "adapter_parameters": int(sum(v.size for v in self.theta_star.values())),
+            "flops_per_window": dict(self._units),
+            "gradient_parameters": self.featurizer().p,
+        }
+
+    def featurizer(self) -> WindowFeaturizer:
+        if self._featurizer is None:
+            set_state(self.peft_model, self.theta_star)
+            self._featurizer = WindowFeaturizer(self.cfg, self.peft_model)
+        return self._featurizer
+
+    def update(self, client: str, state: dict, epochs: float, lr: float, seed: int) -> dict:
+        """One client's local training from ``state``; returns the new state and its window count."""
+        with PeakMemory() as mem:
+            x, y, _ = self._windows(client, "train")
+            set_state(self.peft_model, state)
+            stats = train_windows(self.peft_model, x, y, epochs=epochs, lr=lr, batch_size=self.cfg.federated.batch_size,
+                                  seed=seed)
+            new = get_state(self.peft_model)
+        if not math.isfinite(stats["loss"]):
+            raise FloatingPointError(f"client {client}: training loss is {stats['loss']}")
+        return {"state": new, "n": len(y), "loss": stats["loss"], "trained_windows": stats["windows"],
+                "peak_rss_mb": mem.megabytes()["peak_rss_mb"]}
+
+    def evaluate(self, clients: Sequence[str], split: str, terms: Terms) -> dict:
+        """Per-client mean next-token loss (and window count) of the combined prediction."""
+        with PeakMemory() as mem:
+            x, y, _, owner = self._gather(clients, split)
+            losses = token_losses(self._combined_logits(x, terms), y)
+        out: dict[str, list[float]] = {}
+        for c, v in zip(owner, losses):
+            out.setdefault(c, []).append(float(v))
+        return {"per_client": {c: (float(np.mean(v)), len(v)) for c, v in out.items()}, "windows": len(y),
+                "peak_rss_mb": mem.megabytes()["peak_rss_mb"]}
+
+    def finetune_evaluate(self, client: str, state: dict, epochs: float, lr: float, seed: int) -> dict:
+        """MTL-FT: fine-tune ``state`` on the client's train windows, then its test loss."""
+        with PeakMemory() as mem:
+            upd = self.update(client, state, epochs, lr, seed)
+            x, y, _ = self._windows(client, "test")
+            set_state(self.peft_model, upd["state"])
+            loss = token_losses(window_logits(self.peft_model, x), y)
+        return {"loss": float(loss.mean()), "n": len(y), "trained_windows": upd["trained_windows"],
+                "peak_rss_mb": mem.megabytes()["peak_rss_mb"]}
+
+    def featurize(self, clients: Sequence[str]) -> dict:
+        """Projected gradients g̃ and offsets h0 at θ* for each client's featurisation windows."""
+        feat = self.featurizer()
+        set_state(self.peft_model, self.theta_star)
+        out = {}
+        n = 0
+        with PeakMemory() as mem:
+            for c in clients:
+                x, y, ids = self._feature_windows(c)
+                g, h = feat(x, y)
+                out[c] = {"sample_id": ids, "g": g.astype(np.float32), "h0": h.astype(np.float32)}
+                n += len(ids)
+        return {"features": out, "windows": n, "peak_rss_mb": mem.megabytes()["peak_rss_mb"]}
+
+    def gold_log_odds(self, clients: Sequence[str], terms: Terms) -> dict:
+        """(sample ids, h) of the combined prediction on the featurisation windows of ``clients``."""
+        from ..featurize.gradients import gold_log_odds
+
+        x, y, ids, _ = self._gather(clients, "train", features=True)
+        h = gold_log_odds(self._combined_logits(x, terms), torch.as_tensor(y)).numpy()
+        return {"sample_id": ids, "h": h, "windows": len(ids)}
+
+    def line_search(self, clients: Sequence[str], base: Terms, delta: Terms, rhos: Sequence[float]) -> dict:
+        """Mean training loss of ``base + ρ·delta`` on the featurisation windows, for each ρ."""
+        x, y, _, _ = self._gather(clients, "train", features=True)
+        zb = self._combined_logits(x, base)
+        zd = self._combined_logits(x, delta)
+        losses = [float(token_losses(zb + float(r) * zd, y).mean()) for r in rhos]
+        return {"losses": losses, "windows": len(y)}
+
+    def learner_state(self, w: np.ndarray) -> dict:
+        """The linearised boosting learner θ* + P w, as an adapter state."""
+        feat = self.featurizer()
+        set_state(self.peft_model, self.theta_star)
+        apply_projected_step(feat, w)
+        state = get_state(self.peft_model)
+        set_state(self.peft_model, self.theta_star)
+        return state
+
+    def fit_weights(self, clients: Sequence[str], members: Sequence[Terms], iters: int = 200) -> dict:
+        """Convex weights α on the simplex minimising the validation loss of Σ_j α_j z_j.
+
+        The objective is convex in α (an affine map inside a log-softmax); we solve it with
+        projected-gradient-free L-BFGS on α = softmax(β), which reaches the same optimum."""
+        x, y, _, _ = self._gather(clients, "validation", skip_missing=True)  # short clients may have none
+        z = torch.stack([self._combined_logits(x, t) for t in members], dim=1)  # [N, M, V]
+        yt = torch.as_tensor(y)
+        beta = torch.zeros(len(members), requires_grad=True)
+        opt = torch.optim.LBFGS([beta], lr=0.5, max_iter=iters, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(torch.einsum("m,nmv->nv", torch.softmax(beta, 0), z), yt)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        alpha = torch.softmax(beta.detach(), 0)
+        with torch.no_grad():
+            val = float(torch.nn.functional.cross_entropy(torch.einsum("m,nmv->nv", alpha, z), yt))
+            own = [float(torch.nn.functional.cross_entropy(z[:, j], yt)) for j in range(len(members))]
+        return {"alpha": alpha.numpy().astype(float).tolist(), "val_loss": val, "member_val_loss": own, "windows": len(y)}
+
+    def fit_subsets(self, chunk, feats: dict, names: list[str], l2: float) -> list[dict]:
+        """Subset regressions of the affinity estimate (run here so they share the pool's CPUs)."""
+        from .stage import fit_subsets
+
+        return fit_subsets(chunk, feats, names, l2)

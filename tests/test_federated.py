@@ -1,0 +1,244 @@
+"""Federated mode: the client rule, FedAvg, the client pool's retries, and a 500-client run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elora_ray.config import FederatedConfig, load_config
+from elora_ray.errors import DataError
+from elora_ray.federated.clients import client_windows, make_clients, parse_speeches, windows_table
+from elora_ray.federated.model import fedavg
+
+PLAY = """First Citizen:
+Before we proceed any further, hear me speak.
+
+All:
+Speak, speak.
+
+First Citizen:
+You are all resolved rather to die than to famish?
+Is't a verdict?
+
+All:
+Resolved. resolved.
+"""
+
+
+def test_speeches_and_client_rule():
+    sp = parse_speeches(PLAY)
+    assert [r for r, _ in sp] == ["First Citizen", "All", "First Citizen", "All"]
+    assert sp[2][1] == "You are all resolved rather to die than to famish?\nIs't a verdict?"
+    # a 60-character budget puts each First Citizen speech in its own client; All's two fit in one
+    clients = make_clients(sp, client_chars=60, min_client_chars=1)
+    assert [c.name for c in clients] == ["First Citizen#0", "First Citizen#1", "All#0"]
+    assert clients[2].text == "Speak, speak.\nResolved. resolved."
+    # clients shorter than min_client_chars are dropped
+    assert [c.name for c in make_clients(sp, 60, 40)] == ["First Citizen#0", "First Citizen#1"]
+
+
+def test_text_before_first_speaker_names_the_line():
+    with pytest.raises(DataError, match=r"play.txt:1: text before the first"):
+        parse_speeches("stray prologue\n\nA:\nhi\n", "play.txt")
+
+
+def test_windows_are_contiguous_per_split_and_capped():
+    cfg = FederatedConfig(context_tokens=4, stride=2, max_windows={"train": 100, "validation": 100, "test": 100})
+    tokens = list(range(100))
+    w = client_windows(tokens, cfg)
+    span = cfg.context_tokens + 1
+    # every window lies inside its region: train < validation < test, no straddling
+    assert max(w["train"]) + span <= min(w["validation"])
+    assert max(w["validation"]) + span <= min(w["test"])
+    assert min(w["test"]) >= 80 and max(w["test"]) + span <= 100
+    capped = client_windows(tokens, cfg.model_copy(update={"max_windows": {"train": 3, "validation": 1, "test": 2}}))
+    assert len(capped["train"]) == 3 and capped["train"][0] == 0 and capped["train"][-1] == w["train"][-1]
+
+
+class _ToyTokenizer:
+    def encode(self, text, add_special_tokens=False):
+        return [ord(ch) % 97 for ch in text]
+
+
+def test_window_targets_follow_their_context():
+    cfg = FederatedConfig(context_tokens=3, stride=3)
+    clients = make_clients(parse_speeches(PLAY), 1000, 1)
+    tab, counts = windows_table(clients, _ToyTokenizer(), cfg)
+    rows = tab.to_pylist()
+    text = {c.name: _ToyTokenizer().encode(c.text) for c in clients}
+    for r in rows:
+        start = int(r["sample_id"].rsplit("/", 1)[1])
+        toks = text[r["client"]]
+        assert r["input_ids"] == toks[start : start + 3] and r["target"] == toks[start + 3]
+    assert sum(v["train"] for v in counts.values()) == sum(r["split"] == "train" for r in rows)
+
+
+def test_shakespeare_gives_at_least_500_clients(shared_data: Path):
+    text = (shared_data / "shakespeare" / "tinyshakespeare.txt").read_text()
+    cfg = FederatedConfig()
+    clients = make_clients(parse_speeches(text), cfg.client_chars, cfg.min_client_chars)
+    assert len(clients) >= 500
+    assert len({c.name for c in clients}) == len(clients)
+    assert all(len(c.text) >= cfg.min_client_chars for c in clients)
+
+
+def test_fedavg_weighted_mean():
+    a = {"w": np.array([1.0, 2.0], np.float32)}
+    b = {"w": np.array([3.0, 6.0], np.float32)}
+    np.testing.assert_allclose(fedavg([a, b], [1, 3])["w"], [2.5, 5.0])
+    with pytest.raises(ValueError):
+        fedavg([], [])
+
+
+# ---------------------------------------------------------------- the pool
+
+
+def _flaky_actor_class():
+    # defined in a function so Ray ships it by value (workers cannot import the tests package)
+    class Flaky:
+        """Toy client actor: ``fail`` keys always raise, ``once`` keys fail on the first call only,
+        ``die`` kills the actor process the first time (marker file)."""
+
+        def __init__(self, marker_dir: str) -> None:
+            self.marker_dir = Path(marker_dir)
+            self.pid = os.getpid()
+
+        def work(self, key: str, x: int) -> dict:
+            marker = self.marker_dir / key
+            if key.startswith("fail"):
+                raise ValueError(f"bad client {key}")
+            if key.startswith("once") and not marker.exists():
+                marker.touch()
+                raise RuntimeError("transient")
+            if key.startswith("die") and not marker.exists():
+                marker.touch()
+                os._exit(1)
+            return {"y": x * x, "pid": self.pid}
+
+    return Flaky
+
+
+def test_pool_serves_more_clients_than_workers_and_survives_failures(tmp_path, caplog):
+    from elora_ray.federated.pool import ActorPool
+    from elora_ray.raysession import ensure_ray
+
+    ensure_ray()
+    pool = ActorPool(_flaky_actor_class(), (str(tmp_path),), workers=2, max_retries=1, num_cpus=0.5)
+    try:
+        items = [(f"c{i}", (f"c{i}", i)) for i in range(25)]
+        items += [("fail-1", ("fail-1", 3)), ("once-1", ("once-1", 4)), ("die-1", ("die-1", 5))]
+        with caplog.at_level(logging.WARNING, logger="elora_ray.federated.pool"):
+            res = pool.map("work", items)
+    finally:
+        pool.shutdown()
+    assert {k: v["y"] for k, v in res.results.items() if k.startswith("c")} == {f"c{i}": i * i for i in range(25)}
+    assert len({v["pid"] for v in res.results.values()}) >= 2  # the work was spread over the pool
+    assert res.results["once-1"]["y"] == 16 and res.results["die-1"]["y"] == 25  # retried
+    assert list(res.failed) == ["fail-1"] and "bad client fail-1" in res.failed["fail-1"]
+    assert pool.replaced >= 1
+    assert any("fail-1" in r.message and "excluded" in r.message for r in caplog.records)
+
+
+# ---------------------------------------------------------------- with the model
+
+TINY = """
+model: {name_or_path: tiny-llama}
+adapter: {type: lora, rank: 4}
+featurize: {dim: 32}
+federated:
+  context_tokens: 16
+  stride: 16
+  max_windows: {train: 6, validation: 2, test: 3}
+  featurize_windows: 4
+  rounds: 2
+  client_fraction: 0.05
+  num_groups: 4
+  num_subsets: 600
+  boost_steps: 1
+  lr: 0.01
+"""
+
+
+def _cfg(tmp_path: Path, shared_data: Path, extra: str = ""):
+    p = tmp_path / "fed.yaml"
+    p.write_text(TINY + extra)
+    cfg = load_config(p)
+    cfg.data_root = str(shared_data)
+    return cfg
+
+
+def test_fedavg_of_identical_clients_equals_local_training(tmp_path, shared_data):
+    import pyarrow.parquet as pq
+
+    from elora_ray.federated.fedavg import round_seed, run_fedavg
+    from elora_ray.federated.pool import ActorPool
+    from elora_ray.federated.stage import prepare_windows
+    from elora_ray.federated.worker import ClientWorker
+    from elora_ray.raysession import ensure_ray
+
+    cfg = _cfg(tmp_path, shared_data, "  max_clients: 3\n  min_clients: 3\n  client_fraction: 1.0\n  rounds: 1\n")
+    fed = tmp_path / "fed"
+    prepare_windows(cfg, fed)
+    # three clients with the same windows
+    table = pq.read_table(fed / "windows.parquet").to_pandas()
+    first = table["client"].iloc[0]
+    one = table[table["client"] == first]
+    copies = []
+    for k in range(3):
+        c = one.copy()
+        c["client"] = f"twin{k}"
+        c["sample_id"] = [s.replace(first, f"twin{k}") for s in c["sample_id"]]
+        copies.append(c)
+    import pandas as pd
+    import pyarrow as pa
+
+    from elora_ray.federated.clients import WINDOW_SCHEMA
+
+    path = tmp_path / "twins.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.concat(copies), schema=WINDOW_SCHEMA, preserve_index=False), path)
+    local = ClientWorker(cfg.model_dump(mode="json"), str(path))
+    theta = local.info()["theta_star"]
+    expected = local.update("twin0", theta, cfg.federated.local_epochs, cfg.federated.lr, round_seed(cfg.seed, 0))["state"]
+    assert any(not np.allclose(expected[k], theta[k]) for k in theta)  # training moved the adapter
+    ensure_ray()
+    pool = ActorPool(ClientWorker, (cfg.model_dump(mode="json"), str(path)), workers=2, num_cpus=0.5)
+    try:
+        run = run_fedavg(pool, {"all": ["twin0", "twin1", "twin2"]}, theta, cfg.federated, cfg.seed, tmp_path / "ck")
+    finally:
+        pool.shutdown()
+    assert run.client_updates == 3
+    for k in theta:
+        np.testing.assert_allclose(run.states["all"][k], expected[k], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_500_client_federated_run_and_resume(tmp_path, shared_data):
+    from elora_ray.federated.stage import federated_stage
+
+    cfg = _cfg(tmp_path, shared_data)
+    out = tmp_path / "run"
+    report = federated_stage(cfg, out)
+    fed = out / "federated"
+    assert report["clients"] >= 500
+    assert set(report["methods"]) == {"base", "fedavg", "mtl_ft", "ensemble"}
+    for m, r in report["methods"].items():
+        assert np.isfinite(r["test_loss"]) and r["clients_evaluated"] == report["clients"], m
+    e = report["methods"]["ensemble"]
+    assert e["groups"] == 4 and len(e["boost"]) == 1 and e["adapters"] == 5
+    groups = json.loads((fed / "groups.json").read_text())["groups"]
+    assert sorted(c for g in groups for c in g) == sorted(json.loads((fed / "clients.json").read_text())["clients"])
+    # MTL-FT pays for FedAvg plus a fine-tuning pass per client
+    assert report["methods"]["mtl_ft"]["train_flops"] > report["methods"]["fedavg"]["train_flops"]
+    for f in ("report.md", "per_client.csv", "plots/federated_test_loss.png", "affinity.csv", "weights.json",
+              "adapters/fedavg.safetensors", "adapters/group-0.safetensors", "adapters/boost-0.safetensors"):
+        assert (fed / f).is_file(), f
+    # a rerun reuses every finished method (same numbers, nothing retrained)
+    before = (fed / "checkpoints" / "ensemble.safetensors").stat().st_mtime_ns
+    again = federated_stage(cfg, out)
+    assert again["methods"]["ensemble"]["test_loss"] == e["test_loss"]
+    assert (fed / "checkpoints" / "ensemble.safetensors").stat().st_mtime_ns == before
