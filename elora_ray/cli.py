@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "plots/tune_objective.png. Runs featurize/estimate first if needed.")
     _common(p)
 
+    p = sub.add_parser("federated", help="FedAvg over many clients (Shakespeare roles): baselines + federated ensemble",
+                       description="Derive clients from federated.source (roles of a play, split into chunks), then run "
+                       "federated.methods: FedAvg (one adapter), MTL-FT (FedAvg + per-client fine-tuning) and the "
+                       "federated EnsembleLoRA (client affinity → groups → one FedAvg adapter per group → boosting → "
+                       "learned weights). Needs a decoder, e.g. --config configs/federated_shakespeare_smollm2.yaml. "
+                       "Writes <out>/federated/report.{json,md} and plots; resumable.")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="start the federated run over")
+
     p = sub.add_parser("predict", help="predict with a finished run's ensemble",
                        description="Load the ensemble of a finished run (adapters + weights) and predict labels "
                        "for new text: --text (repeatable) or --input FILE.jsonl with 'text' (and optional "
@@ -199,6 +208,16 @@ def _cmd_tune(args) -> None:
           f"train it with: elora run --out {args.out} --set {' --set '.join(best['overrides'])}")
 
 
+def _cmd_federated(args) -> None:
+    from .federated.stage import federated_stage
+    from .runlog import setup_logging
+
+    cfg = load_config(args.config, args.overrides)
+    setup_logging(args.out, args.verbose)
+    federated_stage(cfg, args.out, force=args.force)
+    print((args.out / "federated" / "report.md").read_text(), end="")
+
+
 def _cmd_predict(args) -> None:
     import json
 
@@ -285,6 +304,7 @@ COMMANDS = {
     "evaluate": _cmd_stage,
     "predict": _cmd_predict,
     "tune": _cmd_tune,
+    "federated": _cmd_federated,
     "fidelity": _cmd_fidelity,
     "validate": _cmd_validate,
     "config": _cmd_config,

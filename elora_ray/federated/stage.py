@@ -61,6 +61,16 @@ def _fingerprint(cfg: RunConfig) -> dict:
             "ensemble_weights": cfg.ensemble.weights, "seed": cfg.seed, "source": str(_source(cfg))}
 
 
+def _require_decoder(cfg: RunConfig) -> None:
+    from ..models.registry import detect_kind, load_hf_config, resolve_model_dir
+
+    path = resolve_model_dir(cfg.model)
+    if detect_kind(load_hf_config(path, cfg.model.trust_remote_code), cfg.model.kind) != "decoder":
+        raise ConfigError(
+            f"model.name_or_path={cfg.model.name_or_path!r} is an encoder; federated next-token training needs a "
+            "causal LM: --set model.name_or_path=smollm2 (or tiny-llama), or --config configs/federated_shakespeare_smollm2.yaml")
+
+
 def prepare_windows(cfg: RunConfig, fed: Path) -> dict:
     """Clients and their token windows (``windows.parquet``, ``clients.json``); reused when present."""
     meta_path = fed / "clients.json"
@@ -140,11 +150,12 @@ class _Run:
 
             shutil.rmtree(self.fed)
             self.fed.mkdir(parents=True)
+        _require_decoder(cfg)
         write_json(fp_path, fp)
         self.meta = prepare_windows(cfg, self.fed)
         self.clients: list[str] = self.meta["clients"]
         ensure_ray(cfg.ray)
-        workers = self.fcfg.workers or cluster_cpus()
+        workers = self.workers = self.fcfg.workers or cluster_cpus()
         self.pool = ActorPool(ClientWorker, (cfg.model_dump(mode="json"), str(self.fed / "windows.parquet")), workers,
                               max_retries=self.fcfg.max_retries)
         info = self.pool.broadcast("info")[0]
@@ -411,7 +422,7 @@ def write_report(cfg: RunConfig, run: _Run, rows: dict[str, dict], wall: float) 
             r["flops_vs_mtl_ft"] = r["train_flops"] / mtl["train_flops"]
     report = {"clients": run.meta["num_clients"], "roles": run.meta["roles"], "windows": run.meta["windows"],
               "model": cfg.model.name_or_path, "adapter": cfg.adapter.type, "rounds": cfg.federated.rounds,
-              "client_fraction": cfg.federated.client_fraction, "workers": run.pool.size if run.pool.actors else None,
+              "client_fraction": cfg.federated.client_fraction, "workers": run.workers,
               "flops_per_window": run.units, "wall_s": wall, "methods": methods}
     write_json(fed / "report.json", report)
     lines = [f"# Federated run: {report['clients']} clients ({report['roles']} roles)", "",
