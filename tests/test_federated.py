@@ -242,3 +242,24 @@ def test_500_client_federated_run_and_resume(tmp_path, shared_data):
     again = federated_stage(cfg, out)
     assert again["methods"]["ensemble"]["test_loss"] == e["test_loss"]
     assert (fed / "checkpoints" / "ensemble.safetensors").stat().st_mtime_ns == before
+
+
+def test_federated_cli_rejects_an_encoder(tmp_path, capsys):
+    from elora_ray.cli import main
+
+    rc = main(["federated", "--out", str(tmp_path / "x"), "--set", "model.name_or_path=tiny-bert"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "is an encoder" in err and "smollm2" in err
+    assert not (tmp_path / "x" / "federated" / "windows.parquet").exists()
+
+
+def test_too_few_clients_is_a_clear_error(tmp_path):
+    from elora_ray.federated.clients import select_clients
+
+    play = tmp_path / "play.txt"
+    play.write_text(PLAY)
+    cfg = FederatedConfig(context_tokens=2, stride=2, min_clients=5, min_client_chars=1)
+    clients = make_clients(parse_speeches(play.read_text()), cfg.client_chars, cfg.min_client_chars)
+    with pytest.raises(DataError, match=r"play.txt: .*gives 2 usable clients, fewer than federated.min_clients=5"):
+        select_clients(clients, _ToyTokenizer(), cfg, str(play))
