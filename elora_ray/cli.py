@@ -204,7 +204,7 @@ def _cmd_tune(args) -> None:
     cfg = load_config(args.config, args.overrides)
     run_stages(cfg, args.out, until="estimate")
     best = tune_stage(cfg, args.out)
-    print(f"best: m={best['m']}, b={best['b']} (estimated validation loss {best['estimated_val_loss']:.4f}); "
+    print(f"best: m={best['m']}, b={best['b']} ({cfg.tune.objective} objective: validation loss {best['val_loss']:.4f}); "
           f"train it with: elora run --out {args.out} --set {' --set '.join(best['overrides'])}")
 
 

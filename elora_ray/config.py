@@ -256,8 +256,9 @@ class EvaluateConfig(_Section):
 class TuneConfig(_Section):
     """``elora tune`` — Ray Tune chooses m (groups) and b (boosting steps)."""
 
-    objective: Literal["estimated"] = "estimated"
-    """``estimated``: Algorithm 2 in the linearised model (no fine-tuning; seconds)."""
+    objective: Literal["estimated", "validation"] = "estimated"
+    """``estimated``: Algorithm 2 in the linearised model (no fine-tuning; seconds);
+    ``validation``: train the ensemble for each m and measure it on the validation split."""
     min_groups: int = Field(1, ge=1)
     max_groups: int = Field(8, ge=1)
     max_boost_steps: int = Field(5, ge=0)
@@ -267,6 +268,10 @@ class TuneConfig(_Section):
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0.0)
+    """``estimated``: CPUs per trial. ``validation``: see ``train_slots``."""
+    train_slots: int = Field(1, ge=1)
+    """``validation``: training slots (bundles of ``train.cpus_per_worker`` CPUs) in each trial's
+    placement group; its group adapters train in them, so trials never starve each other."""
 
 
 class FederatedConfig(_Section):

@@ -52,3 +52,26 @@ def test_tune_returns_m_and_b_with_trials_and_plot(tmp_path):
     assert sorted(t for g in best["groups"] for t in g) == sorted(json.loads((out / "data" / "manifest.json").read_text())["tasks"])
     assert json.loads((out / "tune" / "best.json").read_text())["m"] == best["m"]
     assert (out / "plots" / "tune_objective.png").stat().st_size > 5_000
+
+
+def test_tune_with_the_real_validation_objective_trains_in_placement_groups(tmp_path):
+    """Each trial trains its ensemble (group adapters in the trial's placement group: on 2 CPUs two
+    concurrent trials must not deadlock) and reports the validation loss after each boosting step."""
+    out = tmp_path / "run"
+    cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=24", "featurize.dim=16",
+                             "estimate.num_subsets=20", "tune.objective=validation", "tune.min_groups=1",
+                             "tune.max_groups=2", "tune.max_boost_steps=1", "tune.scheduler=fifo", "train.epochs=1"])
+    run_stages(cfg, out, until="estimate")
+    best = tune_stage(cfg, out, progress=False)
+    table = pd.read_csv(out / "tune" / "trials.csv")
+    assert sorted(set(table["m"])) == [1, 2] and sorted(set(table["b"])) == [0, 1]
+    for m in (1, 2):
+        trial = out / "tune" / "trials" / f"m{m}"
+        ev = json.loads((trial / "evaluation.json").read_text())
+        assert ev["split"] == "validation"
+        assert len(json.loads((trial / "groups.json").read_text())["groups"]) == m
+        assert (trial / "features").is_symlink()  # reused, not recomputed
+        rows = table[(table["m"] == m) & (table["b"] == 1)]
+        assert rows["val_loss"].iloc[0] == pytest.approx(ev["methods"]["ensemble"]["loss"])
+    assert best["val_loss"] == pytest.approx(table["val_loss"].min())
+    assert best["estimated_val_loss"] is None

@@ -82,17 +82,30 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         ASHAScheduler(time_attr="boost_steps", max_t=max(1, t.max_boost_steps), grace_period=min(t.grace_period, max(1, t.max_boost_steps)))
         if t.scheduler == "asha" and t.max_boost_steps > 0 else FIFOScheduler()
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(estimated_trial, names=names, affinity=affinity, feats=feats, settings=settings),
-        {"cpu": t.cpus_per_trial},
-    )
+    if t.objective == "validation":
+        if t.l2:
+            raise ConfigError("tune.l2 only applies to the estimated objective (the real one trains with estimate.l2 fixed)")
+        from .validation import validation_trial
+
+        # bundle 0 hosts the (idle) trial; its training tasks are captured into the other bundles
+        pgf = tune.PlacementGroupFactory([{"CPU": 0.01}] + [{"CPU": cfg.train.cpus_per_worker}] * t.train_slots)
+        trainable = tune.with_resources(
+            tune.with_parameters(validation_trial, run_dir=str(run.resolve()), cfg_data=cfg.model_dump(mode="json"),
+                                 max_boost_steps=t.max_boost_steps),
+            pgf,
+        )
+    else:
+        trainable = tune.with_resources(
+            tune.with_parameters(estimated_trial, names=names, affinity=affinity, feats=feats, settings=settings),
+            {"cpu": t.cpus_per_trial},
+        )
     t0 = time.perf_counter()
     tuner = tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=scheduler),
         run_config=tune.RunConfig(
-            name="estimated", storage_path=str((run / TUNE_DIR / "ray_tune").resolve()), verbose=0,
+            name=t.objective, storage_path=str((run / TUNE_DIR / "ray_tune").resolve()), verbose=0,
         ),
     )
     results = tuner.fit()
@@ -115,7 +128,9 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         affinity, names, num_groups=m_best, solver=cfg.cluster.solver, seed=cfg.seed).groups
     best = {
         "m": int(best_row["m"]), "b": int(best_row["b"]), "l2": float(best_row["l2"]),
-        "estimated_val_loss": float(best_row["val_loss"]), "estimated_val_accuracy": float(best_row["val_accuracy"]),
+        "val_loss": float(best_row["val_loss"]), "val_accuracy": float(best_row["val_accuracy"]),
+        "estimated_val_loss": float(best_row["val_loss"]) if t.objective == "estimated" else None,
+        "estimated_val_accuracy": float(best_row["val_accuracy"]) if t.objective == "estimated" else None,
         "groups": groups, "objective": t.objective, "trials": len(results),
         "seconds": round(seconds, 2),
         "overrides": [f"cluster.num_groups={int(best_row['m'])}", f"boost.steps={int(best_row['b'])}"],
@@ -123,13 +138,13 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     out = run / TUNE_DIR
     write_text(out / "trials.csv", table.to_csv(index=False, float_format="%.6g"))
     write_json(out / "best.json", best)
-    plot_tune(table, run / "plots" / "tune_objective.png")
-    log.info("tune: %d trials in %.1fs; best m=%d, b=%d (estimated validation loss %.4f); use --set %s",
-             len(results), seconds, best["m"], best["b"], best["estimated_val_loss"], " --set ".join(best["overrides"]))
+    plot_tune(table, run / "plots" / "tune_objective.png", t.objective)
+    log.info("tune (%s objective): %d trials in %.1fs; best m=%d, b=%d (validation loss %.4f); use --set %s",
+             t.objective, len(results), seconds, best["m"], best["b"], best["val_loss"], " --set ".join(best["overrides"]))
     return best
 
 
-def plot_tune(table: pd.DataFrame, path: Path) -> Path:
+def plot_tune(table: pd.DataFrame, path: Path, objective: str = "estimated") -> Path:
     import os
 
     import matplotlib
@@ -144,8 +159,9 @@ def plot_tune(table: pd.DataFrame, path: Path) -> Path:
     best = table.loc[table["val_loss"].idxmin()]
     ax.scatter([best["m"]], [best["val_loss"]], s=160, marker="*", color="black", zorder=5, label="best")
     ax.set_xlabel("number of groups m")
-    ax.set_ylabel("estimated validation loss (mean over tasks)")
-    ax.set_title("Ray Tune: estimated objective vs m and boosting steps b")
+    what = "estimated validation loss" if objective == "estimated" else "validation loss (trained ensemble)"
+    ax.set_ylabel(f"{what} (mean over tasks)")
+    ax.set_title(f"Ray Tune: {objective} objective vs m and boosting steps b")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,72 @@
+"""The real objective for ``elora tune``: train the ensemble for (m, b) and measure it on validation.
+
+Each trial works in its own run directory ``<run>/tune/trials/m<m>/`` that *links* the parent
+run's data, features and affinity (nothing is recomputed) and then runs the ordinary stages
+``cluster → train → boost → combine → evaluate`` with ``cluster.num_groups = m``, no baselines
+and ``evaluate.split = validation``. It reports after b = 0, 1, …, ``tune.max_boost_steps``
+boosting steps (ASHA's time attribute), each step adding one learner to the previous ones.
+
+Resources: the trial itself needs almost no CPU; the group-training Ray tasks it launches run
+inside the trial's placement group (Ray Tune captures child tasks), which reserves
+``tune.train_slots`` bundles of ``train.cpus_per_worker`` CPUs. So on 2 cores two trials each
+hold one training slot, and a trial's children never wait for CPUs another trial holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..config import RunConfig
+
+#: parent-run artifacts a trial reuses through symlinks
+SHARED = ("data", "features", "estimate", "model.json", "affinity.csv", "affinity.json", "affinity_raw.csv",
+          "affinity_counts.csv")
+
+
+def trial_dir(run: Path, m: int) -> Path:
+    return Path(run) / "tune" / "trials" / f"m{m}"
+
+
+def link_parent(run: Path, trial: Path) -> None:
+    """Make ``trial`` see the parent run's data, features, estimates and affinity (symlinks)."""
+    trial.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:
+        src = Path(run) / name
+        dst = trial / name
+        if src.exists() and not dst.exists():
+            os.symlink(os.path.relpath(src.resolve(), trial.resolve()), dst)
+
+
+def trial_config(cfg: RunConfig, m: int, b: int) -> RunConfig:
+    data = cfg.model_dump(mode="json")
+    data["cluster"]["num_groups"] = m
+    data["boost"]["steps"] = b
+    data["baselines"]["methods"] = []
+    data["evaluate"]["split"] = "validation"
+    return RunConfig.model_validate(data)
+
+
+def validation_trial(config: dict, run_dir: str, cfg_data: dict, max_boost_steps: int) -> None:
+    """Ray Tune function trainable: train the ensemble for ``config['m']`` groups and report its
+    validation loss/accuracy after each boosting step."""
+    from ray import tune
+
+    from ..pipeline import run_stages
+
+    cfg = RunConfig.model_validate(cfg_data)
+    m = int(config["m"])
+    run = Path(run_dir)
+    trial = trial_dir(run, m)
+    link_parent(run, trial)
+    best = float("inf")
+    for b in range(max_boost_steps + 1):
+        run_stages(trial_config(cfg, m, b), trial, until="evaluate")
+        ev = json.loads((trial / "evaluation.json").read_text())["methods"]["ensemble"]
+        groups = json.loads((trial / "groups.json").read_text())
+        best = min(best, float(ev["loss"]))
+        tune.report({
+            "boost_steps": b, "val_loss": float(ev["loss"]), "val_accuracy": float(ev["avg_accuracy"]),
+            "train_loss": float("nan"), "best_val_loss": best, "density": float(groups.get("score", float("nan"))),
+        })
