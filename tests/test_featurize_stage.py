@@ -38,7 +38,8 @@ def test_shards_schema_and_counts(run):
             assert manifest["splits"][split][t.name] == len(t.splits[split])
     f = sorted((out / "features" / "train").rglob("part-*.parquet"))[0]
     table = pq.read_table(f)
-    assert table.column_names == ["task", "split", "sample_id", "label", "label_id", "tokens", "flops", "h0", "grad"]
+    assert table.column_names == ["task", "split", "sample_id", "label", "label_id", "tokens", "flops", "h0", "grad", "node"]
+    assert sum(manifest["samples_per_node"].values()) == manifest["samples"]
     assert table.schema.field("grad").type.list_size == 24
     assert manifest["flops"] > 0 and manifest["gradient_parameters"] > 0
     assert (out / "features" / "heads.safetensors").is_file()  # encoder: probed heads

@@ -5,7 +5,7 @@ Layout under the run directory::
     features/state.json                       fingerprint of what decides the features
     features/heads.safetensors, probe.json    encoders: linear-probed task heads (θ*)
     features/<split>/<task>/part-00000.parquet  task, split, sample_id, label, label_id,
-                                              tokens, flops, h0, grad (d floats)
+                                              tokens, flops, h0, grad (d floats), node (Ray node id)
     features/manifest.json                    written last: its presence = stage complete
 
 A shard is written atomically once all of its samples have come back, so a killed run
@@ -252,6 +252,7 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
         "samples": summary["samples"],
         "tokens": summary["tokens"],
         "flops": summary["flops"],
+        "samples_per_node": summary["nodes"],
         "shards": len(shard_rows),
         "shards_resumed": done_before,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -283,6 +284,8 @@ def _shard_table(parts: list[dict]) -> pa.Table:
         "h0": pa.array(cols["h0"].astype(np.float32)[order]),
         "grad": pa.FixedSizeListArray.from_arrays(pa.array(grad[order].ravel()), d),
     }
+    if "node" in cols:  # the Ray node that computed each sample (observability; multi-node runs)
+        table["node"] = pa.array(cols["node"].astype(str)[order]).dictionary_encode()
     return pa.table(table)
 
 
@@ -290,15 +293,20 @@ def summarize_features(out_dir: Path, splits: list[str]) -> dict:
     per: dict[str, dict[str, int]] = {}
     samples = tokens = 0
     flops = 0.0
+    nodes: dict[str, int] = {}
     for split in splits:
         per[split] = {}
         for task_dir in sorted((out_dir / split).glob("*")) if (out_dir / split).is_dir() else []:
             n = 0
             for f in sorted(task_dir.glob("part-*.parquet")):
-                t = pq.read_table(f, columns=["tokens", "flops"])
+                has_node = "node" in pq.read_schema(f).names
+                t = pq.read_table(f, columns=["tokens", "flops"] + (["node"] if has_node else []))
+                if has_node:
+                    for node, c in zip(*np.unique(t["node"].to_numpy(zero_copy_only=False).astype(str), return_counts=True)):
+                        nodes[str(node)] = nodes.get(str(node), 0) + int(c)
                 n += t.num_rows
                 tokens += int(pc.sum(t["tokens"]).as_py() or 0)
                 flops += float(pc.sum(t["flops"]).as_py() or 0.0)
             per[split][task_dir.name] = n
             samples += n
-    return {"splits": per, "samples": samples, "tokens": tokens, "flops": flops}
+    return {"splits": per, "samples": samples, "tokens": tokens, "flops": flops, "nodes": nodes}

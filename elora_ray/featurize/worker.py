@@ -49,6 +49,9 @@ class SampleFeaturizer:
                 self.device,
             )
         self.flops_per_token: float | None = None
+        from ..train.runner import _node_id
+
+        self.node_id = _node_id() or "local"
 
     def _tokenize(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         pairs = batch.get("text_pair")
@@ -82,6 +85,7 @@ class SampleFeaturizer:
         out["grad"] = proj.cpu().numpy()
         out["flops"] = np.full(len(tokens), self.flops_per_token * width, dtype=np.float64)
         out["grad_params"] = np.full(len(tokens), self.projector.p, dtype=np.int64)
+        out["node"] = np.full(len(tokens), self.node_id, dtype=object)
         return out
 
     def _gradients(self, enc: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

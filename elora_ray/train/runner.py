@@ -78,6 +78,16 @@ def resolve_use_gpu(cfg: RunConfig) -> bool:
     return bool(cfg.train.use_gpu)
 
 
+def _node_id() -> str | None:
+    """The Ray node this runs on (where the adapter was trained), or None outside Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - observability only
+        return None
+
+
 def export_job(
     cfg: RunConfig, run_dir: Path, job: AdapterJob, state_dir: Path | None, metrics: dict, fingerprint: str, wall_s: float,
     device: str = "cpu", built=None,
@@ -104,6 +114,7 @@ def export_job(
         "job": job.to_dict(), "adapter_parameters": adapter_params,
         "metrics": {k: v for k, v in metrics.items()}, "wall_s": round(wall_s, 3),
         "output_seconds": round(time.perf_counter() - t0, 3), "output_rows": table.num_rows,
+        "node_id": _node_id(),
     }
     write_json(job_record_path(run_dir, job.id), record)
     return record
