@@ -75,9 +75,25 @@ def save_training_state(directory: Path, peft_model, optimizer, loop_state: dict
         for key, value in st.items():
             if torch.is_tensor(value):
                 tensors[f"opt/{idx}/{key}"] = value.detach().cpu().contiguous().reshape(value.shape)
+    # the CPU generator drives dropout in the (frozen) backbone: a resumed run must continue
+    # from the same random stream to reproduce an uninterrupted one exactly
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(directory / "state.safetensors"))
     meta = {"loop": loop_state, "param_groups": opt["param_groups"]}
     (directory / "state.json").write_text(json.dumps(meta, indent=1))
+
+
+def restore_rng(directory: Path) -> bool:
+    """Set torch's random generators to a checkpoint's (call right before training resumes)."""
+    tensors = load_file(str(Path(directory) / "state.safetensors"))
+    if "rng/torch" not in tensors:
+        return False
+    torch.set_rng_state(tensors["rng/torch"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
+    return True
 
 
 def load_training_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:

@@ -110,7 +110,7 @@ def train_loop_per_worker(config: dict) -> None:
         device = torch.device("cpu")
 
     from ..adapters import regularization_loss
-    from .model import build_job_model, load_training_state, save_training_state
+    from .model import build_job_model, load_training_state, restore_rng, save_training_state
 
     tasks = read_prepared(run_dir)
     by_name = {t.name: t for t in tasks}
@@ -156,6 +156,7 @@ def train_loop_per_worker(config: dict) -> None:
 
             with ckpt.as_directory() as d:
                 params, opt_state, loop = load_training_state(Path(d))
+                restore_rng(Path(d))
             load_trainable_state(peft_model, params)
             resume = (LoopState(**{k: loop[k] for k in ("step", "best_metric", "best_step", "bad_evals")}), opt_state)
             log.info("adapter %s: resuming from its checkpoint at step %d", job.id, resume[0].step)

@@ -1,0 +1,151 @@
+"""Kill the pipeline mid-featurisation (SIGKILL, the driver and its Ray processes); the rerun
+finishes without redoing the shards that were written, and the features equal an uninterrupted
+run's."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from elora_ray.config import load_config
+from elora_ray.featurize import featurize
+from elora_ray.prepare import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = ["model.name_or_path=tiny-bert", "suite.samples_per_task=200", "featurize.dim=16",
+            "featurize.shard_size=20", "featurize.batch_size=4", "featurize.actors=1", "ray.num_cpus=1"]
+
+
+def _kill_tree(proc: subprocess.Popen, ray_tmp: str) -> None:
+    import psutil
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for p in psutil.process_iter(["cmdline"]):  # Ray's own processes of that driver (its temp dir)
+        try:
+            if any(ray_tmp in part for part in (p.info["cmdline"] or [])):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    proc.wait(timeout=60)
+
+
+def _shards(run: Path) -> dict[str, Path]:
+    return {str(p.relative_to(run)): p for p in sorted((run / "features").rglob("part-*.parquet"))}
+
+
+def _features(run: Path) -> dict[str, tuple[float, np.ndarray]]:
+    out = {}
+    for p in _shards(run).values():
+        t = pq.read_table(p, columns=["sample_id", "h0", "grad"]).to_pydict()
+        for s, h, g in zip(t["sample_id"], t["h0"], t["grad"]):
+            out[s] = (h, np.asarray(g))
+    return out
+
+
+@pytest.mark.slow
+def test_featurize_killed_midway_resumes_without_redoing_shards(tmp_path):
+    cfg = load_config(None, SETTINGS)
+    ref = tmp_path / "reference"
+    prepare(cfg, ref)
+    featurize(cfg, ref, progress=False)
+    reference = _features(ref)
+
+    run = tmp_path / "killed"
+    ray_tmp = f"/tmp/elora-kill-{secrets.token_hex(4)}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
+    args = [a for s in SETTINGS for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "elora_ray.cli", "featurize", "--out", str(run), *args],
+                            cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while len(_shards(run)) < 3:
+            assert proc.poll() is None, "featurize finished or failed before it could be killed"
+            assert time.time() < deadline, "no shards written within 10 minutes"
+            time.sleep(0.2)
+    finally:
+        _kill_tree(proc, ray_tmp)
+    before = {k: p.stat().st_mtime_ns for k, p in _shards(run).items()}
+    assert 3 <= len(before) and not (run / "features" / "manifest.json").exists()
+
+    manifest = featurize(cfg, run, progress=False)  # the rerun
+    assert manifest["shards_resumed"] == len(before)
+    after = _shards(run)
+    assert len(after) == manifest["shards"] > len(before)
+    assert all(after[k].stat().st_mtime_ns == t for k, t in before.items())  # finished shards untouched
+    resumed = _features(run)
+    assert set(resumed) == set(reference)
+    for s, (h, g) in reference.items():
+        assert resumed[s][0] == pytest.approx(h, rel=1e-4, abs=1e-5)
+        np.testing.assert_allclose(resumed[s][1], g, rtol=1e-4, atol=1e-5)
+
+
+TRAIN = ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "featurize.dim=16", "estimate.num_subsets=20",
+         "cluster.num_groups=3", "train.epochs=6", "train.evals_per_epoch=4", "train.patience=0", "train.batch_size=4",
+         "ray.num_cpus=1"]
+
+
+def _adapter(run: Path, job: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(run / "adapters" / job / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_training_killed_midway_resumes_from_checkpoints_with_identical_adapters(tmp_path):
+    import json
+
+    from elora_ray.pipeline import run_stages
+
+    cfg = load_config(None, TRAIN)
+    ref = tmp_path / "reference"
+    run_stages(cfg, ref, until="train")
+    groups = json.loads((ref / "groups.json").read_text())["groups"]
+    jobs = [f"group-{i}" for i in range(len(groups))]
+
+    run = tmp_path / "killed"
+    run_stages(cfg, run, until="cluster")
+    ray_tmp = f"/tmp/elora-kill-{secrets.token_hex(4)}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
+    args = [a for s in TRAIN for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "elora_ray.cli", "train", "--out", str(run), *args],
+                            cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = run / "train" / "jobs"
+    try:
+        deadline = time.time() + 600
+        # kill once one adapter is finished and another has written a checkpoint
+        while True:
+            done = sorted(p.stem for p in records.glob("group-*.json")) if records.is_dir() else []
+            ckpts = [p for p in (run / "ray_train").glob("group-*/**/state.json")] if (run / "ray_train").is_dir() else []
+            started = {p.relative_to(run / "ray_train").parts[0].rsplit("-", 1)[0] for p in ckpts}
+            if done and started - set(done):
+                break
+            assert proc.poll() is None, "training finished or failed before it could be killed"
+            assert time.time() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.1)
+    finally:
+        _kill_tree(proc, ray_tmp)
+    finished = {j: (records / f"{j}.json").stat().st_mtime_ns for j in jobs if (records / f"{j}.json").is_file()}
+    assert finished and len(finished) < len(jobs)
+
+    run_stages(cfg, run, until="train")  # the rerun
+    for j, t in finished.items():
+        assert (records / f"{j}.json").stat().st_mtime_ns == t  # not retrained
+    resumed = [j for j in jobs if j not in finished and json.loads((records / f"{j}.json").read_text())["metrics"]["resumed_from_step"] > 0]
+    assert resumed, "the interrupted adapter restarted from scratch instead of its checkpoint"
+    for j in jobs:
+        a, b = _adapter(ref, j), _adapter(run, j)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=f"{j}:{k}")
