@@ -196,3 +196,55 @@ def test_training_killed_midway_resumes_from_checkpoints_with_identical_adapters
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=f"{j}:{k}")
+
+
+@pytest.mark.slow
+def test_ray_train_restarts_a_killed_worker_from_its_last_checkpoint(tmp_path):
+    """train.num_workers=1 (a real Ray Train worker group, FailureConfig(max_failures=1)): the
+    worker process is killed after its first checkpoint; Ray Train restarts it, the training
+    function resumes from ``ray.train.get_checkpoint()`` and the adapter equals an unkilled run's."""
+    import json
+    import threading
+
+    import psutil
+
+    from elora_ray.pipeline import run_stages
+
+    settings = [*TRAIN, "train.num_workers=1", "cluster.num_groups=1"]
+    cfg = load_config(None, settings)
+    ref = tmp_path / "reference"
+    run_stages(cfg, ref, until="train")
+
+    run = tmp_path / "run"
+    run_stages(cfg, run, until="cluster")
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not killed:
+            root = run / "ray_train"
+            # a checkpoint the controller has registered (not one still being staged by the worker)
+            if root.is_dir() and any(root.rglob("checkpoint_manager_snapshot.json")) and any(root.rglob("checkpoint_*/state.json")):
+                for p in psutil.process_iter(["cmdline"]):
+                    try:
+                        if any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
+                            p.kill()
+                            killed.append(p.pid)
+                            break
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        run_stages(cfg, run, until="train")
+    finally:
+        stop.set()
+        t.join()
+    assert killed, "no Ray Train worker was found to kill"
+    rec = json.loads((run / "train" / "jobs" / "group-0.json").read_text())
+    assert rec["metrics"]["resumed_from_step"] > 0
+    a, b = _adapter(ref, "group-0"), _adapter(run, "group-0")
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
