@@ -31,7 +31,9 @@ workers = [cluster.add_node(num_cpus=1, dashboard_agent_listen_port=ports[2 + 2 
 cluster.wait_for_nodes()
 ray.init(address=cluster.address)
 try:
-    cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=32", "featurize.dim=16",
+    # enough small batches that both actors get work even if one starts seconds after the other
+    cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=120", "featurize.dim=16",
+                             "featurize.actors=2", "featurize.batch_size=2",
                              "estimate.num_subsets=20", "train.epochs=1", "cluster.num_groups=4"])
     run_stages(cfg, out, until="train")
     groups = json.loads((out / "groups.json").read_text())["groups"]
