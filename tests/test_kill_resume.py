@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,39 @@ def _kill_tree(proc: subprocess.Popen, ray_tmp: str) -> None:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     proc.wait(timeout=60)
+
+
+@contextmanager
+def kill_once(process_marker: str, when):
+    """While the body runs, SIGKILL the first process whose command line contains
+    ``process_marker`` as soon as ``when()`` is true; yields the list of killed pids."""
+    import threading
+
+    import psutil
+
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not killed:
+            if when():
+                for p in psutil.process_iter(["cmdline"]):
+                    try:
+                        if any(process_marker in part for part in (p.info["cmdline"] or [])):
+                            p.kill()
+                            killed.append(p.pid)
+                            break
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        t.join()
 
 
 def _shards(run: Path) -> dict[str, Path]:
@@ -73,36 +107,12 @@ def _assert_same_features(got: dict, reference: dict) -> None:
 @pytest.mark.slow
 def test_featurize_actor_killed_midway_is_restarted_by_ray_data(tmp_path, reference_features):
     """Ray Data restarts a dead map actor and retries its batches; the features come out complete."""
-    import threading
-
-    import psutil
-
     cfg = load_config(None, SETTINGS)
     run = tmp_path / "run"
     prepare(cfg, run)
-    killed: list[int] = []
-    stop = threading.Event()
-
-    def killer() -> None:
-        while not stop.is_set() and not killed:
-            if len(_shards(run)) >= 2:  # mid-stream: some shards written, most to come
-                for p in psutil.process_iter(["cmdline"]):
-                    try:
-                        if any("SampleFeaturizer" in part for part in (p.info["cmdline"] or [])):
-                            p.kill()
-                            killed.append(p.pid)
-                            break
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            time.sleep(0.05)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    try:
+    # mid-stream: some shards written, most to come
+    with kill_once("SampleFeaturizer", lambda: len(_shards(run)) >= 2) as killed:
         manifest = featurize(cfg, run, progress=False)
-    finally:
-        stop.set()
-        t.join()
     assert killed, "no featurisation actor was found to kill"
     assert manifest["shards_resumed"] == 0  # one run: the retry happened inside Ray Data
     _assert_same_features(_features(run), reference_features)
@@ -204,9 +214,6 @@ def test_ray_train_restarts_a_killed_worker_from_its_last_checkpoint(tmp_path):
     worker process is killed after its first checkpoint; Ray Train restarts it, the training
     function resumes from ``ray.train.get_checkpoint()`` and the adapter equals an unkilled run's."""
     import json
-    import threading
-
-    import psutil
 
     from elora_ray.pipeline import run_stages
 
@@ -217,31 +224,13 @@ def test_ray_train_restarts_a_killed_worker_from_its_last_checkpoint(tmp_path):
 
     run = tmp_path / "run"
     run_stages(cfg, run, until="cluster")
-    killed: list[int] = []
-    stop = threading.Event()
+    root = run / "ray_train"
 
-    def killer() -> None:
-        while not stop.is_set() and not killed:
-            root = run / "ray_train"
-            # a checkpoint the controller has registered (not one still being staged by the worker)
-            if root.is_dir() and any(root.rglob("checkpoint_manager_snapshot.json")) and any(root.rglob("checkpoint_*/state.json")):
-                for p in psutil.process_iter(["cmdline"]):
-                    try:
-                        if any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
-                            p.kill()
-                            killed.append(p.pid)
-                            break
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            time.sleep(0.05)
+    def registered() -> bool:  # a checkpoint the controller has registered (not one still being staged)
+        return root.is_dir() and any(root.rglob("checkpoint_manager_snapshot.json")) and any(root.rglob("checkpoint_*/state.json"))
 
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    try:
+    with kill_once("RayTrainWorker", registered) as killed:
         run_stages(cfg, run, until="train")
-    finally:
-        stop.set()
-        t.join()
     assert killed, "no Ray Train worker was found to kill"
     rec = json.loads((run / "train" / "jobs" / "group-0.json").read_text())
     assert rec["metrics"]["resumed_from_step"] > 0
