@@ -160,22 +160,24 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_prepare(args) -> None:
-    from .pipeline import init_run_dir
+    from .pipeline import init_run_dir, write_run_config
     from .prepare import prepare
 
     cfg = load_config(args.config, args.overrides)
     init_run_dir(cfg, args.out)
     prepare(cfg, args.out, force=args.force)
+    write_run_config(cfg, args.out)
 
 
 def _cmd_check_model(args) -> None:
     from .models.check import check_model
-    from .pipeline import init_run_dir
+    from .pipeline import init_run_dir, write_run_config
     from .prepare import prepare, read_prepared
 
     cfg = load_config(args.config, args.overrides)
     init_run_dir(cfg, args.out)
     prepare(cfg, args.out)
+    write_run_config(cfg, args.out)
     check_model(cfg, read_prepared(args.out), args.out)
 
 
@@ -322,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except (EloraError, ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from .runlog import log_error_to_file, redact
+
+        message = redact(str(exc))
+        print(f"error: {message}", file=sys.stderr)
+        log_error_to_file(f"{args.command} failed: {message}")
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

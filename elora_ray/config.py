@@ -82,6 +82,9 @@ class TaskConfig(_Section):
     """Decoder models: label → word scored by the LM; default the label itself."""
     max_samples: dict[str, int] | None = None
     """Cap per split, e.g. ``{train: 1000}`` (a seeded sample, not the file head)."""
+    max_labels: int = Field(1000, ge=2)
+    """More distinct labels than this is an error: the label field is probably free text, an id or
+    a regression target (elora classifies). Raise it for genuinely large label sets."""
 
     @field_validator("name")
     @classmethod
@@ -444,7 +447,7 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         if p is None:
             return None
         q = Path(os.path.expanduser(p))
-        return str(q if q.is_absolute() else (base / q))
+        return os.path.normpath(q if q.is_absolute() else (base / q))
 
     for t in cfg.tasks:
         t.train, t.validation, t.test, t.path = fix(t.train), fix(t.validation), fix(t.test), fix(t.path)

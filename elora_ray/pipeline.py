@@ -23,8 +23,14 @@ STAGES = ("prepare", "model_check", "featurize", "estimate", "cluster", "train",
 
 
 def init_run_dir(cfg: RunConfig, out: Path) -> None:
+    """Create the run directory and start its log (``run.log``); nothing else is written yet."""
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out)
+
+
+def write_run_config(cfg: RunConfig, out: Path) -> None:
+    """Record the resolved config, once the data has been validated (a bad config or bad data
+    must leave the previous run's ``config.yaml`` and artifacts as they were)."""
     write_text(out / "config.yaml", dump_config(cfg))
 
 
@@ -42,6 +48,7 @@ def run_stages(cfg: RunConfig, out: Path, until: str = "cluster", force: bool = 
         t = time.perf_counter()
         if stage == "prepare":
             results[stage] = prepare(cfg, out, force=f)
+            write_run_config(cfg, out)
         elif stage == "model_check":
             results[stage] = check_model(cfg, read_prepared(out), out)
         elif stage == "featurize":

@@ -71,7 +71,7 @@ def prepare(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
         if manifest.get("fingerprint") == fp:
             log.info("prepare: data already prepared in %s (fingerprint %s), skipping", manifest_path.parent, fp)
             return manifest
-        log.info("prepare: configuration changed since the last prepare; rewriting data")
+        log.info("prepare: configuration or data changed since the last prepare; reading the data again")
     tasks = load_tasks(cfg)
     for t in tasks:
         for split in SPLITS:

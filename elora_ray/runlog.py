@@ -1,13 +1,49 @@
-"""Run-directory logging: console + ``run.log``, quiet third-party chatter."""
+"""Run-directory logging: console + ``run.log``, secrets redacted, third-party chatter quiet."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL|AUTH", re.IGNORECASE)
+"""Environment variables whose values never appear in our logs (HF_TOKEN, RAY_AUTH_TOKEN, AWS_SECRET_ACCESS_KEY, ...)."""
+SECRET_PATTERNS = (
+    re.compile(r"\bhf_[A-Za-z0-9]{20,}"),  # Hugging Face tokens
+    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
+    re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password@ in URLs (MLflow, S3 endpoints)
+    re.compile(r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]{8,}"),  # Authorization: Bearer ...
+)
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with secret-looking values (see :data:`SECRET_ENV`, :data:`SECRET_PATTERNS`) replaced by ``***``."""
+    for name, value in os.environ.items():
+        if len(value) >= 8 and SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, REDACTED)
+    for pattern in SECRET_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites each record's message with :func:`redact` before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if redact(str(exc)) != str(exc):
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 def setup_logging(run_dir: Path | None = None, verbose: bool = False) -> None:
@@ -21,13 +57,23 @@ def setup_logging(run_dir: Path | None = None, verbose: bool = False) -> None:
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     console._elora = True  # type: ignore[attr-defined]
+    console.addFilter(RedactSecrets())
     root.addHandler(console)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
         fh.setFormatter(logging.Formatter(FORMAT))
         fh._elora = True  # type: ignore[attr-defined]
+        fh.addFilter(RedactSecrets())
         root.addHandler(fh)
     for noisy in ("bitsandbytes", "transformers", "peft", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+def log_error_to_file(message: str) -> None:
+    """Record a user-facing error in ``run.log`` only (the CLI already prints it to stderr)."""
+    record = logging.LogRecord("elora", logging.ERROR, __file__, 0, message, None, None)
+    for h in logging.getLogger().handlers:
+        if getattr(h, "_elora", False) and isinstance(h, logging.FileHandler):
+            h.handle(record)

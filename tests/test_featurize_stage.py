@@ -94,3 +94,42 @@ def test_current_features_are_skipped_and_a_changed_projection_recomputes(run, c
     manifest = featurize(changed, out, progress=False)
     assert manifest["dim"] == 12 and manifest["shards_resumed"] == 0
     assert read_features(out, "train")[read_prepared(out)[0].name].grad.shape[1] == 12
+
+
+def test_nan_features_are_refused_by_name_and_a_prior_estimate_survives(run, tmp_path):
+    import hashlib
+    import shutil
+
+    import pyarrow as pa
+
+    from elora_ray.errors import DataError
+    from elora_ray.estimate import estimate
+    from elora_ray.featurize.stage import FEATURE_DIR, _check_finite
+
+    cfg, out, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    small = load_config(None, SETS + ["estimate.num_subsets=6"])
+    estimate(small, copy, progress=False)
+    est_files = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (copy / "estimate").rglob("*") if p.is_file()}
+
+    shard = sorted((copy / FEATURE_DIR / "train").rglob("part-*.parquet"))[-1]
+    table = pq.read_table(shard)
+    d = len(table["grad"][0])
+    grad = table["grad"].combine_chunks().flatten().to_numpy().reshape(-1, d).copy()
+    grad[1, 3] = np.nan
+    table = table.set_column(table.schema.get_field_index("grad"), "grad",
+                             pa.FixedSizeListArray.from_arrays(pa.array(grad.ravel()), d))
+    pq.write_table(table, shard)
+    bad_id = table["sample_id"][1].as_py()
+    with pytest.raises(DataError, match="NaN/inf") as info:
+        estimate(load_config(None, SETS + ["estimate.num_subsets=7"]), copy, progress=False)
+    msg = str(info.value)
+    assert str(shard) in msg and bad_id in msg and "field 'grad/h0'" in msg
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (copy / "estimate").rglob("*") if p.is_file()} == est_files
+
+    # The featurize stage refuses to write such a shard in the first place.
+    parts = [{"grad": grad[:3], "h0": np.array([0.1, np.inf, 0.2], dtype=np.float32), "sample_id": np.array(["s0", "s1", "s2"])}]
+    with pytest.raises(DataError, match=r"1 sample\(s\) gave NaN/inf gradients.*\['s1'\]"):
+        _check_finite(parts, tmp_path / "never.parquet")
+    assert not (tmp_path / "never.parquet").exists()

@@ -190,9 +190,12 @@ def test_unknown_format_is_named(tmp_path):
 
 def test_ids_use_idx_then_id_then_line(tmp_path):
     rows = [{"idx": 7, "text": "a", "label": "x"}, {"id": "r2", "text": "b", "label": "y"}, {"text": "c", "label": "x"}]
-    t = load(tmp_path, train=str(write_jsonl(tmp_path / "d.jsonl", rows * 1)), max_samples=None)
-    ids = sorted(e.sample_id for s in t.splits.values() for e in s)
+    held = [{"text": "v", "label": "x"}]
+    t = load(tmp_path, train=str(write_jsonl(tmp_path / "d.jsonl", rows * 1)), max_samples=None,
+             validation=str(write_jsonl(tmp_path / "v.jsonl", held)), test=str(write_jsonl(tmp_path / "e.jsonl", held)))
+    ids = sorted(e.sample_id for e in t.splits["train"])
     assert ids == ["t/d/3", "t/d/7", "t/d/r2"]
+    assert [e.sample_id for e in t.splits["validation"]] == ["t/v/1"]
 
 
 def test_hf_dataset_dict_splits_from_one_directory(tmp_path):

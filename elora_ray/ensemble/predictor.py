@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..config import load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..models.classifier import TaskSpec
 from ..prepare import read_prepared
 from ..train.jobs import adapter_dir
@@ -75,6 +75,9 @@ class EnsemblePredictor:
         from ..adapters import read_adapter_meta
 
         for i in ids:
+            if not (adapter_dir(self.run_dir, i) / "adapter_model.safetensors").is_file():
+                raise ModelError(f"{adapter_dir(self.run_dir, i)}: adapter_model.safetensors not found "
+                                 "(only safetensors weights are loaded)")
             meta = read_adapter_meta(adapter_dir(self.run_dir, i))
             if meta["adapter"]["type"] in ("adapter", "qadapter"):
                 from ..adapters import bottleneck  # noqa: F401  registers the PEFT method

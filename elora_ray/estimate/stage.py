@@ -91,14 +91,15 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
         raise ConfigError(f"estimate.subset_size={size} exceeds the number of tasks ({n})")
     out = run_dir / EST_DIR
     state = out / "state.json"
-    if out.exists() and (force or not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fp):
-        shutil.rmtree(out)
-    if (out / "summary.json").is_file() and (run_dir / "affinity.csv").is_file():
+    current = state.is_file() and json.loads(state.read_text()).get("fingerprint") == fp and not force
+    if current and (out / "summary.json").is_file() and (run_dir / "affinity.csv").is_file():
         log.info("estimate: results complete in %s (fingerprint %s), skipping", out, fp)
         return json.loads((out / "summary.json").read_text())
+    names, feats = load_estimation_features(run_dir)  # validated before anything in out/ is touched
+    if out.exists() and not current:
+        shutil.rmtree(out)
     write_json(state, {"fingerprint": fp})
     t0 = time.perf_counter()
-    names, feats = load_estimation_features(run_dir)
     seed = e.seed if e.seed is not None else cfg.seed
     subsets = sample_subsets(n, e.num_subsets, size, seed)
     write_json(out / "subsets.json", {"size": size, "seed": seed, "subsets": [[names[i] for i in s] for s in subsets]})

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..errors import DataError
 from ..io import write_json, write_parquet
 from ..prepare import read_prepared
 from ..raysession import cluster_cpus, cluster_gpus, ensure_ray
@@ -231,7 +232,9 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
                     buffers.setdefault(key, []).append({k: v[sel] for k, v in batch.items()})
                     counts[key] = counts.get(key, 0) + int(sel.sum())
                     if counts[key] == shard_rows[key]:
-                        write_parquet(out_dir / f"{key}.parquet", _shard_table(buffers.pop(key)))
+                        parts = buffers.pop(key)
+                        _check_finite(parts, out_dir / f"{key}.parquet")
+                        write_parquet(out_dir / f"{key}.parquet", _shard_table(parts))
                 grad_params = int(batch["grad_params"][0])
                 bar.update(len(batch["shard"]))
     grad_s = time.perf_counter() - t_grad
@@ -265,6 +268,20 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
         manifest["seconds"], manifest["samples_per_s_this_run"],
     )
     return manifest
+
+
+def _check_finite(parts: list[dict], path: Path) -> None:
+    """Refuse to write a shard with NaN/inf gradients or log-odds (it would poison every regression)."""
+    grad = np.concatenate([p["grad"] for p in parts])
+    h0 = np.concatenate([p["h0"] for p in parts])
+    bad = ~(np.isfinite(grad).all(axis=1) & np.isfinite(h0))
+    if bad.any():
+        ids = np.concatenate([p["sample_id"] for p in parts]).astype(str)[bad]
+        raise DataError(
+            f"{int(bad.sum())} sample(s) gave NaN/inf gradients at θ*, e.g. {ids[:3].tolist()}; the shard was not "
+            "written. Check the model (dtype overflow, a 4-bit base on an unsupported device) and these samples",
+            path=path, field="grad/h0",
+        )
 
 
 def _shard_table(parts: list[dict]) -> pa.Table:

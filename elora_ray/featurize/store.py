@@ -53,9 +53,14 @@ def read_features(run_dir: Path, split: str, tasks: list[str] | None = None) -> 
             grad=grad.astype(np.float32, copy=False),
             flops=np.concatenate([t["flops"].to_numpy() for t in parts]),
         )
-        if not np.isfinite(out[name].grad).all() or not np.isfinite(out[name].h0).all():
+        bad = ~(np.isfinite(out[name].grad).all(axis=1) & np.isfinite(out[name].h0))
+        if bad.any():
+            sizes = np.cumsum([t.num_rows for t in parts])
+            first = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"features of task {name!r} ({split}) contain NaN/inf; check the model and data",
-                path=files[0].parent,
+                f"{int(bad.sum())} sample(s) have NaN/inf features, e.g. {out[name].sample_ids[bad][:3].tolist()}; "
+                f"the model produced non-finite gradients or the file was altered. Delete the shard and rerun "
+                f"`elora featurize` to recompute it",
+                path=files[int(np.searchsorted(sizes, first, side="right"))], field="grad/h0", task=name,
             )
     return out

@@ -59,6 +59,13 @@ def resolve_model_dir(cfg: ModelConfig) -> Path:
         )
     if not (path / "config.json").is_file():
         raise ModelError(f"model directory {path} has no config.json")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        raise ModelError(
+            f"model directory {path} has no *.safetensors weights"
+            + (f" (found {pickled}: pickle-based files are never loaded, they can run code)" if pickled else "")
+            + "; convert once with `model.save_pretrained(dir, safe_serialization=True)` in a trusted environment"
+        )
     return path
 
 

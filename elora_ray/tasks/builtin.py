@@ -13,10 +13,13 @@ Split policy:
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from ..errors import DataError
 from .readers import _jsonl, read_lines
@@ -37,11 +40,12 @@ def normalize_label(
     value: Any, *, path: str | Path | None = None, line: int | None = None, field: str = "label"
 ) -> str:
     """bool → true/false, integral numbers → '0'/'1', strings stay; None/NaN are errors."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        value = float(value)
         if value != value:
             raise DataError("label is NaN", path=path, line=line, field=field)
         if value.is_integer():
@@ -49,7 +53,12 @@ def normalize_label(
         return repr(value)
     if value is None:
         raise DataError("label is missing (null)", path=path, line=line, field=field)
-    text = str(value).strip()
+    if not isinstance(value, str):
+        raise DataError(
+            f"label must be a string, number or boolean, got {type(value).__name__} {str(value)[:40]!r}",
+            path=path, line=line, field=field,
+        )
+    text = value.strip()
     if not text:
         raise DataError("label is empty", path=path, line=line, field=field)
     return text

@@ -73,8 +73,15 @@ def _make_example(
         sample_id=f"{task}/{source_stem(path)}/{row_id}",
         text=text,
         text_pair=pair if pair else None,
-        label=normalize_label(label, path=path, line=line, field=label_field),
+        label=_label(task, label, path, line, label_field),
     )
+
+
+def _label(task: str, value: object, path: Path, line: int, field: str) -> str:
+    try:
+        return normalize_label(value, path=path, line=line, field=field)
+    except DataError as exc:
+        raise DataError(exc.reason, path=path, line=line, field=field, task=task) from None
 
 
 def _rng(splits: SplitConfig, name: str, purpose: str) -> np.random.Generator:
@@ -182,6 +189,26 @@ def _carve(cfg: TaskConfig, splits_cfg: SplitConfig, data: dict[str, list], note
     return data
 
 
+def _check_label_count(cfg: TaskConfig, data: dict[str, list[Row]]) -> None:
+    """Refuse label fields with more distinct values than ``max_labels`` (free text, ids, numbers)."""
+    labels: dict[str, tuple[Path, int]] = {}
+    for rows in data.values():
+        for ex, line, path in rows:
+            labels.setdefault(ex.label, (path, line))
+    if len(labels) <= cfg.max_labels:
+        return
+    rows = sum(len(r) for r in data.values())
+    path, line = list(labels.values())[cfg.max_labels]
+    examples = ", ".join(repr(x[:20]) for x in list(labels)[:3])
+    raise DataError(
+        f"{len(labels)} distinct labels in {rows} examples (more than max_labels={cfg.max_labels}; "
+        f"e.g. {examples}); the label field looks like free text, an id or a regression target, "
+        f"and elora fine-tunes classifiers. Point label: at the class column, or raise "
+        f"max_labels for this task if the label set really is this large",
+        path=path, line=line, field=cfg.label, task=cfg.name,
+    )
+
+
 def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> TaskData:
     """Read, validate, carve and cap one task; every problem is a :class:`DataError`."""
     notes: list[str] = []
@@ -217,6 +244,7 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
     if not any(data.values()):
         raise DataError("empty task: no examples in any split", task=cfg.name)
 
+    _check_label_count(cfg, data)
     seen: dict[str, tuple[Path, int]] = {}
     for rows in data.values():
         for ex, line, path in rows:
@@ -252,6 +280,14 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
                     raise DataError(f"unknown label '{ex.label}' (train labels: {labels})", path=path, line=line, field=cfg.label, task=cfg.name)
     if not data["train"]:
         raise DataError("empty task: no training examples", task=cfg.name)
+    total = sum(len(rows) for rows in data.values())
+    for split in ("validation", "test"):
+        if not data[split]:
+            raise DataError(
+                f"the {split} split is empty: the task has only {total} example(s), too few to carve a "
+                f"{split} split from (give a {split}: file, or more data)",
+                path=sources.get("train") or next(iter(sources.values()), None), task=cfg.name,
+            )
     if len(train_labels) < 2:
         raise DataError(f"one-class task: every training label is '{train_labels[0]}'", path=sources.get("train"), task=cfg.name)
     if cfg.verbalizer is not None:
