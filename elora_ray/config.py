@@ -363,10 +363,36 @@ class RunConfig(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    """Where stage and training metrics go besides ``<run>/metrics/*.jsonl`` (always written):
+    ``tensorboard`` (event files under ``<run>/tensorboard``), ``mlflow`` (``$MLFLOW_TRACKING_URI``,
+    default ``sqlite:///<run>/mlflow.db``; needs ``pip install mlflow-skinny sqlalchemy alembic``).
+    Also accepts ``none`` or ``all`` (TensorBoard, plus MLflow when it is installed)."""
     data_root: str | None = None
     """Root of the GLUE/SuperGLUE folders for built-in readers; default ``$ELORA_DATA_ROOT``
     or ``../shared/data``."""
     seed: int = 0
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_shorthands(cls, v: Any) -> Any:
+        if v is None or v == "none":
+            return []
+        if v == "all":
+            import importlib.util
+
+            return ["tensorboard"] + (["mlflow"] if importlib.util.find_spec("mlflow") else [])
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _mlflow_installed(cls, v: list[str]) -> list[str]:
+        import importlib.util
+
+        if "mlflow" in v and importlib.util.find_spec("mlflow") is None:
+            raise ValueError("report_to: mlflow needs the mlflow package: pip install mlflow-skinny sqlalchemy alembic "
+                             "(or pip install mlflow)")
+        return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
     def _unique_task_names(self) -> RunConfig:

@@ -84,8 +84,50 @@ def run_stages(cfg: RunConfig, out: Path, until: str = "cluster", force: bool = 
 
             results[stage] = evaluate_stage(cfg, out)
         seconds[stage] = round(time.perf_counter() - t, 2)
+        record_stage_metrics(cfg, out, stage, results[stage])
     results["_seconds"] = seconds
     return results
+
+
+def stage_metrics(stage: str, result: dict) -> dict[str, list[tuple[int, dict]]]:
+    """The scalars worth plotting from a stage's result: {scope: [(step, metrics), ...]}."""
+    if stage == "featurize":
+        keys = ("samples", "tokens", "flops", "seconds", "samples_per_s_this_run", "shards_resumed")
+        return {"stages/featurize": [(0, {k: result.get(k) for k in keys})]}
+    if stage == "estimate":
+        return {"stages/estimate": [(0, {k: result.get(k) for k in ("num_subsets", "subset_size", "coverage", "seconds")})]}
+    if stage == "cluster":
+        return {"stages/cluster": [(0, {"m": result.get("m"), "average_density": result.get("score")})]}
+    if stage == "boost":
+        keys = ("train_loss_before", "train_loss_after", "validation_loss_before", "validation_loss_after", "rho", "coef")
+        return {"stages/boost": [(s["step"] + 1, {k: s.get(k) for k in keys}) for s in result.get("steps", [])]}
+    if stage == "evaluate":
+        out: dict[str, list[tuple[int, dict]]] = {}
+        for name, r in result.get("methods", {}).items():
+            m = {k: r.get(k) for k in ("avg_accuracy", "loss", "train_flops", "peak_memory_mb", "wall_s")}
+            m.update({f"accuracy/{t}": a for t, a in r.get("per_task", {}).items()})
+            out[f"evaluate/{name}"] = [(0, m)]
+        return out
+    return {}
+
+
+def record_stage_metrics(cfg: RunConfig, out: Path, stage: str, result: dict) -> None:
+    """Log a stage's scalars (once per distinct result, so resumed reruns add nothing) and sync MLflow."""
+    import hashlib
+
+    from .observe import METRICS_DIR, log_metrics, sync_mlflow
+
+    scopes = stage_metrics(stage, result) if isinstance(result, dict) else {}
+    if scopes:
+        seen_path = out / METRICS_DIR / "stages_logged.json"
+        seen = json.loads(seen_path.read_text()) if seen_path.is_file() else {}
+        digest = hashlib.sha256(json.dumps(scopes, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if seen.get(stage) != digest:
+            for scope, rows in scopes.items():
+                for step, metrics in rows:
+                    log_metrics(out, scope, metrics, step, cfg.report_to)
+            write_json(seen_path, {**seen, stage: digest})
+    sync_mlflow(out, cfg)
 
 
 def run_pipeline(cfg: RunConfig, out: Path, force: bool = False) -> dict:

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from elora_ray.cli import main
+from elora_ray.observe import read_metrics
 
 TINY = ["--set", "model.name_or_path=tiny-bert", "--set", "suite.samples_per_task=40", "--set", "featurize.dim=32",
         "--set", "estimate.num_subsets=30", "--set", "cluster.max_groups=4", "--set", "train.epochs=1",
@@ -53,9 +54,26 @@ def test_run_writes_artifacts_and_resumes(tmp_path, caplog, capsys):
     model = json.loads((out / "model.json").read_text())
     assert model["kind"] == "encoder" and model["adapter_parameters"] > 0 and model["params_with_gradient"] > 0
 
+    # Observability (report_to: tensorboard, the default): per-step training curves per adapter,
+    # stage summaries and per-method results, as JSON lines and TensorBoard event files.
+    from test_observe import read_tensorboard_scalars
+
+    jobs = sorted(p.stem for p in (out / "metrics" / "train").glob("*.jsonl"))
+    assert "group-0" in jobs and len(jobs) >= len(report["groups"]) + 1  # groups + the single-adapter baseline
+    curve = [r for r in read_metrics(out, "train/group-0") if "train/loss" in r]
+    assert [r["step"] for r in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 2
+    assert any("validation/accuracy" in r for r in read_metrics(out, "train/group-0"))
+    tb = read_tensorboard_scalars(out / "tensorboard" / "train" / "group-0")
+    assert [v for _, v in tb["train/loss"]] == pytest.approx([r["train/loss"] for r in curve])
+    ens = read_metrics(out, "evaluate/ensemble")
+    assert ens[-1]["avg_accuracy"] == pytest.approx(report["methods"]["ensemble"]["avg_accuracy"])
+    assert read_metrics(out, "stages/featurize")[-1]["samples"] == report["featurize"]["samples"]
+    logged_before = {p: p.stat().st_size for p in (out / "metrics").rglob("*.jsonl")}
+
     before = (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns
     caplog.clear()
     assert main(["run", "--out", str(out), *TINY]) == 0
+    assert {p: p.stat().st_size for p in (out / "metrics").rglob("*.jsonl")} == logged_before  # a resume adds nothing
     assert (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns == before
     assert "already prepared" in caplog.text
     assert "features complete" in caplog.text and "results complete" in caplog.text and "up to date" in caplog.text

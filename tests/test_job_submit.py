@@ -74,6 +74,12 @@ def ray_head(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+LIST_UPLOAD = (
+    "import json, os; files = [os.path.relpath(os.path.join(d, f)) for d, _, fs in os.walk('.') for f in fs]; "
+    "print(json.dumps({'files': sorted(files), 'bytes': sum(os.path.getsize(f) for f in files)}))"
+)
+
+
 def _submit(address: str, env: dict, entrypoint: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     ray = str(Path(sys.executable).parent / "ray")
     deadline = time.time() + 60
@@ -93,6 +99,17 @@ def test_pipeline_runs_as_a_ray_job_with_token_auth(ray_head, tmp_path):
     no_token["HOME"] = str(tmp_path)  # and no ~/.ray/auth_token either
     denied = _submit(address, no_token, ["python", "-c", "print(1)"], timeout=120)
     assert denied.returncode != 0 and "auth" in (denied.stdout + denied.stderr).lower()
+
+    # The uploaded package holds code, not models, data or run outputs (.rayignore; checked
+    # with .gitignore switched off, so .rayignore alone must keep .venv, weights and runs out).
+    listing = _submit(address, {**env, "RAY_RUNTIME_ENV_IGNORE_GITIGNORE": "1"}, ["python", "-c", LIST_UPLOAD], timeout=300)
+    assert listing.returncode == 0, (listing.stdout + listing.stderr)[-3000:]
+    uploaded = json.loads(next(ln for ln in listing.stdout.splitlines() if ln.startswith("{")))
+    assert "jobs/run_pipeline.py" in uploaded["files"] and "elora_ray/cli.py" in uploaded["files"]
+    heavy = [f for f in uploaded["files"] if f.startswith((".venv/", ".git/", "runs/", "benchmarks/runs/"))
+             or f.endswith((".safetensors", ".gguf", ".parquet", ".bin"))]
+    assert not heavy, heavy[:10]
+    assert uploaded["bytes"] < 20e6, uploaded["bytes"]
 
     out = tmp_path / "run"
     r = _submit(address, env, [

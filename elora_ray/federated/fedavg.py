@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -75,6 +76,7 @@ def run_fedavg(
     seed: int,
     checkpoint: Path,
     desc: str = "fedavg",
+    on_round: Callable[[dict], None] | None = None,
 ) -> FedAvgRun:
     """Train one adapter per group by FedAvg for ``cfg.rounds`` rounds (resuming from ``checkpoint``)."""
     import ray
@@ -112,4 +114,6 @@ def run_fedavg(
         log.info("%s round %d/%d: %d clients, mean local train loss %.4f%s", desc, run.rounds, cfg.rounds, len(done),
                  run.history[-1]["train_loss"], f", {len(res.failed)} excluded" if res.failed else "")
         _save(checkpoint, run)
+        if on_round is not None:
+            on_round(run.history[-1])
     return run

@@ -39,6 +39,7 @@ from ..estimate.subsets import sample_subsets
 from ..estimate.surrogate import evaluate as surrogate_loss
 from ..estimate.surrogate import fit_surrogate
 from ..io import atomic_path, write_json, write_parquet, write_text
+from ..observe import log_metrics, sync_mlflow
 from ..raysession import cluster_cpus, ensure_ray
 from .clients import load_clients, select_clients, windows_table
 from .fedavg import FedAvgRun, run_fedavg
@@ -136,7 +137,8 @@ def _method_row(per: dict[str, tuple[float, int]], clients: list[str], **extra) 
 class _Run:
     def __init__(self, cfg: RunConfig, run_dir: Path, force: bool) -> None:
         self.cfg, self.fcfg = cfg, cfg.federated
-        self.fed = Path(run_dir) / FED_DIR
+        self.run_dir = Path(run_dir)
+        self.fed = self.run_dir / FED_DIR
         self.force = force
         self.fed.mkdir(parents=True, exist_ok=True)
         fp = _fingerprint(cfg)
@@ -172,12 +174,21 @@ class _Run:
 
     def record(self, name: str, row: dict) -> dict:
         write_json(self.fed / "methods" / f"{name}.json", row)
+        log_metrics(self.run_dir, f"federated/methods/{name}", row, 0, self.cfg.report_to)
+        sync_mlflow(self.run_dir, self.cfg)
         return row
+
+    def on_round(self, scope: str):
+        """Per-round metrics (clients, failures, mean local training loss) for ``report_to``."""
+        def log_round(entry: dict) -> None:
+            log_metrics(self.run_dir, f"federated/{scope}", entry, entry["round"], self.cfg.report_to)
+            sync_mlflow(self.run_dir, self.cfg)
+        return log_round
 
     # ---------------------------------------------------------------- baselines
     def fedavg_all(self) -> FedAvgRun:
         return run_fedavg(self.pool, {"all": self.clients}, self.theta_star, self.fcfg, self.cfg.seed,
-                          self.fed / "checkpoints" / "fedavg", desc="fedavg")
+                          self.fed / "checkpoints" / "fedavg", desc="fedavg", on_round=self.on_round("fedavg"))
 
     def base(self) -> dict:
         if (row := self.done("base")) is not None:
@@ -288,7 +299,7 @@ class _Run:
         gnames = [f"group-{i}" for i in range(len(groups))]
         assignment = {c: g for g, members in zip(gnames, groups) for c in members}
         run = run_fedavg(self.pool, dict(zip(gnames, groups)), self.theta_star, self.fcfg, self.cfg.seed,
-                         self.fed / "checkpoints" / "ensemble", desc="group fedavg")
+                         self.fed / "checkpoints" / "ensemble", desc="group fedavg", on_round=self.on_round("group_fedavg"))
         for g in gnames:
             _save_state(self.fed / "adapters" / f"{g}.safetensors", run.states[g])
         extra_forward = 0

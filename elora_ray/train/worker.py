@@ -161,9 +161,19 @@ def train_loop_per_worker(config: dict) -> None:
             resume = (LoopState(**{k: loop[k] for k in ("step", "best_metric", "best_step", "bad_evals")}), opt_state)
             log.info("adapter %s: resuming from its checkpoint at step %d", job.id, resume[0].step)
 
+        from ..observe import MetricsReporter
+
+        reporter = MetricsReporter(run_dir, f"train/{job.id}", cfg.report_to) if rank == 0 else None
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            if reporter is not None:
+                reporter.log({"train/loss": loss, "train/progress": step / total}, step)
+
         def on_eval(state: LoopState, metrics: dict, improved: bool, optimizer) -> None:
             report = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
             report["improved"] = float(improved)
+            if reporter is not None:
+                reporter.log({f"validation/{k}": v for k, v in report.items() if k != "step"}, state.step)
             if improved and rank == 0:
                 with staged_checkpoint(local_root, state.step, lambda d: save_training_state(d, peft_model, optimizer, vars(state))) as d:
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
@@ -180,8 +190,10 @@ def train_loop_per_worker(config: dict) -> None:
             validate=validate if val_rows else None,
             evals_per_epoch=t.evals_per_epoch, patience=t.patience,
             metric="loss" if job.loss != "ce" else t.early_stopping_metric,
-            on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward,
+            on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward, progress=on_step,
         )
+        if reporter is not None:
+            reporter.close()
     final = {
         "final": 1.0, "steps": float(stats.steps), "samples": float(stats.samples), "tokens": float(stats.tokens),
         "train_seconds": stats.seconds, "train_flops": stats.flops * world,

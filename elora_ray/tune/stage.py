@@ -139,6 +139,14 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     write_text(out / "trials.csv", table.to_csv(index=False, float_format="%.6g"))
     write_json(out / "best.json", best)
     plot_tune(table, run / "plots" / "tune_objective.png", t.objective)
+    from ..observe import MetricsReporter, sync_mlflow
+
+    for (m, l2), trial in table.groupby(["m", "l2"]):
+        scope = f"tune/{t.objective}/m{int(m)}" + (f"_l2_{l2:g}" if table["l2"].nunique() > 1 else "")
+        with MetricsReporter(run, scope, cfg.report_to) as rep:
+            for _, r in trial.iterrows():
+                rep.log({"val_loss": r["val_loss"], "val_accuracy": r["val_accuracy"], "train_loss": r["train_loss"]}, int(r["b"]))
+    sync_mlflow(run, cfg)
     log.info("tune (%s objective): %d trials in %.1fs; best m=%d, b=%d (validation loss %.4f); use --set %s",
              t.objective, len(results), seconds, best["m"], best["b"], best["val_loss"], " --set ".join(best["overrides"]))
     return best
