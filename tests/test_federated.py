@@ -263,3 +263,20 @@ def test_too_few_clients_is_a_clear_error(tmp_path):
     clients = make_clients(parse_speeches(play.read_text()), cfg.client_chars, cfg.min_client_chars)
     with pytest.raises(DataError, match=r"play.txt: .*gives 2 usable clients, fewer than federated.min_clients=5"):
         select_clients(clients, _ToyTokenizer(), cfg, str(play))
+
+
+def test_client_progress_survives_a_torn_line_and_resumes(tmp_path):
+    from elora_ray.federated.stage import ClientProgress
+
+    p = ClientProgress(tmp_path / "progress" / "mtl_ft.jsonl")
+    assert p.done == {} and p.seconds_before == 0.0
+    p.add("c1", {"loss": 1.5, "n": 4})
+    p.add("c2", {"loss": 2.5, "n": 3})
+    with open(p.path, "a") as f:
+        f.write('{"client": "c3", "loss": 0.')  # killed while writing
+    again = ClientProgress(p.path)
+    assert again.done == {"c1": {"loss": 1.5, "n": 4}, "c2": {"loss": 2.5, "n": 3}}
+    assert again.seconds_before >= 0.0
+    again.add("c3", {"loss": 0.5, "n": 2})
+    assert set(ClientProgress(p.path).done) == {"c1", "c2", "c3"}
+    assert ClientProgress(p.path, reset=True).done == {}

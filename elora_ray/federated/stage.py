@@ -127,6 +127,40 @@ def _evaluate(pool: ActorPool, clients: list[str], groups_terms: dict[str, list]
     return per, peak, windows
 
 
+class ClientProgress:
+    """Per-client results appended to a JSON-lines file as they arrive, so a killed run keeps them.
+
+    Each line is ``{"client": ..., "elapsed_s": ..., **result}``; a torn last line (the process
+    died while writing it) is ignored. ``seconds_before`` is the wall time already spent.
+    """
+
+    def __init__(self, path: Path, reset: bool = False) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if reset:
+            path.unlink(missing_ok=True)
+        self.done: dict[str, dict] = {}
+        self.seconds_before = 0.0
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # drop the torn line so the next append starts clean
+                text = text[: text.rfind("\n") + 1]
+                write_text(path, text)
+            for line in text.splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.seconds_before = max(self.seconds_before, float(row.pop("elapsed_s", 0.0)))
+                self.done[row.pop("client")] = row
+        self._t0 = time.perf_counter()
+
+    def add(self, client: str, result: dict) -> None:
+        row = {"client": client, "elapsed_s": self.seconds_before + time.perf_counter() - self._t0, **result}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def _method_row(per: dict[str, tuple[float, int]], clients: list[str], **extra) -> dict:
     vals = [per[c][0] for c in clients if c in per]
     n = [per[c][1] for c in clients if c in per]
@@ -221,15 +255,20 @@ class _Run:
         run = self.fedavg_all()  # resumes from (or reuses) the fedavg checkpoint
         ref = ray.put(run.states["all"])
         f = self.fcfg
-        items = [(c, (c, ref, f.finetune_epochs, f.lr, self.cfg.seed)) for c in self.clients]
-        res = self.pool.map("finetune_evaluate", items, desc="mtl_ft: per-client fine-tuning")
-        per = {c: (v["loss"], v["n"]) for c, v in res.results.items()}
-        windows = run.trained_windows + sum(v["trained_windows"] for v in res.results.values())
-        peak = max([run.peak_rss_mb] + [v["peak_rss_mb"] for v in res.results.values()])
-        return self.record("mtl_ft", _method_row(
+        progress = ClientProgress(self.fed / "progress" / "mtl_ft.jsonl", reset=self.force)
+        items = [(c, (c, ref, f.finetune_epochs, f.lr, self.cfg.seed)) for c in self.clients if c not in progress.done]
+        if progress.done:
+            log.info("mtl_ft: resuming, %d of %d clients already fine-tuned and evaluated", len(progress.done), len(self.clients))
+        res = self.pool.map("finetune_evaluate", items, desc="mtl_ft: per-client fine-tuning", on_result=progress.add)
+        results = {**progress.done, **res.results}
+        per = {c: (v["loss"], v["n"]) for c, v in results.items()}
+        windows = run.trained_windows + sum(v["trained_windows"] for v in results.values())
+        peak = max([run.peak_rss_mb] + [v["peak_rss_mb"] for v in results.values()])
+        row = self.record("mtl_ft", _method_row(
             per, self.clients, train_flops=windows * self.units["train"], peak_memory_mb=peak,
-            wall_s=time.perf_counter() - t0, adapters=1 + len(res.results),
-            adapter_parameters=self.adapter_parameters * (1 + len(res.results)), excluded_clients=sorted(res.failed)))
+            wall_s=time.perf_counter() - t0 + progress.seconds_before, adapters=1 + len(results),
+            adapter_parameters=self.adapter_parameters * (1 + len(results)), excluded_clients=sorted(res.failed)))
+        return row
 
     # ---------------------------------------------------------------- ensemble
     def features(self) -> tuple[dict[str, dict], float, int]:
