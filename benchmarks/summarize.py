@@ -25,7 +25,16 @@ generated from those files by `python benchmarks/summarize.py`.
 | `estimation_fidelity.py` | linearised estimate vs real fine-tuning (paper Table 3 / Table 5) |
 | `ensemble_accuracy.py` | the ensemble vs six baselines over seeds: accuracy, FLOPs, memory, time (paper Figure 3 / Table 7) |
 | `federated_shakespeare.py` | FedAvg vs MTL-FT vs the federated ensemble on ≥ 500 Shakespeare clients (paper §3 "Extension") |
+| `scaling.py` | stage wall time vs tasks n (10 → 500 synthetic tasks), subsets k, dimension d, 1 vs 2 CPUs |
 """
+
+
+
+def _less_or_more(ratio: float) -> str:
+    """0.79 → '21% less', 1.27 → '27% more'."""
+    if ratio != ratio:
+        return "n/a"
+    return f"{100 * (1 - ratio):.0f}% less" if ratio <= 1 else f"{100 * (ratio - 1):.0f}% more"
 
 
 def load(name: str) -> dict | None:
@@ -89,7 +98,7 @@ def main() -> int:
         if "mtl_ft" in a:
             r = a["mtl_ft"]
             lines.append(f"| ensemble vs MTL-FT: accuracy, compute ({d['name']}) | ≈ same accuracy, 45% less compute | "
-                         f"{cmp('mtl_ft')}; FLOPs {100 * (1 - ens['train_flops_mean'] / r['train_flops_mean']):+.0f}% less | {src} |")
+                         f"{cmp('mtl_ft')}; {_less_or_more(ens['train_flops_mean'] / r['train_flops_mean'])} FLOPs | {src} |")
     for f in sorted(RESULTS.glob("federated_*.json")):
         d = json.loads(f.read_text())
         if d["name"] == "quick":
@@ -101,7 +110,11 @@ def main() -> int:
                      f"{c['ensemble_vs_fedavg_pct']:+.1f}% | {src} |")
         ratio = c["ensemble_flops_vs_mtl_ft"]
         lines.append(f"| federated: ensemble computation vs MTL-FT, test loss vs MTL-FT ({who}) | 90% less, comparable | "
-                     f"{100 * (1 - ratio):.0f}% less, {c['ensemble_vs_mtl_ft_pct']:+.1f}% | {src} |")
+                     f"{_less_or_more(ratio)}, {c['ensemble_vs_mtl_ft_pct']:+.1f}% | {src} |")
+    sc = load("scaling")
+    if sc is not None:
+        for what, fit in sc["fits"].items():
+            lines.append(f"| scaling: {what} | – | {fit} | `scaling.md` |")
     lines += ["", "## Latest results", ""]
     for md in sorted(RESULTS.glob("*.md")):
         if "quick" in md.name:
