@@ -67,6 +67,7 @@ class ActorPool:
         out = PoolResult()
         inflight: dict[Any, tuple[int, Any, Any, tuple, int]] = {}  # ref → (actor index, actor, key, args, attempt)
         load = [0] * len(self.actors)
+        reasons: dict[Any, list[str]] = {}  # every failure of a client, in order (the report keeps them all)
         bar = tqdm(total=len(queue), desc=desc, unit="client", disable=desc is None, leave=False)
         try:
             while queue or inflight:
@@ -83,17 +84,22 @@ class ActorPool:
                 try:
                     value = ray.get(ref)
                 except (RayTaskError, RayActorError) as exc:
-                    if isinstance(exc, RayActorError) and self.actors[i] is actor:
-                        # the other calls on this actor fail too; they are retried through the queue
-                        self._replace(i)
                     reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+                    if isinstance(exc, RayActorError):
+                        if self.actors[i] is not actor:
+                            # collateral: this call was queued on an actor already known dead (another
+                            # client's call killed it); run it again without charging an attempt
+                            queue.append((key, args, attempt))
+                            continue
+                        self._replace(i)  # the other calls on this actor fail too and come back here
+                    reasons.setdefault(key, []).append(reason)
                     if attempt < self.max_retries:
                         out.retries += 1
                         log.warning("client %s failed (%s); retrying (%d/%d)", key, reason, attempt + 1, self.max_retries)
                         queue.append((key, args, attempt + 1))
                     else:
-                        out.failed[key] = reason
-                        log.warning("client %s failed %d time(s) (%s); excluded from this round", key, attempt + 1, reason)
+                        out.failed[key] = " | ".join(reasons[key])
+                        log.warning("client %s failed %d time(s) (%s); excluded from this round", key, attempt + 1, out.failed[key])
                         bar.update(1)
                     continue
                 out.results[key] = value
