@@ -62,41 +62,54 @@ class ActorPool:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        queue = [(key, args, 0) for key, args in items]
+        # queue entries: (key, args, attempt, suspect). A call that was in flight on an actor that
+        # died is "suspect": it runs again alone on an actor, so a death is only ever charged to
+        # the call that caused it, never to calls that merely shared the actor.
+        queue = [(key, args, 0, False) for key, args in items]
         queue.reverse()  # pop() from the end keeps the given order
         out = PoolResult()
-        inflight: dict[Any, tuple[int, Any, Any, tuple, int]] = {}  # ref → (actor index, actor, key, args, attempt)
+        inflight: dict[Any, tuple[int, Any, Any, tuple, int, bool]] = {}  # ref → (actor index, actor, key, args, attempt, alone)
         load = [0] * len(self.actors)
+        alone = [False] * len(self.actors)  # actor i runs one suspect call and nothing else
         reasons: dict[Any, list[str]] = {}  # every failure of a client, in order (the report keeps them all)
         bar = tqdm(total=len(queue), desc=desc, unit="client", disable=desc is None, leave=False)
         try:
             while queue or inflight:
                 for i in range(len(self.actors)):
-                    while queue and load[i] < self.depth:
-                        key, args, attempt = queue.pop()
+                    while queue and load[i] < self.depth and not alone[i]:
+                        key, args, attempt, suspect = queue[-1]
+                        if suspect and load[i] > 0:
+                            break  # wait until this actor is idle
+                        queue.pop()
                         ref = getattr(self.actors[i], method).remote(*args)
-                        inflight[ref] = (i, self.actors[i], key, args, attempt)
+                        inflight[ref] = (i, self.actors[i], key, args, attempt, suspect)
                         load[i] += 1
+                        if suspect:
+                            alone[i] = True
+                            break
                 done, _ = ray.wait(list(inflight), num_returns=1)
                 ref = done[0]
-                i, actor, key, args, attempt = inflight.pop(ref)
-                load[i] -= 1
+                i, actor, key, args, attempt, was_alone = inflight.pop(ref)
+                if self.actors[i] is actor:
+                    load[i] -= 1
+                    if was_alone:
+                        alone[i] = False
                 try:
                     value = ray.get(ref)
                 except (RayTaskError, RayActorError) as exc:
                     reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
                     if isinstance(exc, RayActorError):
-                        if self.actors[i] is not actor:
-                            # collateral: this call was queued on an actor already known dead (another
-                            # client's call killed it); run it again without charging an attempt
-                            queue.append((key, args, attempt))
+                        if self.actors[i] is actor:
+                            self._replace(i)  # the other calls on this actor fail too and come back here
+                            load[i], alone[i] = 0, False
+                        if not was_alone:
+                            queue.append((key, args, attempt, True))  # maybe collateral: rerun alone, uncharged
                             continue
-                        self._replace(i)  # the other calls on this actor fail too and come back here
                     reasons.setdefault(key, []).append(reason)
                     if attempt < self.max_retries:
                         out.retries += 1
                         log.warning("client %s failed (%s); retrying (%d/%d)", key, reason, attempt + 1, self.max_retries)
-                        queue.append((key, args, attempt + 1))
+                        queue.append((key, args, attempt + 1, isinstance(exc, RayActorError)))
                     else:
                         out.failed[key] = " | ".join(reasons[key])
                         log.warning("client %s failed %d time(s) (%s); excluded from this round", key, attempt + 1, out.failed[key])
