@@ -131,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "Writes --out/fidelity/ and plots/fidelity.png. Runs featurize first if needed.")
     _common(p)
 
+    p = sub.add_parser("analyze", help="analyses of adapters: `elora analyze sharpness`",
+                       description="Analyses of fine-tuned adapters (paper Section 4).")
+    analyze = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    p = analyze.add_parser("sharpness", help="Hessian-trace sharpness and train-test gap vs adapter rank and ensembles",
+                           description="For each task of analyze.sharpness.tasks: train single adapters of each rank "
+                           "in analyze.sharpness.ranks and ensembles of k adapters (analyze.sharpness.ensemble_sizes) "
+                           "whose ranks sum to analyze.sharpness.total_rank, then measure the generalization gap "
+                           "(test - train loss) and the Hessian trace of the per-sample loss w.r.t. the adapter "
+                           "weights (Hutchinson; max and mean over training points). One Ray task per variant; "
+                           "resumable. Writes --out/analyze/sharpness/ and plots/sharpness.png.")
+    _common(p)
+
     p = sub.add_parser("validate", help="validate the config and data without writing anything",
                        description="Validate the configuration and load every task; print a summary.")
     _common(p, out=False)
@@ -186,6 +198,16 @@ def _cmd_stage(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     run_stages(cfg, args.out, until=args.command, force_last=args.force)
+
+
+def _cmd_analyze(args) -> None:
+    from .analyze.generalization import OUT_DIR, run_sharpness
+    from .pipeline import run_stages
+
+    cfg = load_config(args.config, args.overrides)
+    run_stages(cfg, args.out, until="prepare")
+    run_sharpness(cfg, args.out)
+    print((args.out / OUT_DIR / "summary.md").read_text(), end="")
 
 
 def _cmd_fidelity(args) -> None:
@@ -308,6 +330,7 @@ COMMANDS = {
     "tune": _cmd_tune,
     "federated": _cmd_federated,
     "fidelity": _cmd_fidelity,
+    "analyze": _cmd_analyze,
     "validate": _cmd_validate,
     "config": _cmd_config,
     "suite": _cmd_suite,

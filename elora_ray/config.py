@@ -180,6 +180,53 @@ class FidelityConfig(_Section):
     seed: int | None = None
 
 
+class SharpnessConfig(_Section):
+    """``elora analyze sharpness``: Hessian-trace sharpness and train–test gap vs adapter rank,
+    and for ensembles of k adapters whose ranks sum to ``total_rank`` (paper Section 4)."""
+
+    tasks: list[str] | None = None
+    """Tasks to analyse, one at a time (default: all tasks of the config)."""
+    ranks: list[int] = Field(default_factory=lambda: [4, 16, 64])
+    """Single-adapter ranks."""
+    ensemble_sizes: list[int] = Field(default_factory=lambda: [2, 4])
+    """k of the ensembles; member rank = total_rank / k."""
+    total_rank: int | None = Field(None, ge=1)
+    """Sum of the member ranks of an ensemble (default: the largest of ``ranks``)."""
+    epochs: float = Field(5.0, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(16, ge=1)
+    points: int = Field(32, ge=1)
+    """Training points at which the per-point Hessian trace is estimated (max and mean reported)."""
+    probes: int = Field(16, ge=1)
+    """Rademacher probes per point (Hutchinson)."""
+    seed: int | None = None
+    """Default: the run's seed."""
+
+    @field_validator("ranks", "ensemble_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(int(x) < 1 for x in v):
+            raise ValueError("every entry must be ≥ 1")
+        return sorted(set(int(x) for x in v))
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "SharpnessConfig":
+        if not self.ranks:
+            raise ValueError("ranks: give at least one rank")
+        total = self.resolved_total_rank()
+        for k in self.ensemble_sizes:
+            if k > 1 and total % k:
+                raise ValueError(f"ensemble_sizes: total_rank {total} is not divisible by k={k}")
+        return self
+
+    def resolved_total_rank(self) -> int:
+        return self.total_rank if self.total_rank is not None else max(self.ranks)
+
+
+class AnalyzeConfig(_Section):
+    sharpness: SharpnessConfig = Field(default_factory=SharpnessConfig)
+
+
 class TrainConfig(_Section):
     """Stage 4 — one adapter per group (and every baseline adapter) with Ray Train."""
 
@@ -355,6 +402,7 @@ class RunConfig(_Section):
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     boost: BoostConfig = Field(default_factory=BoostConfig)
