@@ -8,7 +8,7 @@ OUT    ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-quick clean
+.PHONY: install demo test test-quick bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: install
 
 test-quick: install
 	$(BIN)/pytest -q -m "not slow"
+
+# Every benchmark script in smoke-test mode (< 5 min, scratch folder; not timings).
+bench-quick: install
+	$(BIN)/python benchmarks/quick.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,7 +8,11 @@ import os
 import platform
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# ``make bench-quick`` points both elsewhere so a smoke run never touches the committed results.
+RESULTS = Path(os.environ.get("ELORA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+"""Where results (json, md, png) are written."""
+RUNS = Path(os.environ.get("ELORA_BENCH_RUNS") or Path(__file__).resolve().parent / "runs")
+"""Where benchmark run directories live."""
 
 
 def machine_info() -> dict:

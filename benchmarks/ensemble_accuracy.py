@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
 from elora_ray.config import load_config  # noqa: E402
 from elora_ray.pipeline import run_pipeline  # noqa: E402
 from elora_ray.report.plots import METHOD_LABELS  # noqa: E402
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     reports, t0 = [], time.perf_counter()
     for seed in args.seeds:
         cfg = load_config(config, [*overrides, f"seed={seed}"])
-        reports.append(run_pipeline(cfg, HERE / "runs" / f"ensemble_{name}" / f"seed{seed}"))
+        reports.append(run_pipeline(cfg, RUNS / f"ensemble_{name}" / f"seed{seed}"))
     data = {
         "name": name,
         "config": str(config.resolve().relative_to(HERE.parent)) if config else "embedded default",

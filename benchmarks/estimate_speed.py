@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import machine_info, write_results  # noqa: E402
+from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3, help="times the estimate stage is timed (fresh each time)")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--run-dir", type=Path, default=HERE / "runs" / "estimate_speed")
+    ap.add_argument("--run-dir", type=Path, default=RUNS / "estimate_speed")
     args = ap.parse_args(argv)
 
     from elora_ray.config import load_config

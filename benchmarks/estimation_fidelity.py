@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, machine_info, write_results  # noqa: E402,I001
 from elora_ray.config import load_config  # noqa: E402
 from elora_ray.estimate.fidelity import run_fidelity  # noqa: E402
 from elora_ray.pipeline import run_stages  # noqa: E402
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         name = args.name or args.config.stem
-    run_dir = args.run_dir or HERE / "runs" / f"fidelity_{name}"
+    run_dir = args.run_dir or RUNS / f"fidelity_{name}"
     t0 = time.perf_counter()
     if not (args.reuse and (run_dir / "features" / "manifest.json").is_file()):
         run_stages(cfg, run_dir, until="featurize")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     md += f"\nMachine: {data['machine']['cpu']} ({data['machine']['cores']} cores), {data['machine']['date']}. " \
           f"Command: `python benchmarks/{data['command']}`.\n"
     write_results(f"estimation_fidelity_{name}", data, md)
-    shutil.copyfile(run_dir / "plots" / "fidelity.png", HERE / "results" / f"estimation_fidelity_{name}.png")
+    shutil.copyfile(run_dir / "plots" / "fidelity.png", RESULTS / f"estimation_fidelity_{name}.png")
     print(md)
     return 0
 

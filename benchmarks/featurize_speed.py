@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import machine_info, write_results  # noqa: E402
+from benchmarks.common import RESULTS, machine_info, write_results  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
            f"({data['machine']['cores']} cores), {data['machine']['date']}. Command: `python benchmarks/{data['command']}`.", ""]
     name = args.name or ("featurize_speed_quick" if args.quick else f"featurize_speed_{args.model}")
     write_results(name, data, "\n".join(md))
-    _plot(results, HERE / "results" / f"{name}.png", args.model)
+    _plot(results, RESULTS / f"{name}.png", args.model)
     print("\n".join(md))
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
 from elora_ray.config import load_config  # noqa: E402
 from elora_ray.federated.stage import LABELS, federated_stage  # noqa: E402
 from elora_ray.runlog import setup_logging  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     config = args.config or (QUICK_CONFIG if args.quick else DEFAULT_CONFIG)
     name = args.name or ("quick" if args.quick else config.stem)
     cfg = load_config(config, args.overrides)
-    run_dir = HERE / "runs" / f"federated_{name}"
+    run_dir = RUNS / f"federated_{name}"
     if args.fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
     setup_logging(run_dir)

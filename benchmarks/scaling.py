@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, machine_info, write_results  # noqa: E402,I001
 
 FULL = {
     "model": "default", "samples_per_task": 40,
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = QUICK if args.quick else FULL
     name = "scaling_quick" if args.quick else "scaling"
-    work = HERE / "runs" / name
+    work = RUNS / name
     load = [round(x, 2) for x in os.getloadavg()]
     rows: list[dict] = []
     for i, s in enumerate(plan["series"]):
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_at_start": load, "command": "python benchmarks/scaling.py" + (" --quick" if args.quick else ""),
             "rows": rows}
     data["fits"] = fits(rows)
-    plot(rows, HERE / "results" / f"{name}.png")
+    plot(rows, RESULTS / f"{name}.png")
     write_results(name, data, render(data))
     print(render(data))
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, machine_info, write_results  # noqa: E402,I001
 from elora_ray.analyze.generalization import OUT_DIR, run_sharpness  # noqa: E402
 from elora_ray.config import load_config  # noqa: E402
 from elora_ray.pipeline import run_stages  # noqa: E402
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         name = args.name or args.config.stem
-    run_dir = args.run_dir or HERE / "runs" / f"sharpness_{name}"
+    run_dir = args.run_dir or RUNS / f"sharpness_{name}"
     t0 = time.perf_counter()
     run_stages(cfg, run_dir, until="prepare")
     summary = run_sharpness(cfg, run_dir)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     md += f"\nMachine: {data['machine']['cpu']} ({data['machine']['cores']} cores), {data['machine']['date']}. " \
           f"Command: `python benchmarks/{data['command']}`. Wall time {data['wall_s']:.0f} s.\n"
     write_results(f"sharpness_{name}", data, md)
-    shutil.copyfile(run_dir / "plots" / "sharpness.png", HERE / "results" / f"sharpness_{name}.png")
+    shutil.copyfile(run_dir / "plots" / "sharpness.png", RESULTS / f"sharpness_{name}.png")
     print(md)
     return 0
 

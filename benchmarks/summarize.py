@@ -1,16 +1,19 @@
 """Write benchmarks/README.md from the JSON results (no number is typed by hand).
 
     python benchmarks/summarize.py
+    python benchmarks/summarize.py --results DIR --out FILE --include-quick   # (make bench-quick)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+INCLUDE_QUICK = False
 
 INTRO = """# Benchmarks
 
@@ -26,6 +29,8 @@ generated from those files by `python benchmarks/summarize.py`.
 | `ensemble_accuracy.py` | the ensemble vs six baselines over seeds: accuracy, FLOPs, memory, time (paper Figure 3 / Table 7) |
 | `federated_shakespeare.py` | FedAvg vs MTL-FT vs the federated ensemble on ≥ 500 Shakespeare clients (paper §3 "Extension") |
 | `scaling.py` | stage wall time vs tasks n (10 → 500 synthetic tasks), subsets k, dimension d, 1 vs 2 CPUs |
+| `sharpness.py` | Hessian-trace sharpness and train–test gap vs adapter rank and k-adapter ensembles (paper §4, Figure 4) |
+| `quick.py` | `make bench-quick`: every script above in its smoke-test mode (< 5 min; CI runs it, results not kept) |
 """
 
 
@@ -37,12 +42,31 @@ def _less_or_more(ratio: float) -> str:
     return f"{100 * (1 - ratio):.0f}% less" if ratio <= 1 else f"{100 * (ratio - 1):.0f}% more"
 
 
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.0f}%"
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def main() -> int:
+def _skip(name: str) -> bool:
+    return "quick" in name and not INCLUDE_QUICK
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS, INCLUDE_QUICK
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of result files (default: results/)")
+    ap.add_argument("--out", type=Path, default=HERE / "README.md")
+    ap.add_argument("--include-quick", action="store_true", help="also tabulate smoke-test (quick) results")
+    args = ap.parse_args(argv)
+    RESULTS, INCLUDE_QUICK = args.results, args.include_quick
     lines = [INTRO, "## Ours vs the paper's claims", "", "| claim (paper) | paper | ours | source |", "|---|---|---|---|"]
     est = load("estimate_speed")
     if est:
@@ -52,6 +76,8 @@ def main() -> int:
                      f"+{est['ray_start_s']} s Ray start) | `estimate_speed.md` |")
     for f in sorted(RESULTS.glob("estimation_fidelity_*.json")):
         d = json.loads(f.read_text())
+        if _skip(f.name):
+            continue
         s = d["summary"]
         best_key = f"{s['best_l2_by_relative_error']:g}"
         lines.append(f"| loss relative error, d={s['dim']} ({d['name']}) | < 5% at d ≥ 400 | {100 * s['loss']['relative_error']:.1f}% "
@@ -67,7 +93,7 @@ def main() -> int:
                      f"`{f.with_suffix('.md').name}` |")
     for f in sorted(RESULTS.glob("featurize_speed_*.json")):
         d = json.loads(f.read_text())
-        if "quick" in f.name:
+        if _skip(f.name):
             continue
         best = max(d["results"], key=lambda r: r["ours_samples_s"])
         lines.append(f"| featurize ({f.stem.replace('featurize_speed_', '')}): ours / naive per-sample loop (target ≥ 10×) | – | "
@@ -79,7 +105,7 @@ def main() -> int:
                      f"(best {best['ours_samples_s']:.0f} samples/s at batch {best['batch_size']}) | `{f.with_suffix('.md').name}` |")
     for f in sorted(RESULTS.glob("ensemble_accuracy_*.json")):
         d = json.loads(f.read_text())
-        if d["name"] == "quick":
+        if _skip(d["name"]):
             continue
         a = d["aggregate"]["methods"]
         ens = a["ensemble"]
@@ -101,7 +127,7 @@ def main() -> int:
                          f"{cmp('mtl_ft')}; {_less_or_more(ens['train_flops_mean'] / r['train_flops_mean'])} FLOPs | {src} |")
     for f in sorted(RESULTS.glob("federated_*.json")):
         d = json.loads(f.read_text())
-        if d["name"] == "quick":
+        if _skip(d["name"]):
             continue
         c, rep = d["claims"], d["report"]
         src = f"`{f.with_suffix('.md').name}`"
@@ -115,15 +141,30 @@ def main() -> int:
     if sc is not None:
         for what, fit in sc["fits"].items():
             lines.append(f"| scaling: {what} | – | {fit} | `scaling.md` |")
+    for f in sorted(RESULTS.glob("sharpness_*.json")):
+        d = json.loads(f.read_text())
+        if _skip(d["name"]):
+            continue
+        s, src = d["summary"], f"`{f.with_suffix('.md').name}`"
+        st = s["settings"]
+        for task, p in s["per_task"].items():
+            lines.append(f"| sharpness: rank with the smallest train–test gap ({task}, ranks {st['ranks']}) | 16 (of 4–256) | "
+                         f"{p['best_rank_by_gap']} | {src} |")
+            lines.append(f"| sharpness: Spearman(Hessian trace, gap) over variants ({task}) | positive | "
+                         f"{_signed(p['spearman_trace_max_gap'])} (max over points), {_signed(p['spearman_trace_mean_gap'])} (mean) | {src} |")
+            for v, c in p["ensemble_vs_single_total_rank"].items():
+                lines.append(f"| sharpness: ensemble {v} vs one rank-{st['total_rank']} adapter ({task}): gap, trace | "
+                             f"{'−44%, −74% (k=2)' if v.startswith('2x') else 'lower than k=2'} | "
+                             f"{_pct(c['gap_change'])}, {_pct(c['trace_max_change'])} | {src} |")
     lines += ["", "## Latest results", ""]
     for md in sorted(RESULTS.glob("*.md")):
-        if "quick" in md.name:
+        if _skip(md.name):
             continue
         lines += [f"### {md.stem}", "", md.read_text().split("\n", 1)[1].strip(), ""]
         if md.with_suffix(".png").is_file():
             lines += [f"![{md.stem}](results/{md.with_suffix('.png').name})", ""]
-    (HERE / "README.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {HERE / 'README.md'}")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

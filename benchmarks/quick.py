@@ -1,0 +1,78 @@
+"""``make bench-quick``: every benchmark script in its smoke-test mode, in a scratch folder.
+
+Checks that each script still runs end to end and writes its JSON + markdown (and plot), then
+builds a summary page from those results. The numbers are NOT results (tiny models, tiny data,
+shared CI machines) and never touch ``benchmarks/results/``: everything goes under ``--out``
+(default: a fresh temporary folder). CI runs this after the test suite; it takes < 5 min on 2 cores.
+
+    python benchmarks/quick.py [--out DIR] [--only sharpness,scaling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# (name, script arguments, result files the script must write under the results folder)
+SMOKE: list[tuple[str, list[str], list[str]]] = [
+    ("featurize_speed", ["featurize_speed.py", "--quick"], ["featurize_speed_quick.json", "featurize_speed_quick.png"]),
+    ("estimate_speed", ["estimate_speed.py", "--quick"], ["estimate_speed_quick.json"]),
+    ("estimation_fidelity", ["estimation_fidelity.py", "--quick"], ["estimation_fidelity_quick.json", "estimation_fidelity_quick.png"]),
+    ("ensemble_accuracy", ["ensemble_accuracy.py", "--quick", "--seeds", "0"], ["ensemble_accuracy_quick.json", "ensemble_accuracy_quick.png"]),
+    ("sharpness", ["sharpness.py", "--quick"], ["sharpness_quick.json", "sharpness_quick.png"]),
+    ("scaling", ["scaling.py", "--quick"], ["scaling_quick.json", "scaling_quick.png"]),
+    ("federated", ["federated_shakespeare.py", "--quick", "--fresh", "--set", "federated.min_clients=24",
+                   "--set", "federated.max_clients=24", "--set", "federated.num_groups=2", "--set", "federated.num_subsets=40",
+                   "--set", "federated.subset_size=4", "--set", "federated.rounds=1"], ["federated_quick.json", "federated_quick.png"]),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None, help="scratch folder (default: a new temporary folder)")
+    ap.add_argument("--only", default=None, help="comma-separated subset of: " + ", ".join(n for n, _, _ in SMOKE))
+    args = ap.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="elora_bench_quick_"))
+    results, runs = out / "results", out / "runs"
+    results.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ELORA_BENCH_RESULTS": str(results), "ELORA_BENCH_RUNS": str(runs), "HF_HUB_OFFLINE": "1"}
+    chosen = set(args.only.split(",")) if args.only else None
+    if chosen and (unknown := chosen - {n for n, _, _ in SMOKE}):
+        ap.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
+    rows, failed, t_all = [], [], time.perf_counter()
+    for name, cmd, expected in SMOKE:
+        if chosen and name not in chosen:
+            continue
+        log = out / f"{name}.log"
+        t0 = time.perf_counter()
+        with log.open("w") as fh:
+            rc = subprocess.call([sys.executable, str(HERE / cmd[0]), *cmd[1:]], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                 cwd=HERE.parent)
+        seconds = time.perf_counter() - t0
+        missing = [f for f in expected if not (results / f).is_file() or (results / f).stat().st_size == 0]
+        ok = rc == 0 and not missing
+        rows.append((name, "ok" if ok else f"FAILED (exit {rc}{'; missing ' + ', '.join(missing) if missing else ''})", seconds))
+        print(f"bench-quick: {name:22s} {'ok' if ok else 'FAILED'} in {seconds:5.1f} s", flush=True)
+        if not ok:
+            failed.append(name)
+            print("".join(log.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+    if not failed:
+        rc = subprocess.call([sys.executable, str(HERE / "summarize.py"), "--results", str(results), "--out",
+                              str(out / "README.md"), "--include-quick"], env=env, cwd=HERE.parent)
+        rows.append(("summarize", "ok" if rc == 0 else f"FAILED (exit {rc})", 0.0))
+        if rc:
+            failed.append("summarize")
+    total = time.perf_counter() - t_all
+    print(f"\nbench-quick: {len(rows) - len(failed)}/{len(rows)} ok in {total:.0f} s (smoke test; not timings) — {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
