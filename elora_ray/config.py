@@ -227,6 +227,30 @@ class AnalyzeConfig(_Section):
     sharpness: SharpnessConfig = Field(default_factory=SharpnessConfig)
 
 
+class DeepSpeedConfig(_Section):
+    """``train.strategy: deepspeed``: the DeepSpeed engine each Ray Train worker runs."""
+
+    zero_stage: int = Field(2, ge=0, le=2)
+    """ZeRO stage 0, 1 (optimizer state sharded) or 2 (+ gradients sharded). Stage 3 (sharded
+    parameters) is not supported: evaluation and checkpoints read the full adapter on each rank."""
+    bf16: bool = False
+    """Train in bfloat16 (the engine casts the model; inputs are token ids, so nothing else changes)."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Merged into the DeepSpeed JSON config as is (e.g. ``{"gradient_clipping": 1.0}``);
+    batch size, optimizer and ZeRO stage come from ``train``."""
+
+    @field_validator("extra")
+    @classmethod
+    def _not_owned_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        owned = {"train_micro_batch_size_per_gpu": "train.batch_size", "train_batch_size": "train.batch_size",
+                 "gradient_accumulation_steps": "train.batch_size", "optimizer": "train.lr / train.weight_decay (AdamW)",
+                 "zero_optimization": "train.deepspeed.zero_stage", "bf16": "train.deepspeed.bf16"}
+        for key in v:
+            if key in owned:
+                raise ValueError(f"'{key}' is set from {owned[key]}; remove it from extra")
+        return v
+
+
 class TrainConfig(_Section):
     """Stage 4 — one adapter per group (and every baseline adapter) with Ray Train."""
 
@@ -251,6 +275,16 @@ class TrainConfig(_Section):
     """Ray Train restarts of a failed run (it resumes from its last checkpoint)."""
     seed: int | None = None
     """Training seed (batch order); default the run seed."""
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    """Data parallelism across ``num_workers`` ≥ 1 workers: PyTorch DDP, or DeepSpeed ZeRO
+    (``pip install 'elora_ray[deepspeed]'``; GPU clusters, and CPU with gloo)."""
+    deepspeed: DeepSpeedConfig = Field(default_factory=lambda: DeepSpeedConfig())
+
+    @model_validator(mode="after")
+    def _deepspeed_needs_workers(self) -> "TrainConfig":
+        if self.strategy == "deepspeed" and self.num_workers < 1:
+            raise ValueError("strategy: deepspeed needs train.num_workers ≥ 1 (Ray Train workers with a process group)")
+        return self
 
 
 class BoostConfig(_Section):

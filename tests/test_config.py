@@ -106,3 +106,21 @@ def test_bad_overrides(tmp_path, override, message):
     p = write(tmp_path, "tasks: [{name: a, train: x.jsonl}]\n")
     with pytest.raises(ConfigError, match=message):
         load_config(p, [override])
+
+
+def test_deepspeed_settings_are_checked_up_front():
+    cfg = load_config(None, ["train.strategy=deepspeed", "train.num_workers=2", "train.deepspeed.zero_stage=1",
+                             "train.deepspeed.extra={gradient_clipping: 0.5}"])
+    from elora_ray.train.deepspeed_engine import deepspeed_config
+
+    ds = deepspeed_config(cfg.train)
+    assert ds["zero_optimization"] == {"stage": 1} and ds["train_micro_batch_size_per_gpu"] == cfg.train.batch_size
+    assert ds["gradient_clipping"] == 0.5
+    assert load_config(None, ["train.strategy=deepspeed", "train.num_workers=1"]).train.deepspeed.extra == {}
+    assert deepspeed_config(load_config(None, ["train.strategy=deepspeed", "train.num_workers=1"]).train)["gradient_clipping"] == 0.0
+    with pytest.raises(ConfigError, match=r"deepspeed needs train.num_workers ≥ 1"):
+        load_config(None, ["train.strategy=deepspeed"])
+    with pytest.raises(ConfigError, match=r"train.deepspeed.zero_stage: Input should be less than or equal to 2"):
+        load_config(None, ["train.strategy=deepspeed", "train.num_workers=2", "train.deepspeed.zero_stage=3"])
+    with pytest.raises(ConfigError, match=r"train.deepspeed.extra: .*'optimizer' is set from train.lr"):
+        load_config(None, ["train.strategy=deepspeed", "train.num_workers=2", "train.deepspeed.extra={optimizer: {type: Adam}}"])

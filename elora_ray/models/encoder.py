@@ -85,9 +85,15 @@ class EncoderClassifier(MultiTaskClassifier):
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
+    static_graph: bool = False
+    """True: every head runs on every batch, in task order, so the autograd graph (and the order
+    in which gradients become ready) does not depend on which tasks a batch holds. DeepSpeed's
+    ZeRO-2 gradient buckets need that to match across ranks; the logits are the same."""
+
     def head_logits(self, pooled: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         out = pooled.new_full((pooled.shape[0], self.max_labels), float("-inf"))
-        for t in torch.unique(task_index).tolist():
+        tasks = range(len(self.heads)) if self.static_graph else torch.unique(task_index).tolist()
+        for t in tasks:
             rows = task_index == t
             head = self.heads[t]
             out[rows, : head.out_features] = head(pooled[rows].to(head.weight.dtype)).to(out.dtype)

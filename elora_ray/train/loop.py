@@ -105,6 +105,7 @@ def train_adapter(
     forward: torch.nn.Module | None = None,
     count_flops: bool = True,
     progress: Callable[[int, int, float], None] | None = None,
+    engine: Any = None,
 ) -> TrainStats:
     """AdamW on the trainable parameters over shuffled mixed-task batches.
 
@@ -112,16 +113,18 @@ def train_adapter(
     times per epoch and at the end. ``on_eval(state, metrics, improved, optimizer)`` is called
     after each check (checkpoint there). ``resume=(state, optimizer_state)`` continues a run.
     ``forward`` is the module to call (e.g. the DDP wrapper); default ``peft_model``.
+    ``engine`` is a DeepSpeed engine wrapping ``peft_model``: it runs the forward, backward and
+    optimizer step (its optimizer, ZeRO-sharded), and ``on_eval`` receives ``None`` as optimizer.
     """
     if loss == "log_odds_mse" and (targets is None or len(targets) != len(rows)):
         raise ValueError("loss 'log_odds_mse' needs one target per row")
-    fwd = forward if forward is not None else peft_model
+    fwd = engine if engine is not None else forward if forward is not None else peft_model
     params = [p for p in fwd.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
     if not rows:
         raise ValueError("no training rows")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = _EngineStep(engine) if engine is not None else torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     rank, world = shard
     global_batch = batch_size * world
     total_steps = max(1, math.ceil(epochs * len(rows) / global_batch))
@@ -131,7 +134,7 @@ def train_adapter(
     state = LoopState()
     if resume is not None:
         state, opt_state = resume
-        if opt_state:
+        if opt_state and engine is None:
             opt.load_state_dict(opt_state)
     stats = TrainStats(best_step=state.best_step, best_metric=state.best_metric)
     best_params: dict[str, torch.Tensor] | None = trainable_state(peft_model) if resume is not None else None
@@ -158,7 +161,7 @@ def train_adapter(
             else:
                 state.bad_evals += 1
         if on_eval is not None:
-            on_eval(state, m, improved, opt)
+            on_eval(state, m, improved, None if engine is not None else opt)
         peft_model.train()
         return validate is not None and patience > 0 and state.bad_evals >= patience
 
@@ -198,6 +201,23 @@ def train_adapter(
     return stats
 
 
+class _EngineStep:
+    """The optimizer interface ``_step`` uses, backed by a DeepSpeed engine (which owns the
+    optimizer, gradient sharding and zeroing)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # the engine zeroes after each step
+        del set_to_none
+
+    def backward(self, total: torch.Tensor) -> None:
+        self.engine.backward(total)
+
+    def step(self) -> None:
+        self.engine.step()
+
+
 def _step(fwd, opt, enc, labels, loss: str, targets, regularizer) -> float:
     logits = fwd(**enc)
     if loss == "ce":
@@ -210,7 +230,10 @@ def _step(fwd, opt, enc, labels, loss: str, targets, regularizer) -> float:
         if extra is not None:
             total = total + extra
     opt.zero_grad(set_to_none=True)
-    total.backward()
+    if isinstance(opt, _EngineStep):
+        opt.backward(total)
+    else:
+        total.backward()
     opt.step()
     return float(value.detach())
 

@@ -70,7 +70,9 @@ def save_training_state(directory: Path, peft_model, optimizer, loop_state: dict
     """Checkpoint contents: trainable tensors + AdamW state in safetensors, counters in JSON."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in peft_model.named_parameters() if p.requires_grad}
-    opt = optimizer.state_dict()
+    # optimizer=None: a DeepSpeed run, whose ZeRO-sharded AdamW state stays with the engine
+    # (it would only be written as pickles); a resumed DeepSpeed run restarts the moments.
+    opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
     for idx, st in opt["state"].items():
         for key, value in st.items():
             if torch.is_tensor(value):

@@ -124,8 +124,10 @@ def train_loop_per_worker(config: dict) -> None:
         if job.loss == "log_odds_mse":
             targets = boost_targets(run_dir, job, train_rows)
             val_targets = boost_targets(run_dir, job, val_rows) if val_rows else None
-        forward = peft_model
-        if world > 1:
+        forward, engine = peft_model, None
+        t = cfg.train
+        lr = job.lr if job.lr is not None else t.lr
+        if t.strategy != "deepspeed" and world > 1:
             import ray.train.torch as rtt
 
             # A mixed-task batch touches only the heads of the tasks it contains.
@@ -160,6 +162,12 @@ def train_loop_per_worker(config: dict) -> None:
             load_trainable_state(peft_model, params)
             resume = (LoopState(**{k: loop[k] for k in ("step", "best_metric", "best_step", "bad_evals")}), opt_state)
             log.info("adapter %s: resuming from its checkpoint at step %d", job.id, resume[0].step)
+        if t.strategy == "deepspeed":
+            from .deepspeed_engine import build_engine
+
+            # After the checkpoint is loaded: ZeRO copies the parameters into its master partitions here.
+            model.static_graph = True  # same gradient order on every rank (see EncoderClassifier)
+            engine = build_engine(peft_model, t, lr, t.weight_decay, torch.device(device))
 
         from ..observe import MetricsReporter
 
@@ -180,17 +188,16 @@ def train_loop_per_worker(config: dict) -> None:
             else:
                 ray.train.report(report)
 
-        t = cfg.train
         stats = train_adapter(
             peft_model, model, by_name, train_rows,
             epochs=job.epochs if job.epochs is not None else t.epochs,
-            lr=job.lr if job.lr is not None else t.lr,
+            lr=lr,
             batch_size=t.batch_size, seed=job.seed, weight_decay=t.weight_decay, device=device,
             loss=job.loss, targets=targets, regularizer=regularizer,
             validate=validate if val_rows else None,
             evals_per_epoch=t.evals_per_epoch, patience=t.patience,
             metric="loss" if job.loss != "ce" else t.early_stopping_metric,
-            on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward, progress=on_step,
+            on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward, progress=on_step, engine=engine,
         )
         if reporter is not None:
             reporter.close()
