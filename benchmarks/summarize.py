@@ -43,16 +43,32 @@ def _less_or_more(ratio: float) -> str:
 
 
 def _signed(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:+.2f}"
+    return "n/a" if x is None or x != x else f"{x:+.2f}"
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:+.0f}%"
+    return "n/a" if x is None or x != x else f"{100 * x:+.0f}%"
+
+
+def _none_to_nan(obj):
+    """Results keep undefined statistics (e.g. a correlation of 2 points) as null; as NaN they
+    format as 'nan' instead of breaking the page."""
+    if obj is None:
+        return float("nan")
+    if isinstance(obj, dict):
+        return {k: _none_to_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_none_to_nan(v) for v in obj]
+    return obj
+
+
+def _read(path: Path) -> dict:
+    return _none_to_nan(json.loads(path.read_text()))
 
 
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read(path) if path.is_file() else None
 
 
 def _skip(name: str) -> bool:
@@ -75,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"d={est['dim']} (target < 30 s) | \"seconds\" | {est['estimate_s_best']} s (first run {est['estimate_s'][0]} s; "
                      f"+{est['ray_start_s']} s Ray start) | `estimate_speed.md` |")
     for f in sorted(RESULTS.glob("estimation_fidelity_*.json")):
-        d = json.loads(f.read_text())
+        d = _read(f)
         if _skip(f.name):
             continue
         s = d["summary"]
@@ -92,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * s['first_order']['rss_relative']:.2g}% at distance {100 * s['fine_tuning']['mean_relative_distance']:.2f}% | "
                      f"`{f.with_suffix('.md').name}` |")
     for f in sorted(RESULTS.glob("featurize_speed_*.json")):
-        d = json.loads(f.read_text())
+        d = _read(f)
         if _skip(f.name):
             continue
         best = max(d["results"], key=lambda r: r["ours_samples_s"])
@@ -104,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{min(r['ours_vs_plain'] for r in d['results']):.2f}–{max(r['ours_vs_plain'] for r in d['results']):.2f} "
                      f"(best {best['ours_samples_s']:.0f} samples/s at batch {best['batch_size']}) | `{f.with_suffix('.md').name}` |")
     for f in sorted(RESULTS.glob("ensemble_accuracy_*.json")):
-        d = json.loads(f.read_text())
+        d = _read(f)
         if _skip(d["name"]):
             continue
         a = d["aggregate"]["methods"]
@@ -126,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| ensemble vs MTL-FT: accuracy, compute ({d['name']}) | ≈ same accuracy, 45% less compute | "
                          f"{cmp('mtl_ft')}; {_less_or_more(ens['train_flops_mean'] / r['train_flops_mean'])} FLOPs | {src} |")
     for f in sorted(RESULTS.glob("federated_*.json")):
-        d = json.loads(f.read_text())
+        d = _read(f)
         if _skip(d["name"]):
             continue
         c, rep = d["claims"], d["report"]
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for what, fit in sc["fits"].items():
             lines.append(f"| scaling: {what} | – | {fit} | `scaling.md` |")
     for f in sorted(RESULTS.glob("sharpness_*.json")):
-        d = json.loads(f.read_text())
+        d = _read(f)
         if _skip(d["name"]):
             continue
         s, src = d["summary"], f"`{f.with_suffix('.md').name}`"
