@@ -6,6 +6,11 @@ and copies its summary into ``benchmarks/results/estimation_fidelity_<name>.{jso
     python benchmarks/estimation_fidelity.py                       # the GLUE/SuperGLUE mix
     python benchmarks/estimation_fidelity.py --quick               # embedded suite, tiny-bert, 3 subsets
     python benchmarks/estimation_fidelity.py --set fidelity.num_subsets=30
+    python benchmarks/estimation_fidelity.py --reuse --dims 200,800   # + the same subsets at other d
+
+``--dims``: for each extra projection dimension the run directory's prepared data and real
+fine-tuning results are copied to ``<run-dir>_d<d>`` (fine-tuning from θ* does not depend on d;
+fidelity keys it by θ*), the features are recomputed at d, and the estimate is compared again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,18 @@ from elora_ray.estimate.fidelity import run_fidelity  # noqa: E402
 from elora_ray.pipeline import run_stages  # noqa: E402
 
 
+def _num(x, scale: float, spec: str) -> str:
+    """``x * scale`` formatted, or 'n/a' for an undefined statistic (None / NaN)."""
+    return "n/a" if x is None or x != x else format(x * scale, spec)
+
+
+def _dim_row(dim: int, summary: dict) -> dict:
+    best = f"{summary['best_l2_by_relative_error']:g}"
+    return {"dim": dim, "relative_error": summary["loss"]["relative_error"], "best_l2": summary["best_l2_by_relative_error"],
+            "best_relative_error": summary["by_l2"][best]["relative_error"], "spearman": summary["loss"]["spearman"],
+            "spearman_within_task": summary["loss"]["spearman_within_task"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=HERE / "configs" / "glue_fidelity_minilm.yaml")
@@ -32,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert + 3 subsets (smoke test)")
     ap.add_argument("--run-dir", type=Path, default=None, help="default: benchmarks/runs/<name>")
+    ap.add_argument("--dims", default="", help="extra projection dimensions to compare, e.g. 200,800")
     ap.add_argument("--reuse", action="store_true",
                     help="use the run directory's existing features and fine-tuned subsets as they are "
                     "(recompute only the summary), even if the code's data preparation changed since")
@@ -61,7 +79,29 @@ def main(argv: list[str] | None = None) -> int:
                   "speedup_flops": "105x"},
         "summary": summary,
     }
+    by_dim = [_dim_row(cfg.featurize.dim, summary)]
+    for d in [int(x) for x in args.dims.split(",") if x.strip()]:
+        if d == cfg.featurize.dim:
+            continue
+        run_d = run_dir.with_name(f"{run_dir.name}_d{d}")
+        run_d.mkdir(parents=True, exist_ok=True)
+        for sub in ("data", "fidelity/real"):
+            if not (run_d / sub).exists():
+                shutil.copytree(run_dir / sub, run_d / sub)
+        cfg_d = cfg.model_copy(update={"featurize": cfg.featurize.model_copy(update={"dim": d})})
+        run_stages(cfg_d, run_d, until="featurize")
+        by_dim.append(_dim_row(d, run_fidelity(cfg_d, run_d)))
+    by_dim.sort(key=lambda r: r["dim"])
+    data["by_dim"] = by_dim
     md = (run_dir / "fidelity" / "summary.md").read_text()
+    if len(by_dim) > 1:
+        md += ("\n## The same subsets at several projection dimensions d\n\n"
+               "| d | loss relative error (λ as configured) | best λ in sweep: relative error | Spearman overall | Spearman within task |\n"
+               "|---:|---:|---:|---:|---:|\n")
+        for r in by_dim:
+            md += (f"| {r['dim']} | {_num(r['relative_error'], 100, '.1f')}% | λ={r['best_l2']:g}: "
+                   f"{_num(r['best_relative_error'], 100, '.1f')}% | {_num(r['spearman'], 1, '.2f')} | "
+                   f"{_num(r['spearman_within_task'], 1, '.2f')} |\n")
     md += f"\nMachine: {data['machine']['cpu']} ({data['machine']['cores']} cores), {data['machine']['date']}. " \
           f"Command: `python benchmarks/{data['command']}`.\n"
     write_results(f"estimation_fidelity_{name}", data, md)

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 SMOKE: list[tuple[str, list[str], list[str]]] = [
     ("featurize_speed", ["featurize_speed.py", "--quick"], ["featurize_speed_quick.json", "featurize_speed_quick.png"]),
     ("estimate_speed", ["estimate_speed.py", "--quick"], ["estimate_speed_quick.json"]),
-    ("estimation_fidelity", ["estimation_fidelity.py", "--quick"], ["estimation_fidelity_quick.json", "estimation_fidelity_quick.png"]),
+    ("estimation_fidelity", ["estimation_fidelity.py", "--quick", "--dims", "32"], ["estimation_fidelity_quick.json", "estimation_fidelity_quick.png"]),
     ("ensemble_accuracy", ["ensemble_accuracy.py", "--quick", "--seeds", "0"], ["ensemble_accuracy_quick.json", "ensemble_accuracy_quick.png"]),
     ("sharpness", ["sharpness.py", "--quick"], ["sharpness_quick.json", "sharpness_quick.png"]),
     ("scaling", ["scaling.py", "--quick"], ["scaling_quick.json", "scaling_quick.png"]),

@@ -32,7 +32,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..featurize.stage import FEATURE_DIR
+from ..featurize.stage import FEATURE_DIR, theta_star_fingerprint
 from ..featurize.store import read_manifest
 from ..io import write_json, write_parquet, write_text
 from ..raysession import ensure_ray
@@ -152,15 +152,23 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
 
     remote = ray.remote(num_cpus=1, max_retries=1)(finetune_subset)
     cfg_data = cfg.model_dump(mode="json")
-    # Each finished subset is kept (keyed by features, fine-tuning settings, members, seed),
-    # so an interrupted run resumes and a rerun with a different surrogate λ is instant.
-    tag = json.dumps({"features": feat["fingerprint"], "fidelity": {k: getattr(f, k) for k in ("epochs", "lr", "batch_size")}}, sort_keys=True)
+    # Each finished subset is kept (keyed by θ*, fine-tuning settings, members, seed), so an
+    # interrupted run resumes, and a rerun with another surrogate λ or projection dim d (same θ*)
+    # reuses the real fine-tuning. Entries keyed by the features fingerprint (before θ* keys) are
+    # accepted when they match this run's features, and re-keyed.
+    settings = {k: getattr(f, k) for k in ("epochs", "lr", "batch_size")}
+    data_fp = json.loads((run_dir / "data" / "manifest.json").read_text())["fingerprint"]
+    tag = json.dumps({"theta_star": theta_star_fingerprint(cfg, data_fp), "fidelity": settings}, sort_keys=True)
+    legacy_tag = json.dumps({"features": feat["fingerprint"], "fidelity": settings}, sort_keys=True)
     real: dict[int, dict] = {}
     for sid, mem in enumerate(members):
         cached = out / "real" / f"subset-{sid:04d}.json"
         if cached.is_file():
             data = json.loads(cached.read_text())
-            if data.get("tag") == tag and data["members"] == mem and data.get("seed") == seed + sid:
+            if data.get("tag") in (tag, legacy_tag) and data["members"] == mem and data.get("seed") == seed + sid:
+                if data["tag"] != tag:
+                    data["tag"] = tag
+                    write_json(cached, data)
                 real[sid] = data
     if real:
         log.info("fidelity: reusing %d fine-tuned subset(s) from %s", len(real), out / "real")

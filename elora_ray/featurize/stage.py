@@ -54,6 +54,21 @@ def features_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def theta_star_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
+    """What decides θ* (base model, seeded adapter init, probed heads) — not the projection, so
+    real fine-tuning from θ* can be shared between runs that differ only in ``featurize.dim``."""
+    f = cfg.featurize
+    part = {
+        "data": data_fingerprint,
+        "model": cfg.model.model_dump(mode="json"),
+        "adapter": cfg.adapter.model_dump(mode="json"),
+        "probe": {k: getattr(f, k) for k in ("probe", "probe_samples_per_task", "probe_l2")},
+        "seed": cfg.seed,
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _specs(tasks: list[TaskData]) -> list[dict]:
     return [{"name": t.name, "labels": list(t.labels), "verbalizer": t.verbalizer} for t in tasks]
 
