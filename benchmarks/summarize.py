@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| loss relative error, d={s['dim']} ({d['name']}) | < 5% at d ≥ 400 | {100 * s['loss']['relative_error']:.1f}% "
                      f"(λ={s['estimate_l2']:g}; best λ in sweep {s['best_l2_by_relative_error']:g}: "
                      f"{100 * s['by_l2'][best_key]['relative_error']:.1f}%; predicting no change: {100 * s.get('no_change_baseline_relative_error', float('nan')):.1f}%) | `{f.with_suffix('.md').name}` |")
+        if len(d.get("by_dim", [])) > 1:
+            lines.append(f"| loss relative error at d = {', '.join(str(r['dim']) for r in d['by_dim'])} ({d['name']}) | "
+                         f"within 9%, < 5% for d ≥ 400 | "
+                         + "; ".join(f"d={r['dim']}: {100 * r['relative_error']:.1f}% (best λ {100 * r['best_relative_error']:.1f}%), "
+                                     f"Spearman {r['spearman']:.2f}" for r in d["by_dim"]) + f" | `{f.with_suffix('.md').name}` |")
         lines.append(f"| Spearman, estimated vs true ({d['name']}) | up to 0.6 | {s['loss']['spearman']:.2f} overall; "
                      f"{s['loss']['spearman_within_task']:.2f} within task | `{f.with_suffix('.md').name}` |")
         lines.append(f"| FLOPs speed-up of estimation vs fine-tuning ({d['name']}) | 105× | "
