@@ -57,3 +57,18 @@ def write_results(name: str, data: dict, markdown: str, results_dir: Path | None
     _atomic_write(out / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
     _atomic_write(out / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
     return out / f"{name}.json"
+
+
+def publish(name: str, data: dict, markdown: str, plot: Path | None = None) -> Path:
+    """Append the machine/command line to ``markdown``, write ``<name>.json/.md`` (and copy
+    ``plot`` to ``<name>.png``) under the results folder, print the markdown; return the json path."""
+    import shutil
+
+    m = data["machine"]
+    wall = f" Wall time {data['wall_s']:.0f} s." if "wall_s" in data else ""
+    markdown += f"\nMachine: {m['cpu']} ({m['cores']} cores), {m['date']}. Command: `python benchmarks/{data['command']}`.{wall}\n"
+    out = write_results(name, data, markdown)
+    if plot is not None:
+        shutil.copyfile(plot, out.with_suffix(".png"))
+    print(markdown)
+    return out

@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, RUNS, machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RUNS, machine_info, publish  # noqa: E402,I001
 from elora_ray.config import load_config  # noqa: E402
 from elora_ray.estimate.fidelity import run_fidelity  # noqa: E402
 from elora_ray.pipeline import run_stages  # noqa: E402
@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             md += (f"| {r['dim']} | {_num(r['relative_error'], 100, '.1f')}% | λ={r['best_l2']:g}: "
                    f"{_num(r['best_relative_error'], 100, '.1f')}% | {_num(r['spearman'], 1, '.2f')} | "
                    f"{_num(r['spearman_within_task'], 1, '.2f')} |\n")
-    md += f"\nMachine: {data['machine']['cpu']} ({data['machine']['cores']} cores), {data['machine']['date']}. " \
-          f"Command: `python benchmarks/{data['command']}`.\n"
-    write_results(f"estimation_fidelity_{name}", data, md)
-    shutil.copyfile(run_dir / "plots" / "fidelity.png", RESULTS / f"estimation_fidelity_{name}.png")
-    print(md)
+    publish(f"estimation_fidelity_{name}", data, md, run_dir / "plots" / "fidelity.png")
     return 0
 
 

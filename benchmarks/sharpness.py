@@ -13,7 +13,6 @@ Runs ``elora analyze sharpness`` on a config (default: RTE + MRPC with MiniLM, L
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, RUNS, machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RUNS, machine_info, publish  # noqa: E402,I001
 from elora_ray.analyze.generalization import OUT_DIR, run_sharpness  # noqa: E402
 from elora_ray.config import load_config  # noqa: E402
 from elora_ray.pipeline import run_stages  # noqa: E402
@@ -64,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
     }
     md = (run_dir / OUT_DIR / "summary.md").read_text()
-    md += f"\nMachine: {data['machine']['cpu']} ({data['machine']['cores']} cores), {data['machine']['date']}. " \
-          f"Command: `python benchmarks/{data['command']}`. Wall time {data['wall_s']:.0f} s.\n"
-    write_results(f"sharpness_{name}", data, md)
-    shutil.copyfile(run_dir / "plots" / "sharpness.png", RESULTS / f"sharpness_{name}.png")
-    print(md)
+    publish(f"sharpness_{name}", data, md, run_dir / "plots" / "sharpness.png")
     return 0
 
 
