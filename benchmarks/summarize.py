@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         s = d["summary"]
         best_key = f"{s['best_l2_by_relative_error']:g}"
         lines.append(f"| loss relative error, d={s['dim']} ({d['name']}) | < 5% at d ≥ 400 | {100 * s['loss']['relative_error']:.1f}% "
-                     f"(λ={s['estimate_l2']:g}; best λ in sweep {s['best_l2_by_relative_error']:g}: "
+                     f"(λ={s.get('headline', s['estimate_l2'])}; best λ in sweep {s['best_l2_by_relative_error']:g}: "
                      f"{100 * s['by_l2'][best_key]['relative_error']:.1f}%; predicting no change: {100 * s.get('no_change_baseline_relative_error', float('nan')):.1f}%) | `{f.with_suffix('.md').name}` |")
         if len(d.get("by_dim", [])) > 1:
             lines.append(f"| loss relative error at d = {', '.join(str(r['dim']) for r in d['by_dim'])} ({d['name']}) | "

@@ -143,18 +143,39 @@ class FeaturizeConfig(_Section):
 class EstimateConfig(_Section):
     """Stage 2 — k subset regressions on the projected gradients (Ray tasks)."""
 
-    num_subsets: int = Field(200, ge=1)
+    affinity: Literal["transfer", "paper", "first_order"] = "first_order"
+    """Default ``first_order`` (chosen by measurement: on the real planted suites of
+    ``benchmarks/affinity_planted.py`` it recovered the source datasets at least as well as
+    ``transfer``, in milliseconds). ``transfer``: every task is scored on its held-out training samples after each subset fit,
+    a pairwise additive model gives a_ij, normalised by the self-gains (see
+    ``elora_ray/estimate/transfer.py``); ``paper``: eq. 1, the mean of f_i(S) on validation over
+    subsets holding i and j, row-centred; ``first_order``: the closed form ⟨G_i, n_j G_j⟩ at θ*
+    (O(n²d), no subset fits), normalised like ``transfer``."""
+    num_subsets: int | Literal["auto"] = "auto"
+    """k; ``auto``: enough for every task to appear ``appearances`` times (at least 100)."""
     subset_size: int | Literal["auto"] = "auto"
-    """Tasks per subset; ``auto``: about a third of the tasks, between 2 and 8."""
-    l2: float = Field(1e-3, ge=0.0)
-    """λ in mean log(1+exp(−(h0 + g̃ᵀw))) + λ‖w‖²."""
+    """Tasks per subset; ``auto``: about a third of the tasks, between 2 and 10, below n."""
+    appearances: int = Field(40, ge=1)
+    """``num_subsets: auto`` target: subsets each task appears in (k = appearances·n/size)."""
+    l2: float | Literal["auto"] = "auto"
+    """λ on the mean loss of the surrogate. ``auto``: follows the fine-tuning it predicts,
+    λ_S = c·train.batch_size / (2·train.lr·train.epochs·N_S) for a subset of N_S samples, with c
+    from ``elora calibrate`` (or ``calibration``, or the default 0.0025). A number fixes λ."""
+    calibration: float | None = Field(None, gt=0.0)
+    """The constant c of ``l2: auto``; default: the run's / cached ``elora calibrate`` result."""
     max_iter: int = Field(200, ge=1)
     subsets_per_task: int | Literal["auto"] = "auto"
     """Subsets solved per Ray task; ``auto``: enough for ~4 Ray tasks per CPU."""
     metric: Literal["loss", "accuracy"] = "loss"
-    """What f_i(S) is in the affinity matrix (negated loss, so larger is better; or accuracy)."""
+    """``affinity: paper`` only: what f_i(S) is (negated loss, so larger is better; or accuracy)."""
     seed: int | None = None
-    """Subset sampling seed; default the run seed."""
+    """Subset sampling (and sample halves) seed; default the run seed."""
+
+    @model_validator(mode="after")
+    def _metric_needs_paper(self) -> "EstimateConfig":
+        if self.metric == "accuracy" and self.affinity != "paper":
+            raise ValueError("metric: accuracy applies to affinity: paper only (transfer and first_order use the loss)")
+        return self
 
 
 class ClusterConfig(_Section):
@@ -164,6 +185,11 @@ class ClusterConfig(_Section):
     max_groups: int = Field(8, ge=1)
     trace_weight: float | None = None
     """Use the paper's trace-regularised SDP with this λ (m comes from the rounding)."""
+    select_m: Literal["heldout", "density"] = "heldout"
+    """How ``num_groups: auto`` picks m in 1..max_groups. ``heldout``: cluster the affinity
+    estimated on one half of every task's samples, and keep the m whose block-constant fit best
+    predicts the other half's (both ways; needs the halves the transfer / first_order affinity
+    writes). ``density``: the largest average density (the paper's; tends to under-split)."""
     solver: Literal["SCS", "CLARABEL"] = "SCS"
     max_sdp_tasks: int | None = None
     """Above this many tasks fall back to spectral clustering (default: the module's)."""

@@ -25,7 +25,8 @@ def test_subsets_are_seeded_distinct_and_balanced():
     assert len(pairs) == 45
     with pytest.raises(ValueError):
         sample_subsets(3, 5, 4, 0)
-    assert default_subset_size(10) == 3 and default_subset_size(2) == 2 and default_subset_size(500) == 8
+    assert default_subset_size(10) == 3 and default_subset_size(3) == 2 and default_subset_size(2) == 1
+    assert default_subset_size(500) == 10 and default_subset_size(7) == 2
 
 
 def test_surrogate_matches_an_independent_torch_solution():

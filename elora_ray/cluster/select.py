@@ -141,6 +141,79 @@ def _trace_mode(S: np.ndarray, trace_weight: float, *, use_sdp: bool, reason: st
     return best[0], rows, "spectral-fallback", reason
 
 
+def block_means(T: np.ndarray, labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The block-constant model of symmetrised T's off-diagonal entries under a partition (diagonal 0)."""
+    T = symmetrize(T)
+    lab = canonical_labels(labels)
+    n = lab.size
+    m = int(lab.max()) + 1
+    V = np.zeros((n, m))
+    V[np.arange(n), lab] = 1.0
+    off = 1.0 - np.eye(n)
+    sums = V.T @ (T * off) @ V
+    counts = V.T @ off @ V
+    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return (V @ means @ V.T) * off
+
+
+def heldout_errors(fit_on: np.ndarray, labels: Sequence[int] | np.ndarray, check_on: np.ndarray) -> np.ndarray:
+    """Squared errors of the block means of ``fit_on`` (under ``labels``) against ``check_on``, off-diagonal.
+
+    Too few groups miss real structure; too many fit the noise of ``fit_on``, which the independent
+    ``check_on`` does not share, so the error is smallest near the true number of groups.
+    """
+    n = fit_on.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    return (block_means(fit_on, labels) - symmetrize(check_on))[off] ** 2
+
+
+def heldout_error(fit_on: np.ndarray, labels: Sequence[int] | np.ndarray, check_on: np.ndarray) -> float:
+    """Mean of :func:`heldout_errors`."""
+    return float(heldout_errors(fit_on, labels, check_on).mean())
+
+
+def _heldout_mode(S: np.ndarray, halves: tuple[np.ndarray, np.ndarray], names: Sequence[str], *, use_sdp: bool,
+                  reason: str | None, solver: str, max_iters: int | None, max_groups: int, seed: int,
+                  progress: bool) -> tuple[np.ndarray, list[dict], str, str | None]:
+    """Choose m in 1..max_groups by held-out error between the two halves; partition S at that m."""
+    n = S.shape[0]
+    A, B = (symmetrize(validate_affinity(h)) for h in halves)
+    if A.shape != S.shape or B.shape != S.shape:
+        raise ValueError(f"affinity halves must be {S.shape} like the affinity; got {A.shape} and {B.shape}")
+    ms = list(range(1, min(max_groups, n) + 1))
+    eigs = {id(M): spectral_eig(M, ms[-1]) for M in (S, A, B)}
+    rows: list[dict] = []
+    found: list[np.ndarray] = []
+    why = reason
+    for m in tqdm(ms, desc="cluster: m candidates (held-out)", disable=not progress):
+        if m == 1:
+            lab = lab_a = lab_b = np.zeros(n, dtype=np.int64)
+            row = {"m": 1, "score": average_density(S, lab), "solve_s": 0.0, "method": "trivial", "status": "optimal",
+                   "rounding": None}
+        else:
+            kw = dict(use_sdp=use_sdp, reason=reason, solver=solver, max_iters=max_iters, seed=seed)
+            lab_a, _, _ = _fixed_m(A, m, eig=eigs[id(A)], **kw)
+            lab_b, _, _ = _fixed_m(B, m, eig=eigs[id(B)], **kw)
+            lab, row, w = _fixed_m(S, m, eig=eigs[id(S)], **kw)
+            why = w or why
+        errs = (heldout_errors(A, lab_a, B) + heldout_errors(B, lab_b, A)) / 2
+        row["heldout_error"] = float(errs.mean())
+        row["heldout_se"] = float(errs.std(ddof=1) / np.sqrt(errs.size)) if errs.size > 1 else 0.0
+        rows.append(row)
+        found.append(lab)
+    # One-standard-error rule (as in cross-validation): the smallest m whose held-out error is within
+    # one standard error of the minimum. Past the true m the error curve is flat up to noise (sub-
+    # structure within a dataset), and the smaller m is the one the data supports.
+    low = min(range(len(rows)), key=lambda r: rows[r]["heldout_error"])
+    bar = rows[low]["heldout_error"] + rows[low]["heldout_se"]
+    pick = next(r for r in range(len(rows)) if rows[r]["heldout_error"] <= bar)
+    for r, row in enumerate(rows):
+        row["selected"] = r == pick
+    best = (found[pick], rows[pick])
+    method = best[1]["method"] if best[1]["method"] != "trivial" else ("sdp" if use_sdp else "spectral-fallback")
+    return best[0], rows, method, why
+
+
 @single_threaded  # see rounding.single_threaded for the measurements behind this
 def cluster_tasks(
     T: np.ndarray,
@@ -154,6 +227,8 @@ def cluster_tasks(
     seed: int = 0,
     progress: bool = False,
     max_iters: int | None = None,
+    halves: tuple[np.ndarray, np.ndarray] | None = None,
+    select_m: str = "heldout",
 ) -> ClusterResult:
     """Partition n tasks into groups maximising the average intra-cluster density of the affinity ``T``.
 
@@ -163,6 +238,10 @@ def cluster_tasks(
     With more than ``max_sdp_tasks`` tasks, or when the solver fails or is inaccurate, the spectral
     fallback is used: a warning is logged and ``method``/``reason`` of the result say so.
     ``max_iters`` caps solver iterations (default: 5000 for SCS, the solver's own default otherwise).
+    ``select_m="heldout"`` with ``halves`` (two independent estimates of T, e.g. from two halves of every
+    task's samples) chooses m in 1..max_groups instead by held-out error: the partition of one half, as a
+    block-constant model of its off-diagonal entries, predicts the other half (both ways; see
+    :func:`heldout_errors`); the smallest m within one standard error of the minimum wins. Without halves "auto" falls back to the density criterion.
     """
     T = _validate(T, names, num_groups, max_groups, trace_weight, solver, max_sdp_tasks)
     S = symmetrize(T)
@@ -183,6 +262,10 @@ def cluster_tasks(
         lab, rows, method, reason = _trace_mode(S, float(trace_weight), use_sdp=use_sdp, reason=reason,
                                                 solver=solver, max_iters=max_iters, max_groups=max_groups,
                                                 seed=seed, progress=progress)
+    elif num_groups == "auto" and select_m == "heldout" and halves is not None and n > 2:
+        lab, rows, method, reason = _heldout_mode(S, halves, names, use_sdp=use_sdp, reason=reason, solver=solver,
+                                                  max_iters=max_iters, max_groups=max_groups, seed=seed,
+                                                  progress=progress)
     else:
         ms = [int(num_groups)] if num_groups != "auto" else list(range(2, min(max_groups, n) + 1)) or [1]
         best: tuple[np.ndarray, dict, str | None] | None = None

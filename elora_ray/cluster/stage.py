@@ -1,7 +1,8 @@
 """Stage 3 — cluster: partition the tasks by the affinity matrix; ``groups.json`` + heatmap.
 
-Reads ``affinity.csv`` (written by ``estimate``), writes ``groups.json`` (groups, m, score,
-method, candidates, and — on the embedded suite — the adjusted Rand index against the
+Reads ``affinity.csv`` (and the half-sample estimates next to it, which choose m; written by
+``estimate``), writes ``groups.json`` (groups, m, score, method, candidates with each m's
+criterion values, and — on the embedded suite — the adjusted Rand index against the
 planted groups) and ``plots/affinity.png`` ordered by cluster.
 """
 
@@ -22,12 +23,16 @@ log = logging.getLogger(__name__)
 
 
 def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
-    from ..estimate.stage import read_affinity
+    from ..estimate.stage import HALF_FILES, read_affinity, read_affinity_halves
 
     names, A = read_affinity(run_dir)
+    halves = read_affinity_halves(run_dir)
     c = cfg.cluster
-    fp_src = {"affinity": hashlib.sha256((run_dir / "affinity.csv").read_bytes()).hexdigest()[:16],
-              "cluster": c.model_dump(mode="json"), "seed": cfg.seed}
+    digest = hashlib.sha256((run_dir / "affinity.csv").read_bytes())
+    if halves is not None:
+        for f in HALF_FILES:
+            digest.update((run_dir / f).read_bytes())
+    fp_src = {"affinity": digest.hexdigest()[:16], "cluster": c.model_dump(mode="json"), "seed": cfg.seed}
     fp = hashlib.sha256(json.dumps(fp_src, sort_keys=True).encode()).hexdigest()[:16]
     out = run_dir / "groups.json"
     if out.is_file() and not force:
@@ -41,10 +46,13 @@ def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
     try:
         result = cluster_tasks(
             A, names, num_groups=c.num_groups, max_groups=min(c.max_groups, len(names)), trace_weight=c.trace_weight,
-            solver=c.solver, seed=cfg.seed, progress=progress, **kwargs,
+            solver=c.solver, seed=cfg.seed, progress=progress, halves=halves, select_m=c.select_m, **kwargs,
         )
     except ValueError as exc:  # bad cluster settings for these tasks (e.g. num_groups > n) or a bad matrix
         raise ConfigError(f"cluster: {exc} (affinity from {run_dir / 'affinity.csv'})") from None
+    if c.num_groups == "auto" and c.trace_weight is None and c.select_m == "heldout" and halves is None:
+        log.warning("cluster: select_m=heldout needs the affinity halves (estimate.affinity transfer or first_order); "
+                    "chose m by average density instead")
     if result.reason:
         log.warning("cluster: %s used: %s", result.method, result.reason)
     data = {"fingerprint": fp, **result.to_dict()}

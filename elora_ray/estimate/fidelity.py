@@ -37,11 +37,15 @@ from ..featurize.store import read_manifest
 from ..io import write_json, write_parquet, write_text
 from ..raysession import ensure_ray
 from .stage import load_estimation_features
+from .calibration import calibration_constant, regularisation
+from .stage import subset_plan
 from .subsets import default_subset_size, sample_subsets
 from .surrogate import evaluate, fit_surrogate
 
 log = logging.getLogger(__name__)
 L2_GRID = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+#: Calibration constants tried around the current one (``l2: auto``): c × these.
+C_MULTIPLIERS = (1 / 16, 1 / 4, 1 / 2, 1.0, 2.0, 4.0, 16.0)
 
 
 def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int) -> dict:
@@ -129,22 +133,31 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     members = [[names[i] for i in s] for s in subsets]
     out = run_dir / "fidelity"
 
-    # Estimated side: every l2 of the grid (seconds), the configured one is the headline.
-    l2s = sorted(set(L2_GRID) | {cfg.estimate.l2})
-    est: dict[float, list[dict]] = {l2: [] for l2 in l2s}
+    # Estimated side: every fixed λ of the grid and every calibration constant c of the ``l2: auto`` rule
+    # (λ_S follows the fine-tuning measured here: fidelity.lr / epochs / batch_size and N_S), in seconds.
+    # The configured one (estimate.l2, or the auto rule with the current constant) is the headline.
+    constant, constant_source = calibration_constant(cfg, run_dir)
+    variants: dict[str, tuple[str, float]] = {f"{l2:g}": ("fixed", l2) for l2 in L2_GRID}
+    for mult in C_MULTIPLIERS:
+        variants[f"c={constant * mult:.3g}"] = ("auto", constant * mult)
+    key = f"{cfg.estimate.l2:g}" if cfg.estimate.l2 != "auto" else f"c={constant:.3g}"
+    if key not in variants:
+        variants[key] = ("fixed", float(cfg.estimate.l2))
+    est: dict[str, list[dict]] = {v: [] for v in variants}
     t_est = time.perf_counter()
     solver_flops = 0.0
     for sid, mem in enumerate(members):
         g = np.concatenate([feats[m][0] for m in mem])
         h0 = np.concatenate([feats[m][1] for m in mem])
-        for l2 in l2s:
+        for v, (kind, value) in variants.items():
+            l2 = value if kind == "fixed" else regularisation(value, len(h0), f.lr, f.epochs, f.batch_size)
             fit = fit_surrogate(g, h0, l2=l2, max_iter=cfg.estimate.max_iter)
-            if l2 == cfg.estimate.l2:
+            if v == key:
                 solver_flops += 4.0 * g.shape[0] * g.shape[1] * max(1, fit.iterations + 1)
             for m in mem:
                 loss, acc = evaluate(feats[m][2], feats[m][3], fit.w)
-                est[l2].append({"subset_id": sid, "task": m, "est_loss": loss, "est_accuracy": acc})
-    est_solve_s = (time.perf_counter() - t_est) / len(l2s)
+                est[v].append({"subset_id": sid, "task": m, "est_loss": loss, "est_accuracy": acc})
+    est_solve_s = (time.perf_counter() - t_est) / len(variants)
 
     # Real side: one Ray task per subset.
     ensure_ray(cfg.ray)
@@ -189,10 +202,9 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         for r in real[sid]["rows"]:
             rows.append({"subset_id": sid, "members": members[sid], **r, "relative_distance": real[sid]["relative_distance"]})
     table = pd.DataFrame(rows)
-    for l2 in l2s:
-        e = pd.DataFrame(est[l2]).rename(columns={"est_loss": f"est_loss@{l2:g}", "est_accuracy": f"est_accuracy@{l2:g}"})
+    for v in variants:
+        e = pd.DataFrame(est[v]).rename(columns={"est_loss": f"est_loss@{v}", "est_accuracy": f"est_accuracy@{v}"})
         table = table.merge(e, on=["subset_id", "task"])
-    key = f"{cfg.estimate.l2:g}"
     table["est_loss"] = table[f"est_loss@{key}"]
     table["est_accuracy"] = table[f"est_accuracy@{key}"]
     write_parquet(out / "results.parquet", __import__("pyarrow").Table.from_pandas(table, preserve_index=False))
@@ -210,10 +222,14 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
             "spearman_of_changes": float(spearmanr(d_est, d_true).statistic),
         }
 
-    per_l2 = {f"{l2:g}": agreement(f"est_loss@{l2:g}") for l2 in l2s}
+    per_l2 = {v: agreement(f"est_loss@{v}") for v in variants if variants[v][0] == "fixed"}
+    per_c = {v: agreement(f"est_loss@{v}") for v in variants if variants[v][0] == "auto"}
     best_l2 = min(per_l2, key=lambda k: per_l2[k]["relative_error"])
+    best_c = min(per_c, key=lambda k: per_c[k]["relative_error"])
     acc_rel = float(((table["est_accuracy"] - table["true_accuracy"]).abs() / table["true_accuracy"].clip(lower=1e-9)).mean())
-    k_full = cfg.estimate.num_subsets
+    k_full = subset_plan(cfg, n)[0]
+    acc0 = {m: float((np.asarray(feats[m][3]) > 0).mean()) for m in names}
+    true_acc0 = table["task"].map(acc0)
     train_flops = sum(r["train_flops"] for r in real.values())
     train_s = sum(r["train_seconds"] for r in real.values())
     feat_flops = float(feat["flops"])
@@ -224,18 +240,24 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         "tasks": n,
         "dim": feat["dim"],
         "estimate_l2": cfg.estimate.l2,
+        "headline": key,
+        "calibration_constant": {"value": constant, "source": constant_source},
         "fine_tuning": {"epochs": f.epochs, "lr": f.lr, "batch_size": f.batch_size,
                         "mean_relative_distance": float(np.mean([r["relative_distance"] for r in real.values()]))},
         "first_order": {
             "rss_relative": float(table["rss_h"].sum() / table["ss_h"].sum()),
             "unexplained_change": float(table["rss_h"].sum() / max(table["ss_change"].sum(), 1e-30)),
         },
-        "loss": per_l2[key],
+        "loss": {**per_l2, **per_c}[key],
         "accuracy_relative_error": acc_rel,
+        "no_change_baseline_accuracy_relative_error": float(((true_acc0 - table["true_accuracy"]).abs()
+                                                              / table["true_accuracy"].clip(lower=1e-9)).mean()),
         # Context for the relative error: predicting "no change" (the loss at θ*) scores this.
         "no_change_baseline_relative_error": float(((table["true_loss0"] - table["true_loss"]).abs() / table["true_loss"]).mean()),
         "by_l2": per_l2,
         "best_l2_by_relative_error": float(best_l2),
+        "by_calibration_constant": per_c,
+        "best_calibration_constant": float(best_c.split("=", 1)[1]),
         "cost": {
             "featurize_flops": feat_flops,
             "regression_flops": solver_flops,
@@ -269,7 +291,7 @@ def render_summary(s: dict) -> str:
     lines = [
         "# Estimation fidelity",
         "",
-        f"{s['subsets']} subsets of {s['subset_size']} of {s['tasks']} tasks; d={s['dim']}; surrogate λ={s['estimate_l2']:g}; "
+        f"{s['subsets']} subsets of {s['subset_size']} of {s['tasks']} tasks; d={s['dim']}; surrogate λ: {s.get('headline', s['estimate_l2'])}; "
         f"real fine-tuning {s['fine_tuning']['epochs']:g} epoch(s), lr {s['fine_tuning']['lr']:g}, "
         f"mean relative distance ‖X−θ*‖/‖θ‖ = {100 * s['fine_tuning']['mean_relative_distance']:.3f}%.",
         "",
@@ -281,6 +303,7 @@ def render_summary(s: dict) -> str:
         f"| Spearman of loss changes vs θ* | {lo['spearman_of_changes']:.3f} |",
         f"| accuracy relative error | {100 * s['accuracy_relative_error']:.2f}% |",
         f"| for context: relative error of predicting no change (loss at θ*) | {100 * s['no_change_baseline_relative_error']:.2f}% |",
+        f"| for context: accuracy relative error of predicting no change | {100 * s.get('no_change_baseline_accuracy_relative_error', float('nan')):.2f}% |",
         f"| first-order RSS error of h, Σ(h−ĥ)²/Σh² | {fo['rss_relative']:.3e} |",
         f"| unexplained share of the change in h, Σ(h−ĥ)²/Σ(h−h0)² | {fo['unexplained_change']:.3f} |",
         f"| FLOPs: fine-tune these subsets / (featurize + regressions) | {c['flops_ratio_same_subsets']:.1f}× |",
@@ -288,12 +311,13 @@ def render_summary(s: dict) -> str:
         f"| wall time ratio, these subsets | {c['seconds_ratio_same_subsets']:.1f}× |",
         f"| wall time ratio extrapolated to k={c['extrapolated_to_subsets']} | {c['seconds_ratio_extrapolated']:.1f}× |",
         "",
-        "Surrogate λ sweep (same fine-tuning runs):",
+        "Surrogate λ sweep (same fine-tuning runs): fixed λ, then `l2: auto` with calibration constant c:",
         "",
         "| λ | relative error | Spearman | within task | of changes |",
         "|---:|---:|---:|---:|---:|",
     ]
-    for l2, a in s["by_l2"].items():
+    rows = list(s["by_l2"].items()) + list(s.get("by_calibration_constant", {}).items())
+    for l2, a in rows:
         w = "–" if a["spearman_within_task"] is None else f"{a['spearman_within_task']:.3f}"
         lines.append(f"| {l2} | {100 * a['relative_error']:.2f}% | {a['spearman']:.3f} | {w} | {a['spearman_of_changes']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -7,9 +7,44 @@ import math
 import numpy as np
 
 
+#: Tasks per subset at most (the paper used subsets of 10 for 500 tasks).
+MAX_AUTO_SUBSET_SIZE = 10
+#: ``estimate.num_subsets: auto`` samples enough subsets for each task to appear this often.
+DEFAULT_APPEARANCES = 40
+#: ... and never fewer subsets than this.
+MIN_AUTO_SUBSETS = 100
+
+
 def default_subset_size(n: int) -> int:
-    """About a third of the tasks, between 2 and 8 (and never more than n)."""
-    return max(1, min(n, max(2, min(8, round(n / 3)))))
+    """About a third of the tasks, between 2 and 10, and below n so some subsets leave each task out."""
+    if n <= 2:
+        return 1
+    return max(2, min(n - 1, MAX_AUTO_SUBSET_SIZE, round(n / 3)))
+
+
+def default_num_subsets(n: int, size: int, appearances: int = DEFAULT_APPEARANCES) -> int:
+    """k such that every task appears about ``appearances`` times (k·size/n), at least 100.
+
+    k grows linearly with n at a fixed subset size, so the cost of the estimate stage is linear
+    in n; k ≥ 4n keeps the pairwise transfer model (n unknowns per task) well determined.
+    """
+    return max(MIN_AUTO_SUBSETS, math.ceil(appearances * n / max(size, 1)))
+
+
+def design_stats(n: int, subsets: list[tuple[int, ...]]) -> dict:
+    """How often each task appears and each pair co-occurs in ``subsets`` (reported by estimate)."""
+    X = np.zeros((len(subsets), n))
+    for r, s in enumerate(subsets):
+        X[r, list(s)] = 1.0
+    app = X.sum(0)
+    co = X.T @ X
+    off = ~np.eye(n, dtype=bool)
+    return {
+        "appearances_per_task": {"mean": float(app.mean()), "min": int(app.min()), "max": int(app.max())},
+        "cooccurrences_per_pair": {"mean": float(co[off].mean()) if n > 1 else 0.0,
+                                   "pairs_never_together": float((co[off] == 0).mean()) if n > 1 else 0.0},
+        "absences_per_task": {"mean": float(len(subsets) - app.mean()), "min": int(len(subsets) - app.max())},
+    }
 
 
 def sample_subsets(n: int, k: int, size: int, seed: int) -> list[tuple[int, ...]]:

@@ -35,6 +35,7 @@ from ..cluster.select import cluster_tasks
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..estimate.affinity import affinity_matrix
+from ..estimate.calibration import FEDERATED_AUTO_L2
 from ..estimate.subsets import sample_subsets
 from ..estimate.surrogate import evaluate as surrogate_loss
 from ..estimate.surrogate import fit_surrogate
@@ -58,7 +59,7 @@ def _source(cfg: RunConfig) -> Path:
 def _fingerprint(cfg: RunConfig) -> dict:
     return {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
             "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries"}),
-            "featurize_dim": cfg.featurize.dim, "estimate_l2": cfg.estimate.l2, "boost": cfg.boost.model_dump(mode="json"),
+            "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg), "boost": cfg.boost.model_dump(mode="json"),
             "ensemble_weights": cfg.ensemble.weights, "seed": cfg.seed, "source": str(_source(cfg))}
 
 
@@ -310,7 +311,7 @@ class _Run:
         chunks = _chunks(list(enumerate(subsets)), max(1, len(subsets) // (4 * cluster_cpus())))
         t0 = time.perf_counter()
         # on the pool's actors: they hold the CPUs, so separate Ray tasks would wait for them forever
-        res = self.pool.map("fit_subsets", [(k, (ch, ref, names, self.cfg.estimate.l2)) for k, ch in enumerate(chunks)],
+        res = self.pool.map("fit_subsets", [(k, (ch, ref, names, federated_l2(self.cfg))) for k, ch in enumerate(chunks)],
                             desc="subset regressions")
         if res.failed:
             raise RuntimeError(f"subset regressions failed: {next(iter(res.failed.values()))}")
@@ -422,6 +423,11 @@ class _Run:
             learner = dict(load_file(str(self.fed / "adapters" / f"boost-{s['step']}.safetensors")))
             members[s["group"]] += [(s["coef"], learner), (-s["coef"], self.theta_star)]
         return steps
+
+
+def federated_l2(cfg: RunConfig) -> float:
+    """The surrogate λ of the federated affinity (``auto``: the fixed value it was benchmarked with)."""
+    return FEDERATED_AUTO_L2 if cfg.estimate.l2 == "auto" else float(cfg.estimate.l2)
 
 
 def fit_subsets(chunk, feats: dict, names: list[str], l2: float) -> list[dict]:

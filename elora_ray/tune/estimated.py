@@ -21,6 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit
 
 from ..boost.linearized import fit_residual
+from ..estimate.calibration import resolve_l2
 from ..estimate.surrogate import fit_surrogate
 
 
@@ -46,7 +47,7 @@ def iter_estimated_path(
     groups: Sequence[Sequence[str]],
     steps: int,
     *,
-    l2: float = 1e-3,
+    l2: float | dict = 1e-3,
     boost_l2: float = 1e-3,
     step_size: float = 0.1,
     line_search: bool = True,
@@ -58,7 +59,7 @@ def iter_estimated_path(
     for g in groups:
         gt = np.concatenate([feats[t].train_g for t in g]).astype(np.float64)
         h0 = np.concatenate([feats[t].train_h0 for t in g]).astype(np.float64)
-        w = fit_surrogate(gt, h0, l2=l2, max_iter=max_iter).w
+        w = fit_surrogate(gt, h0, l2=resolve_l2(l2, len(h0)), max_iter=max_iter).w
         train_h.append({t: feats[t].train_h0 + feats[t].train_g.astype(np.float64) @ w for t in g})
         val_h.append({t: feats[t].val_h0 + feats[t].val_g.astype(np.float64) @ w for t in g})
 

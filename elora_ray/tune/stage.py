@@ -22,7 +22,7 @@ import pandas as pd
 from ..cluster.select import cluster_tasks
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..estimate.stage import load_estimation_features, read_affinity
+from ..estimate.stage import l2_rule, load_estimation_features, read_affinity
 from ..io import write_json, write_text
 from ..raysession import ensure_ray
 from .estimated import TaskFeatureArrays, iter_estimated_path
@@ -45,7 +45,7 @@ def estimated_trial(config: dict, names: list[str], affinity: np.ndarray, feats:
         groups, density = res.groups, float(res.score)
     best = float("inf")
     for snap in iter_estimated_path(
-        feats, groups, settings["max_boost_steps"], l2=float(config.get("l2", settings["l2"])),
+        feats, groups, settings["max_boost_steps"], l2=config.get("l2", settings["l2"]),
         boost_l2=settings["boost_l2"], step_size=settings["step_size"], line_search=settings["line_search"],
     ):
         best = min(best, snap["val_loss"])
@@ -71,7 +71,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         raise ConfigError(f"{run / 'affinity.csv'} and the features disagree on the tasks: rerun `elora estimate`")
     feats = {k: TaskFeatureArrays(*v) for k, v in raw.items()}
     settings = {
-        "solver": cfg.cluster.solver, "seed": cfg.seed, "max_boost_steps": t.max_boost_steps, "l2": cfg.estimate.l2,
+        "solver": cfg.cluster.solver, "seed": cfg.seed, "max_boost_steps": t.max_boost_steps, "l2": l2_rule(cfg, run)[0],
         "boost_l2": cfg.boost.l2, "step_size": cfg.boost.step_size, "line_search": cfg.boost.line_search,
     }
     space: dict = {"m": tune.grid_search(list(range(lo, hi + 1)))}
@@ -117,7 +117,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         hist = r.metrics_dataframe
         for _, h in hist.iterrows():
             rows.append({
-                "m": int(r.config["m"]), "l2": float(r.config.get("l2", cfg.estimate.l2)), "b": int(h["boost_steps"]),
+                "m": int(r.config["m"]), "l2": float(r.config["l2"]) if "l2" in r.config else (float(cfg.estimate.l2) if cfg.estimate.l2 != "auto" else float("nan")), "b": int(h["boost_steps"]),
                 "val_loss": float(h[METRIC]), "val_accuracy": float(h["val_accuracy"]), "train_loss": float(h["train_loss"]),
                 "density": float(h["density"]), "stopped_at": int(hist["boost_steps"].max()),
             })
@@ -127,7 +127,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     groups = [list(names)] if m_best == 1 else cluster_tasks(
         affinity, names, num_groups=m_best, solver=cfg.cluster.solver, seed=cfg.seed).groups
     best = {
-        "m": int(best_row["m"]), "b": int(best_row["b"]), "l2": float(best_row["l2"]),
+        "m": int(best_row["m"]), "b": int(best_row["b"]), "l2": None if pd.isna(best_row["l2"]) else float(best_row["l2"]),
         "val_loss": float(best_row["val_loss"]), "val_accuracy": float(best_row["val_accuracy"]),
         "estimated_val_loss": float(best_row["val_loss"]) if t.objective == "estimated" else None,
         "estimated_val_accuracy": float(best_row["val_accuracy"]) if t.objective == "estimated" else None,
@@ -141,7 +141,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     plot_tune(table, run / "plots" / "tune_objective.png", t.objective)
     from ..observe import MetricsReporter, sync_mlflow
 
-    for (m, l2), trial in table.groupby(["m", "l2"]):
+    for (m, l2), trial in table.groupby(["m", "l2"], dropna=False):
         scope = f"tune/{t.objective}/m{int(m)}" + (f"_l2_{l2:g}" if table["l2"].nunique() > 1 else "")
         with MetricsReporter(run, scope, cfg.report_to) as rep:
             for _, r in trial.iterrows():
@@ -161,7 +161,8 @@ def plot_tune(table: pd.DataFrame, path: Path, objective: str = "estimated") -> 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    base = table[table["l2"] == table["l2"].iloc[0]]
+    first = table["l2"].iloc[0]
+    base = table[table["l2"].isna()] if pd.isna(first) else table[table["l2"] == first]
     for b, sub in base.groupby("b"):
         ax.plot(sub["m"], sub["val_loss"], marker="o", label=f"b = {b}")
     best = table.loc[table["val_loss"].idxmin()]
