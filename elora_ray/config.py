@@ -151,9 +151,9 @@ class EstimateConfig(_Section):
     ``elora_ray/estimate/transfer.py``); ``paper``: eq. 1, the mean of f_i(S) on validation over
     subsets holding i and j, row-centred; ``first_order``: the closed form ⟨G_i, n_j G_j⟩ at θ*
     (O(n²d), no subset fits), normalised like ``transfer``."""
-    num_subsets: int | Literal["auto"] = "auto"
+    num_subsets: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """k; ``auto``: enough for every task to appear ``appearances`` times (at least 100)."""
-    subset_size: int | Literal["auto"] = "auto"
+    subset_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """Tasks per subset; ``auto``: about a third of the tasks, between 2 and 10, below n."""
     appearances: int = Field(40, ge=1)
     """``num_subsets: auto`` target: subsets each task appears in (k = appearances·n/size)."""

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from scipy.special import log_expit
 
 #: Ridge on the k × n membership design, relative to the mean diagonal of XᵀX.
 DEFAULT_DESIGN_RIDGE = 1e-3
@@ -52,17 +51,6 @@ def sample_halves(sample_ids: np.ndarray, seed: int) -> np.ndarray:
     half = np.empty(len(keys), dtype=np.int8)
     half[order] = np.arange(len(keys)) % 2
     return half
-
-
-def half_losses(g: np.ndarray, h0: np.ndarray, half: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """Mean log loss of the linearised model on each half of one task's samples."""
-    margin = np.asarray(h0, dtype=np.float64) + np.asarray(g, dtype=np.float64) @ w
-    loss = -log_expit(margin)
-    out = []
-    for p in (0, 1):
-        sel = half == p
-        out.append(float(loss[sel].mean()) if sel.any() else float(loss.mean()))
-    return out[0], out[1]
 
 
 def fit_pairwise(membership: np.ndarray, gains: np.ndarray, ridge: float = DEFAULT_DESIGN_RIDGE) -> np.ndarray:
