@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, default=None, help="jsonl file with a 'text' field per line")
     p.add_argument("--batch-size", type=int, default=32)
 
+    p = sub.add_parser("calibrate", help="fit the surrogate's regularisation constant from a few real fine-tunes",
+                       description="Really fine-tune --subsets random task subsets with the train settings and keep "
+                       "the constant c of estimate.l2: auto (λ = c·batch/(2·lr·epochs·N)) that predicts their validation "
+                       "loss best. Writes --out/calibration.json (and the user cache, reused by later runs of the same "
+                       "model + adapter). Runs featurize first if needed.")
+    _common(p)
+    p.add_argument("--subsets", type=int, default=6, help="subsets to fine-tune (default 6)")
+
     p = sub.add_parser("fidelity", help="estimated vs really fine-tuned subset performance (+ cost ratio)",
                        description="Really fine-tune the adapter on fidelity.num_subsets random task subsets "
                        "(one Ray task each) and compare with the linearised estimate: first-order error of h, "
@@ -219,6 +227,18 @@ def _cmd_fidelity(args) -> None:
     summary = run_fidelity(cfg, args.out)
     print((args.out / "fidelity" / "summary.md").read_text(), end="")
     del summary
+
+
+def _cmd_calibrate(args) -> None:
+    from .errors import ConfigError
+    from .estimate.calibration import calibrate, render_calibration
+    from .pipeline import run_stages
+
+    if args.subsets < 2:
+        raise ConfigError(f"--subsets must be at least 2; got {args.subsets}")
+    cfg = load_config(args.config, args.overrides)
+    run_stages(cfg, args.out, until="featurize")
+    print(render_calibration(calibrate(cfg, args.out, num_subsets=args.subsets)), end="")
 
 
 def _cmd_tune(args) -> None:
@@ -330,6 +350,7 @@ COMMANDS = {
     "tune": _cmd_tune,
     "federated": _cmd_federated,
     "fidelity": _cmd_fidelity,
+    "calibrate": _cmd_calibrate,
     "analyze": _cmd_analyze,
     "validate": _cmd_validate,
     "config": _cmd_config,

@@ -33,3 +33,45 @@ def test_fidelity_small_steps_are_first_order_exact(tmp_path, capsys):
     mtime = (out / "fidelity" / "real" / "subset-0000.json").stat().st_mtime_ns
     assert main(["fidelity", "--out", str(out), *BASE, "--set", "fidelity.lr=1e-5", "--set", "estimate.l2=0.01"]) == 0
     assert (out / "fidelity" / "real" / "subset-0000.json").stat().st_mtime_ns == mtime
+
+
+def test_calibrate_picks_the_constant_that_predicts_fine_tuning_and_estimate_uses_it(tmp_path, capsys):
+    import numpy as np
+    from scipy.special import log_expit
+
+    from elora_ray.config import load_config
+    from elora_ray.estimate.calibration import CALIBRATION_GRID, calibration_constant, regularisation
+    from elora_ray.estimate.stage import load_estimation_features
+    from elora_ray.estimate.surrogate import fit_surrogate
+
+    out = tmp_path / "run"
+    sets = [*BASE, "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+    assert main(["calibrate", "--out", str(out), *sets, "--subsets", "2"]) == 0
+    data = json.loads((out / "calibration.json").read_text())
+    assert data["constant"] in CALIBRATION_GRID and "calibration constant c" in capsys.readouterr().out
+    # Independent check: recompute every grid constant's relative error from the saved real fine-tunes.
+    names, feats = load_estimation_features(out)
+    real = [json.loads(p.read_text()) for p in sorted((out / "calibrate" / "real").glob("subset-*.json"))]
+    assert len(real) == 2 and all(r["steps"] > 0 for r in real)
+
+    def rel_error(c: float) -> float:
+        errs = []
+        for r in real:
+            g = np.concatenate([feats[m][0] for m in r["members"]])
+            h = np.concatenate([feats[m][1] for m in r["members"]])
+            w = fit_surrogate(g, h, l2=regularisation(c, len(h), 1e-3, 1.0, 8)).w
+            for row in r["rows"]:
+                est = float(-log_expit(feats[row["task"]][3].astype(float) + feats[row["task"]][2].astype(float) @ w).mean())
+                errs.append(abs(est - row["true_loss"]) / row["true_loss"])
+        return float(np.mean(errs))
+
+    errors = {c: rel_error(c) for c in CALIBRATION_GRID}
+    assert data["constant"] == min(errors, key=errors.get)
+    assert abs(data["loss_relative_error"] - errors[data["constant"]]) < 1e-9
+    # A later run of the same model + adapter finds it (run directory first, then the user cache).
+    cfg = load_config(None, [s for s in sets if s != "--set"])
+    assert calibration_constant(cfg, out) == (data["constant"], str(out / "calibration.json"))
+    assert calibration_constant(cfg, tmp_path / "elsewhere")[0] == data["constant"]
+    assert main(["estimate", "--out", str(out), *sets]) == 0
+    summary = json.loads((out / "estimate" / "summary.json").read_text())
+    assert f"c from {out / 'calibration.json'}" in summary["l2"]

@@ -122,7 +122,12 @@ def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int)
     }
 
 
-def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
+def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_name: str = "fidelity",
+                 constants: list[float] | None = None) -> dict:
+    """Fine-tune ``fidelity.num_subsets`` subsets for real and compare with the estimate.
+
+    ``out_name``: the folder under the run directory (and plot name); ``constants``: the calibration
+    constants c of ``l2: auto`` to sweep (default: the current one × ``C_MULTIPLIERS``)."""
     feat = read_manifest(run_dir)
     names, feats = load_estimation_features(run_dir)
     f = cfg.fidelity
@@ -131,18 +136,18 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     seed = f.seed if f.seed is not None else cfg.seed + 7919
     subsets = sample_subsets(n, f.num_subsets, size, seed)
     members = [[names[i] for i in s] for s in subsets]
-    out = run_dir / "fidelity"
+    out = run_dir / out_name
 
     # Estimated side: every fixed λ of the grid and every calibration constant c of the ``l2: auto`` rule
     # (λ_S follows the fine-tuning measured here: fidelity.lr / epochs / batch_size and N_S), in seconds.
     # The configured one (estimate.l2, or the auto rule with the current constant) is the headline.
     constant, constant_source = calibration_constant(cfg, run_dir)
     variants: dict[str, tuple[str, float]] = {f"{l2:g}": ("fixed", l2) for l2 in L2_GRID}
-    for mult in C_MULTIPLIERS:
-        variants[f"c={constant * mult:.3g}"] = ("auto", constant * mult)
+    for c in constants if constants is not None else [constant * mult for mult in C_MULTIPLIERS]:
+        variants[f"c={c:.3g}"] = ("auto", c)
     key = f"{cfg.estimate.l2:g}" if cfg.estimate.l2 != "auto" else f"c={constant:.3g}"
     if key not in variants:
-        variants[key] = ("fixed", float(cfg.estimate.l2))
+        variants[key] = ("auto", constant) if cfg.estimate.l2 == "auto" else ("fixed", float(cfg.estimate.l2))
     est: dict[str, list[dict]] = {v: [] for v in variants}
     t_est = time.perf_counter()
     solver_flops = 0.0
@@ -187,7 +192,7 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         log.info("fidelity: reusing %d fine-tuned subset(s) from %s", len(real), out / "real")
     pending = {remote.remote(cfg_data, str(run_dir), mem, seed + sid): sid for sid, mem in enumerate(members) if sid not in real}
     t_real = time.perf_counter()
-    with tqdm(total=len(members), initial=len(real), desc="fidelity: real fine-tuning", unit="subset", disable=not progress) as bar:
+    with tqdm(total=len(members), initial=len(real), desc=f"{out_name}: real fine-tuning", unit="subset", disable=not progress) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for r in ready:
@@ -276,7 +281,7 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     }
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", render_summary(summary))
-    plot_fidelity(table, run_dir / "plots" / "fidelity.png", summary)
+    plot_fidelity(table, run_dir / "plots" / f"{out_name}.png", summary)
     log.info(
         "fidelity: loss relative error %.1f%%, Spearman %.2f (within task %s), first-order RSS %.2e; "
         "fine-tuning these %d subsets cost %.0fx the FLOPs of featurize + regressions",
