@@ -204,6 +204,10 @@ class FidelityConfig(_Section):
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(16, ge=1)
     seed: int | None = None
+    repeats: int = Field(1, ge=1, le=3)
+    """Fine-tune every subset this many times with different seeds; with 2 or more the report gives
+    the noise ceiling (how well one real fine-tuning predicts another: within-task Spearman, relative
+    difference) next to the estimate's figures. Each repeat costs as much as the first run."""
 
 
 class SharpnessConfig(_Section):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from elora_ray.cli import main
 
 BASE = ["--set", "model.name_or_path=tiny-bert", "--set", "suite.samples_per_task=40", "--set", "suite.tasks_per_group=[2,1]",
@@ -31,8 +33,20 @@ def test_fidelity_small_steps_are_first_order_exact(tmp_path, capsys):
 
     # Finished subsets are reused on a rerun.
     mtime = (out / "fidelity" / "real" / "subset-0000.json").stat().st_mtime_ns
-    assert main(["fidelity", "--out", str(out), *BASE, "--set", "fidelity.lr=1e-5", "--set", "estimate.l2=0.01"]) == 0
+    assert main(["fidelity", "--out", str(out), *BASE, "--set", "fidelity.lr=1e-5", "--set", "estimate.l2=0.01",
+                 "--set", "fidelity.repeats=2"]) == 0
     assert (out / "fidelity" / "real" / "subset-0000.json").stat().st_mtime_ns == mtime
+    # Repeats: each subset fine-tuned again with another seed gives the noise ceiling.
+    first = json.loads((out / "fidelity" / "real" / "subset-0000.json").read_text())
+    again = json.loads((out / "fidelity" / "real" / "subset-0000-repeat1.json").read_text())
+    assert again["seed"] != first["seed"] and again["members"] == first["members"]
+    s2 = json.loads((out / "fidelity" / "summary.json").read_text())
+    nc = s2["noise_ceiling"]
+    expected = np.mean([abs(a["true_loss"] - b["true_loss"]) / a["true_loss"] for k in range(2)
+                        for a, b in zip(json.loads((out / "fidelity" / "real" / f"subset-000{k}.json").read_text())["rows"],
+                                        json.loads((out / "fidelity" / "real" / f"subset-000{k}-repeat1.json").read_text())["rows"])])
+    assert nc["pairs"] == 4 and abs(nc["relative_difference"] - expected) < 1e-12
+    assert s["noise_ceiling"] is None and "no change" in (out / "fidelity" / "summary.md").read_text()
 
 
 def test_calibrate_picks_the_constant_that_predicts_fine_tuning_and_estimate_uses_it(tmp_path, capsys):

@@ -122,6 +122,34 @@ def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int)
     }
 
 
+def repeat_seed(seed: int, sid: int, r: int) -> int:
+    """Seed of the r-th repeat (r ≥ 1) of subset ``sid``: far from every first-run seed."""
+    return seed + sid + 100_003 * r
+
+
+def noise_ceiling(table: pd.DataFrame, repeats: dict[tuple[int, int], dict]) -> dict | None:
+    """How well one real fine-tuning predicts another of the same subset (different seed).
+
+    Compares the first run's validation losses with repeat 1's: Spearman overall and within each
+    task across subsets (the ceiling for the estimate's within-task Spearman), and the mean
+    relative difference of the loss (the floor for its relative error). None without repeats.
+    """
+    other = {(sid, row["task"]): row["true_loss"] for (sid, r), data in repeats.items() if r == 1 for row in data["rows"]}
+    if not other:
+        return None
+    t = table[["subset_id", "task", "true_loss"]].copy()
+    t["repeat_loss"] = [other.get((sid, task), np.nan) for sid, task in zip(t["subset_id"], t["task"])]
+    t = t.dropna()
+    within = [spearmanr(g["true_loss"], g["repeat_loss"]).statistic for _, g in t.groupby("task")
+              if len(g) >= 3 and g["true_loss"].nunique() > 1 and g["repeat_loss"].nunique() > 1]
+    return {
+        "pairs": int(len(t)),
+        "spearman": float(spearmanr(t["true_loss"], t["repeat_loss"]).statistic) if len(t) > 2 else None,
+        "spearman_within_task": float(np.nanmean(within)) if within else None,
+        "relative_difference": float(((t["true_loss"] - t["repeat_loss"]).abs() / t["true_loss"]).mean()),
+    }
+
+
 def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_name: str = "fidelity",
                  constants: list[float] | None = None) -> dict:
     """Fine-tune ``fidelity.num_subsets`` subsets for real and compare with the estimate.
@@ -190,15 +218,34 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
                 real[sid] = data
     if real:
         log.info("fidelity: reusing %d fine-tuned subset(s) from %s", len(real), out / "real")
-    pending = {remote.remote(cfg_data, str(run_dir), mem, seed + sid): sid for sid, mem in enumerate(members) if sid not in real}
+    # Repeats (fidelity.repeats > 1): the same subset fine-tuned again with another seed; the
+    # disagreement between repeats is the noise ceiling of any estimate (``noise_ceiling`` below).
+    repeat: dict[tuple[int, int], dict] = {}
+    for sid, mem in enumerate(members):
+        for r in range(1, f.repeats):
+            cached = out / "real" / f"subset-{sid:04d}-repeat{r}.json"
+            if cached.is_file():
+                data = json.loads(cached.read_text())
+                if data.get("tag") == tag and data["members"] == mem and data.get("seed") == repeat_seed(seed, sid, r):
+                    repeat[(sid, r)] = data
+    jobs = [(sid, 0, seed + sid) for sid in range(len(members)) if sid not in real]
+    jobs += [(sid, r, repeat_seed(seed, sid, r)) for sid in range(len(members)) for r in range(1, f.repeats)
+             if (sid, r) not in repeat]
+    pending = {remote.remote(cfg_data, str(run_dir), members[sid], s): (sid, r, s) for sid, r, s in jobs}
     t_real = time.perf_counter()
-    with tqdm(total=len(members), initial=len(real), desc=f"{out_name}: real fine-tuning", unit="subset", disable=not progress) as bar:
+    total = len(members) * f.repeats
+    with tqdm(total=total, initial=total - len(jobs), desc=f"{out_name}: real fine-tuning", unit="run", disable=not progress) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            for r in ready:
-                sid = pending.pop(r)
-                real[sid] = {**ray.get(r), "tag": tag, "seed": seed + sid}
-                write_json(out / "real" / f"subset-{sid:04d}.json", real[sid])
+            for ref in ready:
+                sid, r, s = pending.pop(ref)
+                data = {**ray.get(ref), "tag": tag, "seed": s}
+                if r == 0:
+                    real[sid] = data
+                    write_json(out / "real" / f"subset-{sid:04d}.json", data)
+                else:
+                    repeat[(sid, r)] = data
+                    write_json(out / "real" / f"subset-{sid:04d}-repeat{r}.json", data)
                 bar.update(1)
     real_wall = time.perf_counter() - t_real
 
@@ -259,6 +306,7 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
                                                               / table["true_accuracy"].clip(lower=1e-9)).mean()),
         # Context for the relative error: predicting "no change" (the loss at θ*) scores this.
         "no_change_baseline_relative_error": float(((table["true_loss0"] - table["true_loss"]).abs() / table["true_loss"]).mean()),
+        "noise_ceiling": noise_ceiling(table, repeat),
         "by_l2": per_l2,
         "best_l2_by_relative_error": float(best_l2),
         "by_calibration_constant": per_c,
@@ -306,6 +354,7 @@ def render_summary(s: dict) -> str:
         f"| Spearman (all (S, i)) | {lo['spearman']:.3f} |",
         f"| Spearman within task, across subsets | {lo['spearman_within_task'] if lo['spearman_within_task'] is None else round(lo['spearman_within_task'], 3)} |",
         f"| Spearman of loss changes vs θ* | {lo['spearman_of_changes']:.3f} |",
+        *[x for x in (_ceiling_lines(s["noise_ceiling"]) if s.get("noise_ceiling") else []) if x],
         f"| accuracy relative error | {100 * s['accuracy_relative_error']:.2f}% |",
         f"| for context: relative error of predicting no change (loss at θ*) | {100 * s['no_change_baseline_relative_error']:.2f}% |",
         f"| for context: accuracy relative error of predicting no change | {100 * s.get('no_change_baseline_accuracy_relative_error', float('nan')):.2f}% |",
@@ -326,6 +375,15 @@ def render_summary(s: dict) -> str:
         w = "–" if a["spearman_within_task"] is None else f"{a['spearman_within_task']:.3f}"
         lines.append(f"| {l2} | {100 * a['relative_error']:.2f}% | {a['spearman']:.3f} | {w} | {a['spearman_of_changes']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _ceiling_lines(nc: dict) -> list[str]:
+    w = "–" if nc["spearman_within_task"] is None else f"{nc['spearman_within_task']:.3f}"
+    return [
+        f"| noise ceiling: Spearman within task, real run vs a repeat with another seed ({nc['pairs']} pairs) | {w} |",
+        f"| noise ceiling: Spearman overall, real vs repeat | {nc['spearman']:.3f} |" if nc["spearman"] is not None else "",
+        f"| noise floor: relative difference of the loss between repeats | {100 * nc['relative_difference']:.2f}% |",
+    ]
 
 
 def plot_fidelity(table: pd.DataFrame, path: Path, summary: dict) -> None:
