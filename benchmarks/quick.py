@@ -28,6 +28,8 @@ SMOKE: list[tuple[str, list[str], list[str]]] = [
     ("ensemble_accuracy", ["ensemble_accuracy.py", "--quick", "--seeds", "0"], ["ensemble_accuracy_quick.json", "ensemble_accuracy_quick.png"]),
     ("sharpness", ["sharpness.py", "--quick"], ["sharpness_quick.json", "sharpness_quick.png"]),
     ("scaling", ["scaling.py", "--quick"], ["scaling_quick.json", "scaling_quick.png"]),
+    ("affinity_planted", ["affinity_planted.py", "--quick"], ["affinity_planted_quick.json", "affinity_planted_quick.md"]),
+    ("affinity_scale", ["affinity_scale.py", "--quick"], ["affinity_scale_quick.json", "affinity_scale_quick.md"]),
     ("federated", ["federated_shakespeare.py", "--quick", "--fresh", "--set", "federated.min_clients=24",
                    "--set", "federated.max_clients=24", "--set", "federated.num_groups=2", "--set", "federated.num_subsets=40",
                    "--set", "federated.subset_size=4", "--set", "federated.rounds=1"], ["federated_quick.json", "federated_quick.png"]),

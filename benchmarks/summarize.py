@@ -158,6 +158,29 @@ def main(argv: list[str] | None = None) -> int:
         ratio = c["ensemble_flops_vs_mtl_ft"]
         lines.append(f"| federated: ensemble computation vs MTL-FT, test loss vs MTL-FT ({who}) | 90% less, comparable | "
                      f"{_less_or_more(ratio)}, {c['ensemble_vs_mtl_ft_pct']:+.1f}% | {src} |")
+    for f in sorted(RESULTS.glob("affinity_planted*.json")):
+        if _skip(f.name):
+            continue
+        rows = _read(f)["rows"]
+        for kind in dict.fromkeys(r["affinity"] for r in rows):
+            sub = [r for r in rows if r["affinity"] == kind]
+            hits = sum(r["ari_chosen_m"] >= 0.8 for r in sub)
+            mean = sum(r["ari_chosen_m"] for r in sub) / len(sub)
+            true_m = sum(r["ari_true_m"] for r in sub) / len(sub)
+            lines.append(f"| parts of one real dataset grouped together, affinity `{kind}` ({len(sub)} suite × seed runs; target "
+                         f"ARI ≥ 0.8, m automatic) | – | mean ARI {mean:.2f} ({hits}/{len(sub)} ≥ 0.8); at the true m {true_m:.2f} | "
+                         f"`{f.with_suffix('.md').name}` |")
+    for f in sorted(RESULTS.glob("affinity_scale*.json")):
+        if _skip(f.name):
+            continue
+        d = _read(f)
+        for r in d["rows"]:
+            if r["n"] >= 100:
+                lines.append(f"| planted families at n={r['n']} ({d['per_task']} samples/task), affinity `{r['affinity']}` | – | "
+                             f"m={r['m_chosen']}, ARI {r['ari_chosen_m']:.2f} (at m=4: {r['ari_true_m']:.2f}) | `{f.with_suffix('.md').name}` |")
+        for what, e in d["exponents"].items():
+            if e is not None:
+                lines.append(f"| affinity scale ({d['per_task']} samples/task): time of {what} | linear | n^{e:.2f} | `{f.with_suffix('.md').name}` |")
     sc = load("scaling")
     if sc is not None:
         for what, fit in sc["fits"].items():
