@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.special import log_expit
+from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
@@ -129,7 +130,7 @@ def estimate_fingerprint(cfg: RunConfig, features_fp: str, l2: float | dict | No
     e = cfg.estimate
     part = {"features": features_fp, "num_subsets": e.num_subsets, "subset_size": e.subset_size, "l2": l2 if l2 is not None else e.l2,
             "appearances": e.appearances, "affinity": e.affinity, "metric": e.metric,
-            "max_iter": e.max_iter, "seed": e.seed if e.seed is not None else cfg.seed, "version": 4}
+            "max_iter": e.max_iter, "seed": e.seed if e.seed is not None else cfg.seed, "version": 5}
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -196,6 +197,14 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
             Xo = X[order]
             full, half_a, half_b = (normalise_transfer(fit_pairwise(Xo, y)) for y in (g, g0, g1))
             design = design_stats(n, subsets)
+            # The closed form as a check (milliseconds): how far the subset fits move away from first order.
+            fo = first_order_transfer({t: (feats[t][0], feats[t][1]) for t in names}, halves, names)[0]
+            iu = np.triu_indices(n, 1)
+            if n > 2:
+                design["agreement_with_first_order"] = {
+                    "pearson": float(np.corrcoef(full[iu], fo[iu])[0, 1]),
+                    "spearman": float(spearmanr(full[iu], fo[iu]).statistic),
+                }
         else:
             train = {t: (feats[t][0], feats[t][1]) for t in names}
             full, half_a, half_b = first_order_transfer(train, halves, names)
