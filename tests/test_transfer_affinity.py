@@ -134,3 +134,26 @@ def test_heldout_error_against_brute_force_block_means():
     U = rng.normal(size=(5, 5))
     off = ~np.eye(5, dtype=bool)
     assert heldout_error(T, lab, U) == pytest.approx((((P - (U + U.T) / 2)[off]) ** 2).mean())
+
+
+def test_heldout_m_selection_does_not_under_split_where_density_does():
+    """Four equal groups with no cross-affinity: merging two leaves the average density unchanged, so the
+    density criterion settles on a smaller m; the held-out criterion on two noisy halves finds all four."""
+    rng = np.random.default_rng(5)
+    truth = np.repeat(np.arange(4), 5)
+    base = (truth[:, None] == truth[None, :]).astype(float)
+
+    def noisy() -> np.ndarray:
+        E = rng.normal(scale=0.15, size=base.shape)
+        M = base + (E + E.T) / 2
+        np.fill_diagonal(M, 1.0)
+        return M
+
+    A, B = noisy(), noisy()
+    S = (A + B) / 2
+    names = [f"t{i}" for i in range(20)]
+    dens = cluster_tasks(S, names, num_groups="auto", max_groups=6, select_m="density")
+    held = cluster_tasks(S, names, num_groups="auto", max_groups=6, halves=(A, B))
+    assert dens.m < 4
+    assert held.m == 4 and sorted(map(len, held.groups)) == [5, 5, 5, 5]
+    assert [c["selected"] for c in held.candidates].index(True) == 3
