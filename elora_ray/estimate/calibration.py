@@ -67,6 +67,12 @@ def calibration_constant(cfg: RunConfig, run_dir: Path | None = None) -> tuple[f
                 log.warning("calibration: ignoring unreadable %s", path)
                 continue
             if data.get("key") == key and isinstance(data.get("constant"), (int, float)):
+                if run_dir is not None and path != Path(run_dir) / CALIBRATION_FILE and Path(run_dir).is_dir():
+                    # Keep the run self-contained: later stages, resumes and tune trials (other processes,
+                    # maybe another cache) read the same constant from the run directory.
+                    from ..io import write_json
+
+                    write_json(Path(run_dir) / CALIBRATION_FILE, {**data, "copied_from": str(path)})
                 return float(data["constant"]), str(path)
     return DEFAULT_CONSTANT, "default"
 

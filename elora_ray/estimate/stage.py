@@ -167,6 +167,9 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
         log.info("estimate: results complete in %s (fingerprint %s), skipping", out, fp)
         return json.loads((out / "summary.json").read_text())
     names, feats, ids = load_estimation_features_with_ids(run_dir)  # validated before anything in out/ is touched
+    if out.is_symlink() and not current:  # a tune trial's view of its parent run: never recompute through it
+        raise ConfigError(f"{out} links to {out.resolve()}, whose estimate does not match this configuration "
+                          f"(fingerprint {fp}); rerun `elora estimate` on the parent run")
     if out.exists() and not current:
         shutil.rmtree(out)
     write_json(state, {"fingerprint": fp})

@@ -55,6 +55,17 @@ def estimated_trial(config: dict, names: list[str], affinity: np.ndarray, feats:
         })
 
 
+def _pinned_calibration(cfg: RunConfig, run: Path) -> dict:
+    """The config for validation trials with the surrogate's calibration constant resolved here, once:
+    trials run in other processes (maybe other nodes, another user cache) and must see the parent's
+    estimate as current."""
+    from ..estimate.calibration import calibration_constant
+
+    data = cfg.model_dump(mode="json")
+    data["estimate"]["calibration"] = calibration_constant(cfg, run)[0]
+    return data
+
+
 def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -90,7 +101,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         # bundle 0 hosts the (idle) trial; its training tasks are captured into the other bundles
         pgf = tune.PlacementGroupFactory([{"CPU": 0.01}] + [{"CPU": cfg.train.cpus_per_worker}] * t.train_slots)
         trainable = tune.with_resources(
-            tune.with_parameters(validation_trial, run_dir=str(run.resolve()), cfg_data=cfg.model_dump(mode="json"),
+            tune.with_parameters(validation_trial, run_dir=str(run.resolve()), cfg_data=_pinned_calibration(cfg, run),
                                  max_boost_steps=t.max_boost_steps),
             pgf,
         )

@@ -22,7 +22,7 @@ from ..config import RunConfig
 
 #: parent-run artifacts a trial reuses through symlinks
 SHARED = ("data", "features", "estimate", "model.json", "affinity.csv", "affinity.json", "affinity_raw.csv",
-          "affinity_counts.csv")
+          "affinity_counts.csv", "affinity_half_a.csv", "affinity_half_b.csv", "calibration.json")
 
 
 def trial_dir(run: Path, m: int) -> Path:
