@@ -29,6 +29,8 @@ generated from those files by `python benchmarks/summarize.py`.
 | `ensemble_accuracy.py` | the ensemble vs six baselines over seeds: accuracy, FLOPs, memory, time (paper Figure 3 / Table 7) |
 | `federated_shakespeare.py` | FedAvg vs MTL-FT vs the federated ensemble on ≥ 500 Shakespeare clients (paper §3 "Extension") |
 | `scaling.py` | stage wall time vs tasks n (10 → 500 synthetic tasks), subsets k, dimension d, 1 vs 2 CPUs |
+| `affinity_planted.py` | do parts of one real dataset group together? ARI vs the sources, chosen m and true m, per affinity kind |
+| `affinity_scale.py` | grouping quality (ARI) and stage cost at 10 → 500 planted synthetic tasks, default settings |
 | `sharpness.py` | Hessian-trace sharpness and train–test gap vs adapter rank and k-adapter ensembles (paper §4, Figure 4) |
 | `quick.py` | `make bench-quick`: every script above in its smoke-test mode (< 5 min; CI runs it, results not kept) |
 """
