@@ -160,7 +160,7 @@ class EstimateConfig(_Section):
     l2: float | Literal["auto"] = "auto"
     """λ on the mean loss of the surrogate. ``auto``: follows the fine-tuning it predicts,
     λ_S = c·train.batch_size / (2·train.lr·train.epochs·N_S) for a subset of N_S samples, with c
-    from ``elora calibrate`` (or ``calibration``, or the default 0.0025). A number fixes λ."""
+    from ``elora calibrate`` (or ``calibration``, or the default 0.0011). A number fixes λ."""
     calibration: float | None = Field(None, gt=0.0)
     """The constant c of ``l2: auto``; default: the run's / cached ``elora calibrate`` result."""
     max_iter: int = Field(200, ge=1)
