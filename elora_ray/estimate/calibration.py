@@ -68,23 +68,18 @@ def calibration_constant(cfg: RunConfig, run_dir: Path | None = None) -> tuple[f
                 log.warning("calibration: ignoring unreadable %s", path)
                 continue
             if data.get("key") == key and isinstance(data.get("constant"), (int, float)):
-                if run_dir is not None and path != Path(run_dir) / CALIBRATION_FILE and Path(run_dir).is_dir():
-                    # Keep the run self-contained: later stages, resumes and tune trials (other processes,
-                    # maybe another cache) read the same constant from the run directory.
-                    from ..io import write_json
-
-                    write_json(Path(run_dir) / CALIBRATION_FILE, {**data, "copied_from": str(path)})
                 return float(data["constant"]), str(path)
     return DEFAULT_CONSTANT, "default"
 
 
-def surrogate_l2(cfg: RunConfig, n_samples: int, run_dir: Path | None = None, constant: float | None = None) -> float:
-    """The mean-loss λ for a subset of ``n_samples``: ``estimate.l2`` when it is a number, else calibrated."""
-    if cfg.estimate.l2 != "auto":
-        return float(cfg.estimate.l2)
-    c = constant if constant is not None else calibration_constant(cfg, run_dir)[0]
-    t = cfg.train
-    return regularisation(c, n_samples, t.lr, t.epochs, t.batch_size)
+def keep_in_run(cfg: RunConfig, run_dir: Path, source: str) -> None:
+    """Copy a calibration found in the user cache into the run directory, so the run is self-contained:
+    later stages, resumes and other processes (maybe with another cache) read the same constant."""
+    from ..io import write_json
+
+    cached = user_cache_dir() / f"{cache_key(cfg)}.json"
+    if source == str(cached) and Path(run_dir).is_dir():
+        write_json(Path(run_dir) / CALIBRATION_FILE, {**json.loads(cached.read_text()), "copied_from": source})
 
 
 #: Constants c tried by ``elora calibrate`` (log-spaced; the best one is kept).

@@ -36,7 +36,7 @@ from ..featurize.store import read_features, read_manifest
 from ..io import write_json, write_parquet, write_text
 from ..raysession import cluster_cpus, ensure_ray
 from .affinity import Affinity, affinity_matrix
-from .calibration import calibration_constant, resolve_l2
+from .calibration import calibration_constant, keep_in_run, resolve_l2
 from .subsets import default_num_subsets, default_subset_size, design_stats, sample_subsets
 from .surrogate import evaluate, fit_surrogate
 from .transfer import first_order_transfer, fit_pairwise, normalise_transfer, sample_halves
@@ -121,6 +121,8 @@ def l2_rule(cfg: RunConfig, run_dir: Path | None) -> tuple[float | dict, str]:
     if cfg.estimate.l2 != "auto":
         return float(cfg.estimate.l2), f"fixed {cfg.estimate.l2:g}"
     c, source = calibration_constant(cfg, run_dir)
+    if run_dir is not None:
+        keep_in_run(cfg, run_dir, source)
     t = cfg.train
     rule = {"constant": c, "lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size}
     return rule, f"auto: {c:g}·{t.batch_size}/(2·{t.lr:g}·{t.epochs:g}·N_S), c from {source}"
