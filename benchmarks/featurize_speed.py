@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(None, [f"model.name_or_path={args.model}", f"model.max_length={args.max_length}",
                              "suite.samples_per_task=400"])
     if args.data is not None:
-        from elora_ray.prepare import read_prepared
+        from elora_ray.artifacts import read_prepared
 
         tasks = read_prepared(args.data)
     else:
@@ -160,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         n_b = len(nb)
         dense64 = torch.randn(p_all, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) / d**0.5
         t_r, tok_r = timed(lambda b: naive_reference(b, dense64)[1], nb)
-        del dense64
         row = {
             "batch_size": bs, "dim": d, "samples": n,
             "ours_samples_s": n / t_a, "ours_tokens_s": tok_a / t_a,

@@ -22,7 +22,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
 from elora_ray.config import load_config  # noqa: E402
-from elora_ray.federated.stage import LABELS, federated_stage  # noqa: E402
+from elora_ray.federated.report import LABELS  # noqa: E402
+from elora_ray.federated.stage import federated_stage  # noqa: E402
 from elora_ray.runlog import setup_logging  # noqa: E402
 
 DEFAULT_CONFIG = HERE / "configs" / "federated_shakespeare_smollm2.yaml"

@@ -21,7 +21,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.common import RUNS, machine_info, publish  # noqa: E402,I001
-from elora_ray.analyze.generalization import OUT_DIR, run_sharpness  # noqa: E402
+from elora_ray.analyze.generalization import run_sharpness  # noqa: E402
+from elora_ray.layout import SHARPNESS_DIR as OUT_DIR  # noqa: E402
 from elora_ray.config import load_config  # noqa: E402
 from elora_ray.pipeline import run_stages  # noqa: E402
 

@@ -45,74 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--force", action="store_true", help="redo stages even if their artifacts exist")
 
-    p = sub.add_parser("prepare", help="load, validate and split the tasks; write data/<task>/<split>.parquet",
-                       description="Load every task, check it (labels, fields, encodings), carve missing splits "
-                       "with a fixed seed, and write the data keyed by sample id under --out/data.")
-    _common(p)
-    p.add_argument("--force", action="store_true", help="rewrite even if the prepared data is current")
+    from .stages import STAGES
 
-    p = sub.add_parser("check-model", help="build model + adapter, count truncations, run one batch",
-                       description="Build the model and adapter from the config, count samples truncated to "
-                       "model.max_length, run a forward/backward pass and write --out/model.json.")
-    _common(p)
-
-    p = sub.add_parser("featurize", help="projected per-sample gradients at θ* (Ray Data); resumable",
-                       description="Stream every train/validation sample through a Ray Data actor pool that "
-                       "computes the JL-projected per-sample gradient of the gold-class log-odds w.r.t. the "
-                       "adapter at initialisation (encoders: after a linear probe of the task heads). Writes "
-                       "--out/features/<split>/<task>/part-*.parquet; a rerun skips finished shards.")
-    _common(p)
-    p.add_argument("--force", action="store_true", help="recompute even if the features are current")
-
-    p = sub.add_parser("estimate", help="k subset regressions (Ray tasks) → affinity.csv",
-                       description="Sample k task subsets, fit the linearised fine-tuning surrogate on each "
-                       "(one Ray task per batch of subsets), evaluate every member task on validation, and "
-                       "write estimate/results.parquet and the affinity matrix (affinity.csv). Runs "
-                       "prepare/featurize first if their artifacts are missing.")
-    _common(p)
-    p.add_argument("--force", action="store_true", help="re-solve even if the results are current")
-
-    p = sub.add_parser("cluster", help="SDP clustering of affinity.csv → groups.json + plots/affinity.png",
-                       description="Partition the tasks into m groups by the SDP relaxation of average "
-                       "intra-cluster density (m automatic or cluster.num_groups). Runs the earlier stages "
-                       "first if their artifacts are missing.")
-    _common(p)
-    p.add_argument("--force", action="store_true", help="recluster even if groups.json is current")
-
-    for name, help_, desc in (
-        ("train", "one adapter per group with Ray Train → adapters/group-*",
-         "Train one adapter per group of groups.json with Ray Train (TorchTrainer; local mode on CPU, DDP with "
-         "train.num_workers ≥ 1), early-stopped on the group's validation loss; groups train concurrently. "
-         "Writes adapters/<id>/, outputs/<id>.parquet and ensemble/members.json. Runs earlier stages if needed."),
-        ("boost", "b gradient-boosting adapters on the worst groups",
-         "Add boost.steps boosting adapters, each fit to the residual 1 − p of the group with the highest "
-         "training loss (boost.method: linearized ridge on projected gradients, or trained)."),
-        ("combine", "learn the per-task combination weights on validation → ensemble/weights.json",
-         "Fit per-task convex weights over the group ensembles minimising the validation log loss (cvxpy)."),
-        ("baselines", "train the baselines (single adapter, QLoRA, per-task, MTL-FT, random/gradient groups)",
-         "Train every method in baselines.methods under the ensemble's protocol."),
-        ("evaluate", "accuracy and cost of every method → evaluation.json",
-         "Per-task accuracy of the ensemble and the baselines on evaluate.split, with FLOPs, memory and time."),
-    ):
-        p = sub.add_parser(name, help=help_, description=desc)
+    for stage in STAGES:  # one subcommand per stage, in pipeline order, then the side stages
+        p = sub.add_parser(stage.cli, help=stage.help, description=stage.description)
+        if stage.arguments is not None:
+            p = stage.arguments(p) or p
         _common(p)
-        p.add_argument("--force", action="store_true", help="redo this stage even if its artifacts are current")
-
-    p = sub.add_parser("tune", help="Ray Tune: choose m and b from the estimated objective (seconds)",
-                       description="Search the number of groups m (tune.min_groups..max_groups) and boosting steps "
-                       "b (0..tune.max_boost_steps, ASHA's time attribute) with Ray Tune, scoring each by Algorithm 2 "
-                       "run in the linearised model (no fine-tuning). Writes tune/trials.csv, tune/best.json and "
-                       "plots/tune_objective.png. Runs featurize/estimate first if needed.")
-    _common(p)
-
-    p = sub.add_parser("federated", help="FedAvg over many clients (Shakespeare roles): baselines + federated ensemble",
-                       description="Derive clients from federated.source (roles of a play, split into chunks), then run "
-                       "federated.methods: FedAvg (one adapter), MTL-FT (FedAvg + per-client fine-tuning) and the "
-                       "federated EnsembleLoRA (client affinity → groups → one FedAvg adapter per group → boosting → "
-                       "learned weights). Needs a decoder, e.g. --config configs/federated_shakespeare_smollm2.yaml. "
-                       "Writes <out>/federated/report.{json,md} and plots; resumable.")
-    _common(p)
-    p.add_argument("--force", action="store_true", help="start the federated run over")
+        if stage.forceable:
+            p.add_argument("--force", action="store_true", help="redo this stage even if its artifacts are current")
 
     p = sub.add_parser("predict", help="predict with a finished run's ensemble",
                        description="Load the ensemble of a finished run (adapters + weights) and predict labels "
@@ -123,33 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", default=[], help="input text (repeatable)")
     p.add_argument("--input", type=Path, default=None, help="jsonl file with a 'text' field per line")
     p.add_argument("--batch-size", type=int, default=32)
-
-    p = sub.add_parser("calibrate", help="fit the surrogate's regularisation constant from a few real fine-tunes",
-                       description="Really fine-tune --subsets random task subsets with the train settings and keep "
-                       "the constant c of estimate.l2: auto (λ = c·batch/(2·lr·epochs·N)) that predicts their validation "
-                       "loss best. Writes --out/calibration.json (and the user cache, reused by later runs of the same "
-                       "model + adapter). Runs featurize first if needed.")
-    _common(p)
-    p.add_argument("--subsets", type=int, default=6, help="subsets to fine-tune (default 6)")
-
-    p = sub.add_parser("fidelity", help="estimated vs really fine-tuned subset performance (+ cost ratio)",
-                       description="Really fine-tune the adapter on fidelity.num_subsets random task subsets "
-                       "(one Ray task each) and compare with the linearised estimate: first-order error of h, "
-                       "relative error and Spearman of the validation loss, and the FLOPs / wall-time ratio. "
-                       "Writes --out/fidelity/ and plots/fidelity.png. Runs featurize first if needed.")
-    _common(p)
-
-    p = sub.add_parser("analyze", help="analyses of adapters: `elora analyze sharpness`",
-                       description="Analyses of fine-tuned adapters (paper Section 4).")
-    analyze = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
-    p = analyze.add_parser("sharpness", help="Hessian-trace sharpness and train-test gap vs adapter rank and ensembles",
-                           description="For each task of analyze.sharpness.tasks: train single adapters of each rank "
-                           "in analyze.sharpness.ranks and ensembles of k adapters (analyze.sharpness.ensemble_sizes) "
-                           "whose ranks sum to analyze.sharpness.total_rank, then measure the generalization gap "
-                           "(test - train loss) and the Hessian trace of the per-sample loss w.r.t. the adapter "
-                           "weights (Hutchinson; max and mean over training points). One Ray task per variant; "
-                           "resumable. Writes --out/analyze/sharpness/ and plots/sharpness.png.")
-    _common(p)
 
     p = sub.add_parser("validate", help="validate the config and data without writing anything",
                        description="Validate the configuration and load every task; print a summary.")
@@ -179,87 +93,16 @@ def _cmd_run(args) -> None:
     run_pipeline(cfg, args.out, force=args.force)
 
 
-def _cmd_prepare(args) -> None:
-    from .pipeline import init_run_dir, write_run_config
-    from .prepare import prepare
-
-    cfg = load_config(args.config, args.overrides)
-    init_run_dir(cfg, args.out)
-    prepare(cfg, args.out, force=args.force)
-    write_run_config(cfg, args.out)
-
-
-def _cmd_check_model(args) -> None:
-    from .models.check import check_model
-    from .pipeline import init_run_dir, write_run_config
-    from .prepare import prepare, read_prepared
-
-    cfg = load_config(args.config, args.overrides)
-    init_run_dir(cfg, args.out)
-    prepare(cfg, args.out)
-    write_run_config(cfg, args.out)
-    check_model(cfg, read_prepared(args.out), args.out)
-
-
 def _cmd_stage(args) -> None:
-    from .pipeline import run_stages
+    from .pipeline import run_stage
+    from .stages import get_stage
 
+    stage = get_stage(args.command)
     cfg = load_config(args.config, args.overrides)
-    run_stages(cfg, args.out, until=args.command, force_last=args.force)
-
-
-def _cmd_analyze(args) -> None:
-    from .analyze.generalization import OUT_DIR, run_sharpness
-    from .pipeline import run_stages
-
-    cfg = load_config(args.config, args.overrides)
-    run_stages(cfg, args.out, until="prepare")
-    run_sharpness(cfg, args.out)
-    print((args.out / OUT_DIR / "summary.md").read_text(), end="")
-
-
-def _cmd_fidelity(args) -> None:
-    from .estimate.fidelity import run_fidelity
-    from .pipeline import run_stages
-
-    cfg = load_config(args.config, args.overrides)
-    run_stages(cfg, args.out, until="featurize")
-    summary = run_fidelity(cfg, args.out)
-    print((args.out / "fidelity" / "summary.md").read_text(), end="")
-    del summary
-
-
-def _cmd_calibrate(args) -> None:
-    from .errors import ConfigError
-    from .estimate.calibration import calibrate, render_calibration
-    from .pipeline import run_stages
-
-    if args.subsets < 2:
-        raise ConfigError(f"--subsets must be at least 2; got {args.subsets}")
-    cfg = load_config(args.config, args.overrides)
-    run_stages(cfg, args.out, until="featurize")
-    print(render_calibration(calibrate(cfg, args.out, num_subsets=args.subsets)), end="")
-
-
-def _cmd_tune(args) -> None:
-    from .pipeline import run_stages
-    from .tune.stage import tune_stage
-
-    cfg = load_config(args.config, args.overrides)
-    run_stages(cfg, args.out, until="estimate")
-    best = tune_stage(cfg, args.out)
-    print(f"best: m={best['m']}, b={best['b']} ({cfg.tune.objective} objective: validation loss {best['val_loss']:.4f}); "
-          f"train it with: elora run --out {args.out} --set {' --set '.join(best['overrides'])}")
-
-
-def _cmd_federated(args) -> None:
-    from .federated.stage import federated_stage
-    from .runlog import setup_logging
-
-    cfg = load_config(args.config, args.overrides)
-    setup_logging(args.out, args.verbose)
-    federated_stage(cfg, args.out, force=args.force)
-    print((args.out / "federated" / "report.md").read_text(), end="")
+    options = {name: getattr(args, name) for name in stage.options}
+    result = run_stage(cfg, args.out, stage.name, force=getattr(args, "force", False), **options)
+    if stage.show is not None:
+        print(stage.show(result, args.out), end="")
 
 
 def _cmd_predict(args) -> None:
@@ -312,8 +155,8 @@ def _cmd_config(args) -> None:
 
 
 def _cmd_suite(args) -> None:
-    from .tasks.export import export_suite
     from .config import SuiteConfig
+    from .tasks.export import export_suite
 
     kw = {}
     if args.samples_per_task is not None:
@@ -336,27 +179,29 @@ def _cmd_formats(args) -> None:
 
 COMMANDS = {
     "run": _cmd_run,
-    "prepare": _cmd_prepare,
-    "check-model": _cmd_check_model,
-    "featurize": _cmd_stage,
-    "estimate": _cmd_stage,
-    "cluster": _cmd_stage,
-    "train": _cmd_stage,
-    "boost": _cmd_stage,
-    "combine": _cmd_stage,
-    "baselines": _cmd_stage,
-    "evaluate": _cmd_stage,
     "predict": _cmd_predict,
-    "tune": _cmd_tune,
-    "federated": _cmd_federated,
-    "fidelity": _cmd_fidelity,
-    "calibrate": _cmd_calibrate,
-    "analyze": _cmd_analyze,
     "validate": _cmd_validate,
     "config": _cmd_config,
     "suite": _cmd_suite,
     "formats": _cmd_formats,
 }
+"""The commands that are not stages; every stage of :mod:`elora_ray.stages` runs through :func:`_cmd_stage`."""
+
+
+JOB_ALIASES = {"run_pipeline": "run"}
+"""``jobs/<file>.py`` whose name is not the command's."""
+
+
+def job_main(script: str, argv: list[str]) -> int:
+    """Entry point of ``jobs/<name>.py``: ``elora <name> ARGS`` (the command comes from the file name,
+    so every stage of :mod:`elora_ray.stages` is submitted the same way with ``ray job submit``)."""
+    stem = Path(script).stem
+    command = JOB_ALIASES.get(stem, stem.replace("_", "-"))
+    if command not in COMMANDS:
+        from .stages import get_stage
+
+        command = get_stage(command).cli
+    return main([command, *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        COMMANDS[args.command](args)
+        from .runlog import set_verbose
+
+        set_verbose(getattr(args, "verbose", False))
+        COMMANDS.get(args.command, _cmd_stage)(args)
     except (EloraError, ConfigError, FileNotFoundError) as exc:
         from .runlog import log_error_to_file, redact
 

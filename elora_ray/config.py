@@ -13,18 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .adapter_types import ADAPTER_TYPES
 from .errors import ConfigError
 
-ADAPTER_TYPES = ("lora", "qlora", "adapter", "qadapter", "mplora")
 GENERIC_FORMATS = ("auto", "jsonl", "json", "csv", "tsv", "parquet", "hf_disk")
 
 
@@ -46,7 +39,8 @@ class ModelConfig(_Section):
 
 
 class AdapterConfig(_Section):
-    type: Literal["lora", "qlora", "adapter", "qadapter", "mplora"] = "lora"
+    type: str = "lora"
+    """One of :data:`elora_ray.adapter_types.ADAPTER_TYPES` (lora, qlora, mplora, adapter, qadapter)."""
     rank: int = Field(4, ge=1, le=4096)
     alpha: float | None = None
     """LoRA scaling numerator; default ``2 * rank``."""
@@ -62,12 +56,19 @@ class AdapterConfig(_Section):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     """qlora / qadapter: bitsandbytes 4-bit type."""
 
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in ADAPTER_TYPES:
+            raise ValueError(f"unknown adapter type {v!r}; one of: {', '.join(ADAPTER_TYPES)}")
+        return v
+
 
 class TaskConfig(_Section):
     name: str = Field(min_length=1)
     format: str = "auto"
     """A generic format (auto, jsonl, json, csv, tsv, parquet, hf_disk) or a built-in reader
-    such as ``superglue/boolq`` or ``glue/sst2`` (see ``elora tasks --list-formats``)."""
+    such as ``superglue/boolq`` or ``glue/sst2`` (see ``elora formats``)."""
     path: str | None = None
     """Built-in readers: the folder holding the files (default ``{data_root}/<benchmark>/<Task>``)."""
     train: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +40,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fingerprint(obj: Any) -> str:
+    """16 hex digits of the SHA-256 of ``obj`` as sorted JSON: the key every stage compares with
+    its artifacts' to decide whether they are current (a rerun skips what matches)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_text(target: str | Path, text: str) -> Path:

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .io import write_json
+from .layout import METRICS_DIR, TENSORBOARD_DIR
 
 log = logging.getLogger(__name__)
-METRICS_DIR = "metrics"
-TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsReporter:

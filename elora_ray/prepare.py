@@ -5,23 +5,21 @@ Writes under the run directory::
     data/<task>/<split>.parquet   task, split, sample_id, text, text_pair, label, label_id
     data/manifest.json            labels, sizes, sources and split notes per task
 
-Later stages read these files (never the raw inputs again), so every stage sees the same
+Later stages read these files with :func:`elora_ray.artifacts.read_prepared` (never the raw inputs again), so every stage sees the same
 samples in the same splits with the same ids.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from .config import RunConfig
-from .io import write_json, write_parquet
+from .config import RunConfig, dump_config
+from .io import fingerprint, write_json, write_parquet, write_text
+from .layout import RunLayout
 from .tasks.load import load_tasks
-from .tasks.schema import SPLITS, Example, TaskData
+from .tasks.schema import SPLITS
 
 log = logging.getLogger(__name__)
 CARVING_VERSION = 2
@@ -49,6 +47,12 @@ def _file_stats(cfg: RunConfig) -> list:
     return stats
 
 
+def write_run_config(cfg: RunConfig, run_dir: Path) -> None:
+    """Record the resolved config, once the data has been validated (a bad config or bad data
+    must leave the previous run's ``config.yaml`` and artifacts as they were)."""
+    write_text(RunLayout(run_dir).config, dump_config(cfg))
+
+
 def data_fingerprint(cfg: RunConfig) -> str:
     """Hash of everything that decides the prepared data (tasks, inputs, suite, splits)."""
     part = {
@@ -59,12 +63,13 @@ def data_fingerprint(cfg: RunConfig) -> str:
         "data_root": str(cfg.resolved_data_root()),
         "carving": CARVING_VERSION,
     }
-    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(part)
 
 
 def prepare(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
     """Load tasks and write them; skip if the run directory already holds the same data."""
-    manifest_path = run_dir / "data" / "manifest.json"
+    layout = RunLayout(run_dir)
+    manifest_path = layout.data_manifest
     fp = data_fingerprint(cfg)
     if manifest_path.is_file() and not force:
         manifest = json.loads(manifest_path.read_text())
@@ -75,7 +80,7 @@ def prepare(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
     tasks = load_tasks(cfg)
     for t in tasks:
         for split in SPLITS:
-            write_parquet(run_dir / "data" / t.name / f"{split}.parquet", t.to_table(split))
+            write_parquet(layout.data_split(t.name, split), t.to_table(split))
     manifest = {
         "fingerprint": fp,
         "tasks": {
@@ -95,27 +100,3 @@ def prepare(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
         for note in t.notes:
             log.info("  %s: %s", t.name, note)
     return manifest
-
-
-def read_prepared(run_dir: Path) -> list[TaskData]:
-    """Tasks as prepared in ``run_dir`` (raises if ``prepare`` has not completed)."""
-    manifest_path = run_dir / "data" / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} not found: run `elora prepare` first")
-    manifest = json.loads(manifest_path.read_text())
-    tasks = []
-    for name, meta in manifest["tasks"].items():
-        splits: dict[str, list[Example]] = {}
-        for split in SPLITS:
-            table = pq.read_table(run_dir / "data" / name / f"{split}.parquet").to_pylist()
-            splits[split] = [
-                Example(sample_id=r["sample_id"], text=r["text"], label=r["label"], text_pair=r["text_pair"])
-                for r in table
-            ]
-        tasks.append(
-            TaskData(
-                name=name, labels=meta["labels"], splits=splits, notes=meta["notes"],
-                sources=meta["sources"], verbalizer=meta.get("verbalizer"),
-            )
-        )
-    return tasks

@@ -35,6 +35,16 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     ctx.print_on_execution_start = False
 
 
+def current_node_id() -> str | None:
+    """The Ray node this runs on (where an adapter was trained or a shard featurized), or None outside Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - observability only
+        return None
+
+
 def cluster_cpus() -> int:
     import ray
 

@@ -46,7 +46,21 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def setup_logging(run_dir: Path | None = None, verbose: bool = False) -> None:
+_VERBOSE = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Make DEBUG the default level of every later :func:`setup_logging` (the CLI's ``--verbose``)."""
+    global _VERBOSE
+    _VERBOSE = bool(verbose)
+    if logging.getLogger().handlers:
+        logging.getLogger().setLevel(logging.DEBUG if _VERBOSE else logging.INFO)
+
+
+def setup_logging(run_dir: Path | None = None, verbose: bool | None = None) -> None:
+    """Console + ``run_dir/run.log`` handlers (replacing ours from an earlier call). ``verbose``:
+    DEBUG level; None keeps what :func:`set_verbose` chose."""
+    verbose = _VERBOSE if verbose is None else verbose
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     root = logging.getLogger()

@@ -1,11 +1,13 @@
-"""Ray job entrypoint for the featurize stage (same flags as ``elora featurize``).
+"""Ray job entry point for ``elora featurize`` (same flags; the command comes from this file's name).
 
     ray job submit --working-dir . -- python jobs/featurize.py --config my.yaml --out /shared/runs/x
+
+The run directory should live on storage every node can see.
 """
 
 import sys
 
-from elora_ray.cli import main
+from elora_ray.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(["featurize", *sys.argv[1:]]))
+    sys.exit(job_main(__file__, sys.argv[1:]))

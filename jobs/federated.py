@@ -1,12 +1,13 @@
-"""Ray job entrypoint for the federated run (same flags as ``elora federated``).
+"""Ray job entry point for ``elora federated`` (same flags; the command comes from this file's name).
 
-    ray job submit --working-dir . -- python jobs/federated.py \
-        --config configs/federated_shakespeare_smollm2.yaml --out /shared/runs/fed
+    ray job submit --working-dir . -- python jobs/federated.py --config benchmarks/configs/federated_shakespeare_smollm2.yaml --out /shared/runs/fed
+
+The run directory should live on storage every node can see.
 """
 
 import sys
 
-from elora_ray.cli import main
+from elora_ray.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(["federated", *sys.argv[1:]]))
+    sys.exit(job_main(__file__, sys.argv[1:]))

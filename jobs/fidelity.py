@@ -1,11 +1,13 @@
-"""Ray job entrypoint for the fidelity stage (same flags as ``elora fidelity``).
+"""Ray job entry point for ``elora fidelity`` (same flags; the command comes from this file's name).
 
     ray job submit --working-dir . -- python jobs/fidelity.py --config my.yaml --out /shared/runs/x
+
+The run directory should live on storage every node can see.
 """
 
 import sys
 
-from elora_ray.cli import main
+from elora_ray.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(["fidelity", *sys.argv[1:]]))
+    sys.exit(job_main(__file__, sys.argv[1:]))

@@ -1,8 +1,13 @@
-"""Ray job entrypoint for the prepare stage (same flags as ``elora prepare``)."""
+"""Ray job entry point for ``elora prepare`` (same flags; the command comes from this file's name).
+
+    ray job submit --working-dir . -- python jobs/prepare.py --config my.yaml --out /shared/runs/x
+
+The run directory should live on storage every node can see.
+"""
 
 import sys
 
-from elora_ray.cli import main
+from elora_ray.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(["prepare", *sys.argv[1:]]))
+    sys.exit(job_main(__file__, sys.argv[1:]))

@@ -1,13 +1,13 @@
-"""Ray job entrypoint for the whole pipeline.
+"""Ray job entry point for ``elora run`` (same flags; the command comes from this file's name).
 
     ray job submit --working-dir . -- python jobs/run_pipeline.py --config my.yaml --out /shared/runs/x
 
-Same flags as ``elora run``; the run directory should live on storage every node can see.
+The run directory should live on storage every node can see.
 """
 
 import sys
 
-from elora_ray.cli import main
+from elora_ray.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    sys.exit(job_main(__file__, sys.argv[1:]))

@@ -162,7 +162,6 @@ def test_qlora_gradients_match_a_dequantized_float_model():
     import bitsandbytes as bnb
     import bitsandbytes.functional as bf
 
-    cfg = AdapterConfig(type="qlora", rank=4)
     q = build("tiny-llama", "qlora")
     batch = q.tokenize(*TEXTS)
     with torch.no_grad():  # an eval-mode no-grad pass is what used to trigger the repacking

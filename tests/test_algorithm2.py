@@ -10,16 +10,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from elora_ray.boost.linearized import fit_residual
+from elora_ray.artifacts import read_prepared
 from elora_ray.config import load_config
 from elora_ray.ensemble.members import group_outputs, load_members, load_weights
 from elora_ray.ensemble.outputs import TaskOutputs, log_loss, read_outputs
 from elora_ray.ensemble.predictor import EnsemblePredictor
 from elora_ray.ensemble.stage import weight_matrix
 from elora_ray.ensemble.weights import combine, fit_task_weights
+from elora_ray.layout import RunLayout
 from elora_ray.pipeline import run_pipeline
-from elora_ray.prepare import read_prepared
-from elora_ray.train.jobs import job_record_path, output_path
+from elora_ray.train.linearized import fit_residual
 from elora_ray.train.runner import run_jobs
 from elora_ray.train.stage import group_jobs
 
@@ -68,11 +68,11 @@ def test_group_adapters_trained_with_ray_train_and_keyed_by_sample_id(run):
     assert [sorted(g.tasks) for g in members.groups] == [sorted(g) for g in report["groups"]]
     tasks = {t.name: t for t in read_prepared(out)}
     for j, g in enumerate(members.groups):
-        rec = json.loads(job_record_path(out, g.base).read_text())
+        rec = json.loads(RunLayout(out).job_record(g.base).read_text())
         assert rec["metrics"]["steps"] > 0 and rec["metrics"]["evals"], rec["metrics"]
         assert (out / "adapters" / g.base / "adapter_model.safetensors").is_file()
         assert list((out / "ray_train").glob(f"{g.base}-*/local_checkpoints/checkpoint_final"))
-        table = pq.read_table(output_path(out, g.base)).to_pandas()
+        table = pq.read_table(RunLayout(out).output(g.base)).to_pandas()
         for split in ("validation", "test"):
             got = set(table[table.split == split].sample_id)
             want = {e.sample_id for t in tasks.values() for e in t.splits[split]}
@@ -107,7 +107,7 @@ def test_trained_boosting_also_reduces_training_loss(run, tmp_path):
     res = boost_stage(cfg2, copy, force=True, progress=False)
     (step,) = res["steps"]
     assert step["method"] == "trained"
-    rec = json.loads(job_record_path(copy, step["job"]).read_text())
+    rec = json.loads(RunLayout(copy).job_record(step["job"]).read_text())
     assert rec["kind"] == "trained" and rec["metrics"]["steps"] > 0
     # It was early-stopped on the squared error to the validation residuals (not on CE) …
     evals = rec["metrics"]["evals"]
@@ -146,14 +146,14 @@ def test_rerun_skips_finished_adapters_and_resumes_from_checkpoints(run, caplog)
     cfg, out, _ = run
     names = [t.name for t in read_prepared(out)]
     jobs = group_jobs(cfg, [g.tasks for g in load_members(out).groups], names)
-    before = {j.id: json.loads(job_record_path(out, j.id).read_text()) for j in jobs}
+    before = {j.id: json.loads(RunLayout(out).job_record(j.id).read_text()) for j in jobs}
     caplog.set_level("INFO")
     records = run_jobs(cfg, out, jobs, progress=False)
     assert "already trained" in caplog.text
     assert all(records[j.id]["wall_s"] == before[j.id]["wall_s"] for j in jobs)
     # As if killed after training but before the export: the job restarts from its checkpoint.
     victim = jobs[0]
-    job_record_path(out, victim.id).unlink()
+    RunLayout(out).job_record(victim.id).unlink()
     records = run_jobs(cfg, out, [victim], progress=False)
     m = records[victim.id]["metrics"]
     assert m["resumed_from_step"] >= 0

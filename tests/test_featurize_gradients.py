@@ -9,9 +9,9 @@ import torch
 
 from elora_ray.config import AdapterConfig, ModelConfig, RunConfig
 from elora_ray.featurize.gradients import PerSampleGradients, gold_log_odds, gradient_layers
+from elora_ray.featurize.model_at_init import build_model_at_init
 from elora_ray.featurize.projection import JLProjector
 from elora_ray.featurize.worker import gradient_layers_for
-from elora_ray.featurize.model_at_init import build_model_at_init
 from elora_ray.models.classifier import TaskSpec
 
 TASKS = [TaskSpec("sent", ("negative", "positive")), TaskSpec("topic", ("science", "sports", "art"))]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from elora_ray.artifacts import read_prepared
 from elora_ray.config import load_config
 from elora_ray.featurize import featurize, read_features
 from elora_ray.featurize.gradients import PerSampleGradients, gold_log_odds
@@ -15,7 +15,7 @@ from elora_ray.featurize.model_at_init import build_model_at_init
 from elora_ray.featurize.projection import JLProjector
 from elora_ray.featurize.worker import gradient_layers_for, projection_seed
 from elora_ray.models.classifier import TaskSpec
-from elora_ray.prepare import prepare, read_prepared
+from elora_ray.prepare import prepare
 
 SETS = ["model.name_or_path=tiny-bert", "suite.samples_per_task=40", "suite.tasks_per_group=[2,1]",
         "featurize.dim=24", "featurize.shard_size=8", "featurize.batch_size=5"]
@@ -104,7 +104,8 @@ def test_nan_features_are_refused_by_name_and_a_prior_estimate_survives(run, tmp
 
     from elora_ray.errors import DataError
     from elora_ray.estimate import estimate
-    from elora_ray.featurize.stage import FEATURE_DIR, _check_finite
+    from elora_ray.featurize.stage import _check_finite
+    from elora_ray.layout import FEATURE_DIR
 
     cfg, out, _ = run
     copy = tmp_path / "run"

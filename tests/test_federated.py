@@ -177,7 +177,7 @@ def test_fedavg_of_identical_clients_equals_local_training(tmp_path, shared_data
 
     from elora_ray.federated.fedavg import round_seed, run_fedavg
     from elora_ray.federated.pool import ActorPool
-    from elora_ray.federated.stage import prepare_windows
+    from elora_ray.federated.windows import prepare_windows
     from elora_ray.federated.worker import ClientWorker
     from elora_ray.raysession import ensure_ray
 
@@ -266,7 +266,7 @@ def test_too_few_clients_is_a_clear_error(tmp_path):
 
 
 def test_client_progress_survives_a_torn_line_and_resumes(tmp_path):
-    from elora_ray.federated.stage import ClientProgress
+    from elora_ray.federated.journal import ClientProgress
 
     p = ClientProgress(tmp_path / "progress" / "mtl_ft.jsonl")
     assert p.done == {} and p.seconds_before == 0.0

@@ -20,7 +20,7 @@ import ray
 from ray.cluster_utils import Cluster
 from elora_ray.config import load_config
 from elora_ray.pipeline import run_stages
-from elora_ray.train.jobs import read_job_record
+from elora_ray.artifacts import read_job_record
 
 ports = [int(p) for p in sys.argv[2].split(",")]
 out = Path(sys.argv[1])

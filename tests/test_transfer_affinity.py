@@ -12,12 +12,7 @@ from elora_ray.cluster.select import block_means, cluster_tasks, heldout_error
 from elora_ray.estimate.calibration import regularisation, resolve_l2
 from elora_ray.estimate.stage import solve_chunk
 from elora_ray.estimate.subsets import default_num_subsets, default_subset_size, design_stats, sample_subsets
-from elora_ray.estimate.transfer import (
-    first_order_transfer,
-    fit_pairwise,
-    normalise_transfer,
-    sample_halves,
-)
+from elora_ray.estimate.transfer import first_order_transfer, fit_pairwise, normalise_transfer, sample_halves
 
 
 def test_pairwise_model_recovers_exact_additive_gains():

@@ -1,14 +1,8 @@
 """One interface over every adapter type: attach, regularise, save and load.
 
-=========  ==============================================  =======================
-type       what                                            built on
-=========  ==============================================  =======================
-lora       low-rank update B A on the attention q, v       PEFT ``LoraConfig``
-qlora      LoRA over a 4-bit (nf4) quantised backbone      PEFT + bitsandbytes
-adapter    Houlsby bottleneck after attention/FFN outputs  our PEFT tuner
-qadapter   bottleneck adapter over a 4-bit backbone        our PEFT tuner + bnb
-mplora     multi-path LoRA with orthogonality loss         PEFT LoRA + penalty
-=========  ==============================================  =======================
+The types (lora, qlora, mplora, adapter, qadapter) are registered in
+:mod:`elora_ray.adapter_types`; each names a family implemented in this package
+(:mod:`.lora`, :mod:`.mplora`, :mod:`.bottleneck.family`), so nothing here branches on a type.
 
 Saved adapters use PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``)
 plus ``elora_adapter.json`` recording our adapter config and the tasks, so a directory can
@@ -22,32 +16,21 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from torch import nn
 
+from ..adapter_types import adapter_type
 from ..config import AdapterConfig
 from ..errors import ModelError
 from ..io import atomic_path
 from ..models.classifier import MultiTaskClassifier
-from .mplora import orthogonality_loss
+from .families import get_family
 
 SIDE_CAR = "elora_adapter.json"
-QUANTIZED_TYPES = {"qlora", "qadapter"}
-LORA_TYPES = {"lora", "qlora", "mplora"}
-
-DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "gpt2": ["c_attn"],
-}
 
 
 def needs_quantized_base(cfg: AdapterConfig) -> bool:
-    return cfg.type in QUANTIZED_TYPES
+    return adapter_type(cfg.type).quantized
 
 
 def _hf_model_type(model: MultiTaskClassifier) -> str:
@@ -59,55 +42,29 @@ def _targets(model: MultiTaskClassifier, cfg: AdapterConfig) -> list[str] | str:
     if cfg.target_modules:
         return list(cfg.target_modules)
     mt = _hf_model_type(model)
-    if cfg.type in LORA_TYPES:
-        if mt not in DEFAULT_LORA_TARGETS:
-            raise ModelError(f"no default LoRA targets for model type '{mt}'; set adapter.target_modules")
-        return DEFAULT_LORA_TARGETS[mt]
-    from .bottleneck import DEFAULT_BOTTLENECK_TARGETS
-
-    if mt not in DEFAULT_BOTTLENECK_TARGETS:
-        raise ModelError(f"no default bottleneck targets for model type '{mt}'; set adapter.target_modules")
-    return DEFAULT_BOTTLENECK_TARGETS[mt]
+    family = get_family(adapter_type(cfg.type).family)
+    if mt not in family.default_targets:
+        raise ModelError(f"no default {family.name} targets for model type '{mt}'; set adapter.target_modules")
+    return family.default_targets[mt]
 
 
 def peft_config(model: MultiTaskClassifier, cfg: AdapterConfig, train_heads: bool = True):
     """The PEFT config for ``cfg`` on ``model`` (task heads saved with the adapter)."""
     heads = getattr(model, "heads", None)
     save = [f"heads.{i}" for i in range(len(heads))] if train_heads and heads is not None else None
-    targets = _targets(model, cfg)
-    if cfg.type in LORA_TYPES:
-        return LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha if cfg.alpha is not None else 2 * cfg.rank,
-            lora_dropout=cfg.dropout,
-            target_modules=targets,
-            modules_to_save=save,
-            bias="none",
-        )
-    from .bottleneck import BottleneckConfig
-
-    return BottleneckConfig(
-        target_modules=targets,
-        reduction_factor=cfg.reduction_factor,
-        dropout=cfg.dropout,
-        modules_to_save=save,
-    )
+    return get_family(adapter_type(cfg.type).family).peft_config(cfg, _targets(model, cfg), save)
 
 
 def attach_adapter(
     model: MultiTaskClassifier, cfg: AdapterConfig, *, seed: int = 0, train_heads: bool = True
 ) -> PeftModel:
     """Wrap ``model`` with a fresh adapter (seeded init). Only adapter (and head) params train."""
-    if cfg.type in QUANTIZED_TYPES and not is_quantized(model):
+    kind = adapter_type(cfg.type)
+    if kind.quantized and not is_quantized(model):
         raise ModelError(f"adapter type '{cfg.type}' needs a 4-bit base: build the model with quantize=True")
-    if cfg.type == "mplora":
-        targets = _targets(model, cfg)
-        for name, m in model.named_modules():
-            if isinstance(m, nn.Linear) and name.split(".")[-1] in targets and m.out_features % cfg.paths:
-                raise ModelError(
-                    f"adapter.paths={cfg.paths}: layer {name} has {m.out_features} outputs, not divisible "
-                    "into equal paths (MPLoRA's B_i^T B_j needs equal blocks); choose a divisor"
-                )
+    family = get_family(kind.family)
+    if family.check is not None:
+        family.check(model, cfg, _targets(model, cfg))
     torch.manual_seed(seed)
     return get_peft_model(model, peft_config(model, cfg, train_heads))
 
@@ -122,9 +79,15 @@ def is_quantized(model: nn.Module) -> bool:
 
 def regularization_loss(model: nn.Module, cfg: AdapterConfig) -> torch.Tensor | None:
     """The adapter's own training penalty (MPLoRA's λ·orthogonality), or None."""
-    if cfg.type == "mplora" and cfg.orth_lambda > 0:
-        return cfg.orth_lambda * orthogonality_loss(model, cfg.paths)
-    return None
+    family = get_family(adapter_type(cfg.type).family)
+    return family.penalty(model, cfg) if family.penalty is not None else None
+
+
+def prepare_to_load(adapter_type_name: str) -> None:
+    """Whatever PEFT needs before it can load a saved adapter of this type (our tuners register)."""
+    family = get_family(adapter_type(adapter_type_name).family)
+    if family.before_load is not None:
+        family.before_load()
 
 
 def adapter_parameters(model: nn.Module, include_heads: bool = False) -> Iterator[tuple[str, nn.Parameter]]:
@@ -173,7 +136,6 @@ def load_adapter(base: MultiTaskClassifier, directory: str | Path, *, trainable:
         have = [t.name for t in base.tasks]
         if want != have:
             raise ModelError(f"{directory}: adapter was trained for tasks {want}, the model has {have}")
-    if meta["adapter"]["type"] == "adapter" or meta["adapter"]["type"] == "qadapter":
-        from . import bottleneck  # noqa: F401  registers the PEFT method
+    prepare_to_load(meta["adapter"]["type"])
 
     return PeftModel.from_pretrained(base, str(directory), is_trainable=trainable)

@@ -17,6 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import AdapterConfig
+from ..errors import ModelError
+from .families import AdapterFamily, register_family
+from .lora import DEFAULT_LORA_TARGETS, lora_config
+
 
 def path_blocks(lora_b_weight: torch.Tensor, paths: int) -> tuple[torch.Tensor, ...]:
     """The B_i of one layer: row blocks of the PEFT ``lora_B`` weight (d_out × r)."""
@@ -40,3 +45,22 @@ def orthogonality_loss(model: nn.Module, paths: int, adapter_name: str = "defaul
     if total is None:
         raise ValueError("orthogonality_loss: the model has no LoRA layers")
     return total
+
+
+def check_paths(model: nn.Module, cfg: AdapterConfig, targets: list[str] | str) -> None:
+    """Every adapted layer's output size must split into ``adapter.paths`` equal blocks."""
+    names = [targets] if isinstance(targets, str) else targets
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and name.split(".")[-1] in names and m.out_features % cfg.paths:
+            raise ModelError(
+                f"adapter.paths={cfg.paths}: layer {name} has {m.out_features} outputs, not divisible "
+                "into equal paths (MPLoRA's B_i^T B_j needs equal blocks); choose a divisor"
+            )
+
+
+def orthogonality_penalty(model: nn.Module, cfg: AdapterConfig) -> torch.Tensor | None:
+    return cfg.orth_lambda * orthogonality_loss(model, cfg.paths) if cfg.orth_lambda > 0 else None
+
+
+MPLORA = register_family(AdapterFamily("mplora", lora_config, DEFAULT_LORA_TARGETS, check=check_paths,
+                                       penalty=orthogonality_penalty))

@@ -23,7 +23,6 @@ resumes. Writes ``analyze/sharpness/results.parquet``, ``summary.json``, ``summa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -35,14 +34,15 @@ import pandas as pd
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from ..adapter_types import ADAPTER_TYPES
+from ..artifacts import read_data_manifest
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..io import atomic_path, write_json, write_parquet, write_text
+from ..io import atomic_path, fingerprint, write_json, write_parquet, write_text
+from ..layout import RunLayout
 from ..raysession import cluster_gpus, ensure_ray
 
 log = logging.getLogger(__name__)
-OUT_DIR = Path("analyze") / "sharpness"
-RANKED_TYPES = ("lora", "qlora", "mplora")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _settings_tag(cfg: RunConfig, task: str, variant: Variant, seed: int, data_f
         "train": {"epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size, "train_heads": cfg.train.train_heads},
         "hessian": {"points": s.points, "probes": s.probes},
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(payload)
 
 
 def adapter_weights(members) -> list:
@@ -126,12 +126,12 @@ def measure_variant(cfg_data: dict, run_dir: str, task_name: str, k: int, rank: 
     import torch.nn.functional as F
 
     from ..adapters import regularization_loss
+    from ..artifacts import heads_path, read_prepared
     from ..ensemble.weights import fit_task_weights
     from ..featurize.model_at_init import build_model_at_init
     from ..models.classifier import TaskSpec
-    from ..prepare import read_prepared
     from ..train.loop import predict_logits, train_adapter
-    from ..train.model import freeze_heads, heads_path
+    from ..train.model import freeze_heads
     from .sharpness import hutchinson_trace
 
     torch.set_num_threads(1)
@@ -212,12 +212,13 @@ def measure_variant(cfg_data: dict, run_dir: str, task_name: str, k: int, rank: 
 
 def run_sharpness(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
     """Measure every (task, variant); write results, summary and plot; return the summary."""
-    from ..prepare import read_prepared
+    from ..artifacts import read_prepared
 
-    if cfg.adapter.type not in RANKED_TYPES:
+    ranked = [t.name for t in ADAPTER_TYPES.values() if t.sized_by_rank]
+    if not ADAPTER_TYPES[cfg.adapter.type].sized_by_rank:
         raise ConfigError(
             f"adapter.type: sharpness analysis varies the adapter rank; '{cfg.adapter.type}' is sized by "
-            f"reduction_factor instead (use one of {', '.join(RANKED_TYPES)})"
+            f"reduction_factor instead (use one of {', '.join(ranked)})"
         )
     s = cfg.analyze.sharpness
     tasks = read_prepared(run_dir)
@@ -230,9 +231,8 @@ def run_sharpness(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         if t.name in chosen and (not t.splits["train"] or not t.splits["validation"]):
             raise ConfigError(f"analyze.sharpness: task '{t.name}' needs train and validation samples")
     seed = s.seed if s.seed is not None else cfg.seed
-    manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
-    fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    out = run_dir / OUT_DIR
+    data_fp = fingerprint(read_data_manifest(run_dir))
+    out = RunLayout(run_dir).sharpness
     jobs = [(t, v) for t in chosen for v in variants_for(cfg)]
 
     done: dict[tuple[str, str], dict] = {}
@@ -240,7 +240,7 @@ def run_sharpness(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         path = out / "variants" / t / f"{v.name}.json"
         if path.is_file():
             data = json.loads(path.read_text())
-            if data.get("tag") == _settings_tag(cfg, t, v, seed, fingerprint):
+            if data.get("tag") == _settings_tag(cfg, t, v, seed, data_fp):
                 done[(t, v.name)] = data
     if done:
         log.info("analyze sharpness: reusing %d measured variant(s) from %s", len(done), out / "variants")
@@ -259,7 +259,7 @@ def run_sharpness(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for r in ready:
                     t, v = pending.pop(r)
-                    data = {**ray.get(r), "tag": _settings_tag(cfg, t, v, seed, fingerprint)}
+                    data = {**ray.get(r), "tag": _settings_tag(cfg, t, v, seed, data_fp)}
                     write_json(out / "variants" / t / f"{v.name}.json", data)
                     done[(t, v.name)] = data
                     bar.update(1)

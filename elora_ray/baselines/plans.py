@@ -16,13 +16,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..adapter_types import adapter_type
 from ..config import RunConfig
 from ..train.jobs import AdapterJob
 from ..train.stage import in_task_order, train_seed
 from .grouping import gradient_cosine_groups, random_groups
 
 log = logging.getLogger(__name__)
-QUANTIZED_COUNTERPART = {"lora": "qlora", "adapter": "qadapter"}
 
 
 @dataclass
@@ -48,7 +48,7 @@ def baseline_plans(cfg: RunConfig, run_dir: Path, names: list[str], ensemble_gro
         if method == "single_adapter":
             plans.append(MethodPlan(method, [single], {n: "single" for n in names}, [list(names)]))
         elif method == "single_qlora":
-            q = QUANTIZED_COUNTERPART.get(cfg.adapter.type)
+            q = adapter_type(cfg.adapter.type).quantized_counterpart
             if q is None:
                 log.info("baselines: single_qlora skipped: adapter.type=%s is already quantized or has no 4-bit counterpart", cfg.adapter.type)
                 continue

@@ -7,14 +7,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from ..artifacts import read_groups, read_prepared
 from ..config import RunConfig
 from ..io import write_json
-from ..prepare import read_prepared
+from ..layout import RunLayout
 from ..train.runner import run_jobs
-from ..train.stage import read_groups
 from .plans import baseline_plans, unique_jobs
-
-PLANS_FILE = Path("baselines") / "plans.json"
 
 
 def baselines_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
@@ -33,5 +31,5 @@ def baselines_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress
         p.name: {"assignment": p.assignment, "groups": p.groups, "jobs": [j.id for j in p.jobs], "notes": p.notes}
         for p in plans
     }
-    write_json(run / PLANS_FILE, {"methods": summary, "jobs": {j.id: asdict(j) for j in jobs}})
+    write_json(RunLayout(run).baseline_plans, {"methods": summary, "jobs": {j.id: asdict(j) for j in jobs}})
     return {"methods": summary, "records": records}

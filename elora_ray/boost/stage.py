@@ -29,17 +29,17 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
+from ..artifacts import read_prepared
 from ..config import RunConfig
 from ..ensemble.members import EnsembleMembers, Learner, group_outputs, load_members, save_members
 from ..ensemble.outputs import TaskOutputs, gold_prob, log_loss, log_softmax, read_outputs
 from ..io import write_json, write_parquet
-from ..prepare import read_prepared
+from ..layout import BOOST_DIR
 from ..train.jobs import AdapterJob
 from ..train.runner import run_jobs
 from ..train.stage import output_splits, train_seed
 
 log = logging.getLogger(__name__)
-BOOST_DIR = Path("boost")
 
 
 def residual_table(outs: dict[str, TaskOutputs], reference: dict[str, TaskOutputs]) -> pd.DataFrame:

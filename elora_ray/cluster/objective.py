@@ -40,11 +40,6 @@ def canonical_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     return out
 
 
-def num_clusters(labels: Sequence[int] | np.ndarray) -> int:
-    """Number of distinct (non-empty) clusters in ``labels``."""
-    return int(len(np.unique(np.asarray(labels))))
-
-
 def cluster_densities(T: np.ndarray, labels: Sequence[int] | np.ndarray) -> np.ndarray:
     """Density ``v_c^T T v_c / |c|`` of every non-empty cluster, in order of canonical label."""
     T = np.asarray(T, dtype=np.float64)

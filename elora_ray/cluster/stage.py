@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..io import write_json
+from ..io import fingerprint, write_json
 from .plot import plot_affinity
 from .select import cluster_tasks
 
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
-    from ..estimate.stage import HALF_FILES, read_affinity, read_affinity_halves
+    from ..artifacts import read_affinity, read_affinity_halves
+    from ..layout import HALF_FILES
 
     names, A = read_affinity(run_dir)
     halves = read_affinity_halves(run_dir)
@@ -33,7 +34,7 @@ def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
         for f in HALF_FILES:
             digest.update((run_dir / f).read_bytes())
     fp_src = {"affinity": digest.hexdigest()[:16], "cluster": c.model_dump(mode="json"), "seed": cfg.seed}
-    fp = hashlib.sha256(json.dumps(fp_src, sort_keys=True).encode()).hexdigest()[:16]
+    fp = fingerprint(fp_src)
     out = run_dir / "groups.json"
     if out.is_file() and not force:
         prev = json.loads(out.read_text())

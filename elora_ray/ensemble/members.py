@@ -9,11 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io import write_json
-from ..train.jobs import THETA_STAR
+from ..layout import THETA_STAR, RunLayout
 from .outputs import TaskOutputs, compose, read_outputs
-
-MEMBERS_FILE = Path("ensemble") / "members.json"
-WEIGHTS_FILE = Path("ensemble") / "weights.json"
 
 
 @dataclass
@@ -68,11 +65,11 @@ class EnsembleMembers:
 
 
 def save_members(run_dir: Path, members: EnsembleMembers) -> None:
-    write_json(Path(run_dir) / MEMBERS_FILE, members.to_dict())
+    write_json(RunLayout(run_dir).members, members.to_dict())
 
 
 def load_members(run_dir: Path) -> EnsembleMembers:
-    p = Path(run_dir) / MEMBERS_FILE
+    p = RunLayout(run_dir).members
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: run `elora train` first")
     return EnsembleMembers.from_dict(json.loads(p.read_text()))
@@ -93,11 +90,11 @@ def group_outputs(
 
 
 def save_weights(run_dir: Path, weights: dict) -> None:
-    write_json(Path(run_dir) / WEIGHTS_FILE, weights)
+    write_json(RunLayout(run_dir).weights, weights)
 
 
 def load_weights(run_dir: Path) -> dict:
-    p = Path(run_dir) / WEIGHTS_FILE
+    p = RunLayout(run_dir).weights
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: run `elora combine` first")
     return json.loads(p.read_text())

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from ..train.jobs import output_path
+from ..layout import RunLayout
 
 
 @dataclass
@@ -52,7 +52,7 @@ def read_outputs(
     run_dir: Path, job_id: str, split: str, tasks: Iterable[str] | None = None, num_labels: dict[str, int] | None = None
 ) -> dict[str, TaskOutputs]:
     """{task: TaskOutputs} of adapter ``job_id`` on ``split`` (only ``tasks`` if given)."""
-    path = output_path(run_dir, job_id)
+    path = RunLayout(run_dir).output(job_id)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: adapter {job_id!r} has not been trained/evaluated yet")
     table = pq.read_table(path, filters=[("split", "=", split)])

@@ -21,24 +21,24 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..adapter_types import ADAPTER_TYPES
+from ..artifacts import read_prepared
 from ..config import load_config
 from ..errors import ConfigError, ModelError
+from ..layout import RunLayout
 from ..models.classifier import TaskSpec
-from ..prepare import read_prepared
-from ..train.jobs import adapter_dir
 from .members import load_members, load_weights
 
 log = logging.getLogger(__name__)
-MIXED_BATCH_TYPES = ("lora", "qlora")
 
 
 class EnsemblePredictor:
     def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 32,
                  mixed_batches: bool | None = None) -> None:
         from ..adapters import needs_quantized_base
+        from ..artifacts import heads_path
         from ..featurize.model_at_init import load_heads
         from ..models.build import build_classifier
-        from ..train.model import heads_path
 
         self.run_dir = Path(run_dir)
         cfg_path = self.run_dir / "config.yaml"
@@ -52,8 +52,9 @@ class EnsemblePredictor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         adapter_type = self.cfg.adapter.type
-        self.mixed = adapter_type in MIXED_BATCH_TYPES if mixed_batches is None else mixed_batches
-        if self.mixed and adapter_type not in MIXED_BATCH_TYPES:
+        mixable = ADAPTER_TYPES[adapter_type].mixed_batch
+        self.mixed = mixable if mixed_batches is None else mixed_batches
+        if self.mixed and not mixable:
             raise ConfigError(f"mixed adapter batches need a LoRA-family adapter, this run uses {adapter_type!r}")
         model = build_classifier(self.cfg.model, self.specs, quantize=needs_quantized_base(self.cfg.adapter),
                                  quant_type=self.cfg.adapter.quant_type, seed=self.cfg.seed)
@@ -72,21 +73,20 @@ class EnsemblePredictor:
     def _load_adapters(self, model, ids: Sequence[str]):
         from peft import PeftModel
 
-        from ..adapters import read_adapter_meta
+        from ..adapters import prepare_to_load, read_adapter_meta
 
         for i in ids:
-            if not (adapter_dir(self.run_dir, i) / "adapter_model.safetensors").is_file():
-                raise ModelError(f"{adapter_dir(self.run_dir, i)}: adapter_model.safetensors not found "
+            if not (RunLayout(self.run_dir).adapter(i) / "adapter_model.safetensors").is_file():
+                raise ModelError(f"{RunLayout(self.run_dir).adapter(i)}: adapter_model.safetensors not found "
                                  "(only safetensors weights are loaded)")
-            meta = read_adapter_meta(adapter_dir(self.run_dir, i))
-            if meta["adapter"]["type"] in ("adapter", "qadapter"):
-                from ..adapters import bottleneck  # noqa: F401  registers the PEFT method
+            meta = read_adapter_meta(RunLayout(self.run_dir).adapter(i))
+            prepare_to_load(meta["adapter"]["type"])
             want = [t["name"] for t in meta.get("tasks", [])]
             if want and want != [s.name for s in self.specs]:
-                raise ConfigError(f"{adapter_dir(self.run_dir, i)}: adapter was trained for tasks {want}, the run has {[s.name for s in self.specs]}")
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir(self.run_dir, ids[0])), adapter_name=ids[0])
+                raise ConfigError(f"{RunLayout(self.run_dir).adapter(i)}: adapter was trained for tasks {want}, the run has {[s.name for s in self.specs]}")
+        peft_model = PeftModel.from_pretrained(model, str(RunLayout(self.run_dir).adapter(ids[0])), adapter_name=ids[0])
         for i in ids[1:]:
-            peft_model.load_adapter(str(adapter_dir(self.run_dir, i)), adapter_name=i)
+            peft_model.load_adapter(str(RunLayout(self.run_dir).adapter(i)), adapter_name=i)
         return peft_model
 
     def adapter_coefficients(self, task: str) -> dict[str, float]:

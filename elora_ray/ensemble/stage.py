@@ -3,16 +3,17 @@ outputs (``ensemble.weights``) and save them to ``ensemble/weights.json``."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import read_prepared
 from ..config import RunConfig
-from ..prepare import read_prepared
-from .members import WEIGHTS_FILE, group_outputs, load_members, save_weights
+from ..io import fingerprint
+from ..layout import RunLayout
+from .members import group_outputs, load_members, save_weights
 from .weights import combine, fit_task_weights, task_loss
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,8 @@ def combine_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
     names = [t.name for t in tasks]
     num_labels = {t.name: len(t.labels) for t in tasks}
     e = cfg.ensemble
-    fp = hashlib.sha256(json.dumps([members.to_dict(), e.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()[:16]
-    path = run / WEIGHTS_FILE
+    fp = fingerprint([members.to_dict(), e.model_dump(mode="json")])
+    path = RunLayout(run).weights
     if path.is_file() and not force:
         old = json.loads(path.read_text())
         if old.get("fingerprint") == fp:

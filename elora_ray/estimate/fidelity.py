@@ -32,13 +32,13 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..featurize.stage import FEATURE_DIR, theta_star_fingerprint
+from ..featurize.stage import theta_star_fingerprint
 from ..featurize.store import read_manifest
 from ..io import write_json, write_parquet, write_text
+from ..layout import RunLayout
 from ..raysession import ensure_ray
-from .stage import load_estimation_features
 from .calibration import calibration_constant, regularisation
-from .stage import subset_plan
+from .stage import load_estimation_features, subset_plan
 from .subsets import default_subset_size, sample_subsets
 from .surrogate import evaluate, fit_surrogate
 
@@ -53,11 +53,11 @@ def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int)
     first-order check. Runs in a Ray task (or locally)."""
     import torch
 
+    from ..artifacts import read_prepared
     from ..featurize.gradients import PerSampleGradients, gold_log_odds
     from ..featurize.model_at_init import build_model_at_init
     from ..featurize.worker import gradient_layers_for
     from ..models.classifier import TaskSpec
-    from ..prepare import read_prepared
     from ..train.loop import evaluate_examples, fit_adapter
 
     torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int)
     run = Path(run_dir)
     tasks = read_prepared(run)
     by_name = {t.name: t for t in tasks}
-    heads = run / FEATURE_DIR / "heads.safetensors"
+    heads = RunLayout(run).heads
     peft_model, model = build_model_at_init(cfg, [TaskSpec.of(t) for t in tasks], heads if heads.is_file() else None)
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     full_norm = float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in peft_model.parameters())))

@@ -17,7 +17,6 @@ are read zero-copy by workers on the same node). Writes under the run directory:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -33,7 +32,8 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..errors import ConfigError, DataError
 from ..featurize.store import read_features, read_manifest
-from ..io import write_json, write_parquet, write_text
+from ..io import fingerprint, write_json, write_parquet, write_text
+from ..layout import EST_DIR
 from ..raysession import cluster_cpus, ensure_ray
 from .affinity import Affinity, affinity_matrix
 from .calibration import calibration_constant, keep_in_run, resolve_l2
@@ -42,7 +42,6 @@ from .surrogate import evaluate, fit_surrogate
 from .transfer import first_order_transfer, fit_pairwise, normalise_transfer, sample_halves
 
 log = logging.getLogger(__name__)
-EST_DIR = "estimate"
 
 
 def solve_chunk(features: dict, names: list[str], subsets: list[tuple[int, tuple[int, ...]]], l2: float | dict,
@@ -133,7 +132,7 @@ def estimate_fingerprint(cfg: RunConfig, features_fp: str, l2: float | dict | No
     part = {"features": features_fp, "num_subsets": e.num_subsets, "subset_size": e.subset_size, "l2": l2 if l2 is not None else e.l2,
             "appearances": e.appearances, "affinity": e.affinity, "metric": e.metric,
             "max_iter": e.max_iter, "seed": e.seed if e.seed is not None else cfg.seed, "version": 5}
-    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(part)
 
 
 def load_estimation_features(run_dir: Path) -> tuple[list[str], dict]:

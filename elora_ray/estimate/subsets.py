@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-
 #: Tasks per subset at most (the paper used subsets of 10 for 500 tasks).
 MAX_AUTO_SUBSET_SIZE = 10
 #: ``estimate.num_subsets: auto`` samples enough subsets for each task to appear this often.

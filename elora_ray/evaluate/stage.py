@@ -22,19 +22,17 @@ from typing import Iterable
 
 import numpy as np
 
-from ..baselines.stage import PLANS_FILE
+from ..artifacts import read_job_record, read_prepared
 from ..config import RunConfig
 from ..ensemble.members import group_outputs, load_members, load_weights
 from ..ensemble.outputs import TaskOutputs, accuracy, log_loss, read_outputs
 from ..ensemble.stage import weight_matrix
 from ..ensemble.weights import combine
 from ..featurize.store import read_manifest
-from ..io import write_json
-from ..prepare import read_prepared
-from ..train.jobs import THETA_STAR, read_job_record
+from ..io import fingerprint, write_json
+from ..layout import THETA_STAR, RunLayout
 
 log = logging.getLogger(__name__)
-EVALUATION_FILE = "evaluation.json"
 
 
 def _records(run: Path, job_ids: Iterable[str]) -> list[dict]:
@@ -69,9 +67,31 @@ def _assigned(run: Path, assignment: dict[str, str], split: str, num_labels: dic
     return out
 
 
-def evaluate_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
+def evaluation_inputs(cfg: RunConfig, run: Path) -> dict:
+    """What the evaluation is computed from: the split, the ensemble, its weights, the baselines'
+    plans and every adapter job's fingerprint (a change to any of them makes it stale)."""
+    layout = RunLayout(run)
+    read = lambda p: json.loads(p.read_text()) if p.is_file() else None  # noqa: E731
+    jobs = sorted(p.stem for p in layout.job_records.glob("*.json"))
+    return {
+        "split": cfg.evaluate.split,
+        "members": read(layout.members), "weights": read(layout.weights), "plans": read(layout.baseline_plans),
+        "jobs": {j: (read_job_record(run, j) or {}).get("fingerprint") for j in jobs},
+        "features": read_manifest(run).get("fingerprint"),
+    }
+
+
+def evaluate_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
+    """Evaluate every method on ``evaluate.split``; skipped when ``evaluation.json`` is current."""
     run = Path(run_dir)
     split = cfg.evaluate.split
+    fp = fingerprint(evaluation_inputs(cfg, run))
+    path = RunLayout(run).evaluation
+    if path.is_file() and not force:
+        previous = json.loads(path.read_text())
+        if previous.get("fingerprint") == fp:
+            log.info("evaluate: %s is current (fingerprint %s), skipping", path, fp)
+            return previous
     tasks = read_prepared(run)
     names = [t.name for t in tasks]
     num_labels = {t.name: len(t.labels) for t in tasks}
@@ -92,7 +112,7 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict
     methods["ensemble"]["groups"] = [g.tasks for g in members.groups]
     methods["ensemble"]["boosting_steps"] = members.boosting_steps
 
-    plans_path = run / PLANS_FILE
+    plans_path = RunLayout(run).baseline_plans
     if plans_path.is_file():
         plans = json.loads(plans_path.read_text())["methods"]
         for name, plan in plans.items():
@@ -110,8 +130,8 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict
     }
     if read_job_record(run, THETA_STAR) is not None:
         ablations["theta_star"] = summarize(read_outputs(run, THETA_STAR, split, names, num_labels), [])
-    result = {"split": split, "methods": methods, "ensemble_ablations": ablations}
-    write_json(run / EVALUATION_FILE, result)
+    result = {"fingerprint": fp, "split": split, "methods": methods, "ensemble_ablations": ablations}
+    write_json(path, result)
     for name, r in methods.items():
         log.info("evaluate: %-18s avg %s accuracy %.4f (%d adapters, %.3g train FLOPs)", name, split, r["avg_accuracy"], r["adapters"], r["train_flops"])
     return result

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-OUTPUT_SIDE = ("lora_B", "bottleneck_up")
-INPUT_SIDE = ("lora_A", "bottleneck_down")
+from ..adapter_types import input_side_modules, zero_side_modules
+
+OUTPUT_SIDE = zero_side_modules()
+"""Adapter modules that are zero at init, by adapter type (:mod:`elora_ray.adapter_types`)."""
+INPUT_SIDE = input_side_modules()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ resumes by skipping the shards that exist. Changing anything that affects the fe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -29,16 +28,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..artifacts import read_prepared
 from ..config import RunConfig
 from ..errors import DataError
-from ..io import write_json, write_parquet
-from ..prepare import read_prepared
+from ..io import fingerprint, write_json, write_parquet
+from ..layout import FEATURE_DIR
 from ..raysession import cluster_cpus, cluster_gpus, ensure_ray
 from ..tasks.schema import TaskData
 from .probe import fit_probe, heads_state
 
 log = logging.getLogger(__name__)
-FEATURE_DIR = "features"
 
 
 def features_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
@@ -51,7 +50,7 @@ def features_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
         "seed": cfg.seed,
         "version": 1,
     }
-    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(part)
 
 
 def theta_star_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
@@ -66,7 +65,7 @@ def theta_star_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
         "seed": cfg.seed,
         "version": 1,
     }
-    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(part)
 
 
 def _specs(tasks: list[TaskData]) -> list[dict]:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, DataError
-from .stage import FEATURE_DIR
+from ..layout import FEATURE_DIR
 
 
 @dataclass

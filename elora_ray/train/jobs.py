@@ -1,7 +1,8 @@
-"""What one adapter training is (an :class:`AdapterJob`) and where its artifacts live.
+"""What one adapter training is (an :class:`AdapterJob`) and when it is done.
 
 Every adapter of every method — group adapters, boosting learners, baselines — is a job with
-a stable id. Its artifacts, all keyed by that id under the run directory:
+a stable id. Its artifacts, all keyed by that id under the run directory (paths:
+:class:`elora_ray.layout.RunLayout`):
 
 - ``adapters/<id>/``          PEFT layout (safetensors) + ``elora_adapter.json`` (job, stats)
 - ``outputs/<id>.parquet``    logits per (split, task, sample_id) — what later stages combine
@@ -12,21 +13,14 @@ a stable id. Its artifacts, all keyed by that id under the run directory:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..artifacts import read_job_record
 from ..config import RunConfig
-
-ADAPTER_DIR = "adapters"
-OUTPUT_DIR = "outputs"
-JOB_DIR = Path("train") / "jobs"
-RAY_TRAIN_DIR = "ray_train"
-THETA_STAR = "theta_star"
-"""Id of the untrained model at θ* (adapter at init, probed heads): its outputs are the
-reference the boosting learners are measured against."""
+from ..io import fingerprint
+from ..layout import RunLayout
 
 
 @dataclass
@@ -76,33 +70,15 @@ class AdapterJob:
             "seed": cfg.seed,
             "data": data_fingerprint,
         }
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def adapter_dir(run_dir: Path, job_id: str) -> Path:
-    return Path(run_dir) / ADAPTER_DIR / job_id
-
-
-def output_path(run_dir: Path, job_id: str) -> Path:
-    return Path(run_dir) / OUTPUT_DIR / f"{job_id}.parquet"
-
-
-def job_record_path(run_dir: Path, job_id: str) -> Path:
-    return Path(run_dir) / JOB_DIR / f"{job_id}.json"
-
-
-def read_job_record(run_dir: Path, job_id: str) -> dict | None:
-    p = job_record_path(run_dir, job_id)
-    if not p.is_file():
-        return None
-    return json.loads(p.read_text())
+        return fingerprint(relevant)
 
 
 def job_done(run_dir: Path, job: AdapterJob, fingerprint: str) -> bool:
     rec = read_job_record(run_dir, job.id)
+    layout = RunLayout(run_dir)
     return (
         rec is not None
         and rec.get("fingerprint") == fingerprint
-        and output_path(run_dir, job.id).is_file()
-        and adapter_dir(run_dir, job.id).is_dir()
+        and layout.output(job.id).is_file()
+        and layout.adapter(job.id).is_dir()
     )

@@ -15,12 +15,13 @@ import torch
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from ..artifacts import heads_path
 from ..config import RunConfig
 from ..errors import ModelError
 from ..featurize.model_at_init import build_model_at_init
-from ..featurize.stage import FEATURE_DIR
+from ..layout import RunLayout
 from ..models.classifier import TaskSpec
-from .jobs import AdapterJob, adapter_dir
+from .jobs import AdapterJob
 
 
 def job_config(cfg: RunConfig, job: AdapterJob) -> RunConfig:
@@ -28,11 +29,6 @@ def job_config(cfg: RunConfig, job: AdapterJob) -> RunConfig:
     if job.adapter_type is None or job.adapter_type == cfg.adapter.type:
         return cfg
     return cfg.model_copy(update={"adapter": cfg.adapter.model_copy(update={"type": job.adapter_type})})
-
-
-def heads_path(run_dir: Path) -> Path | None:
-    p = Path(run_dir) / FEATURE_DIR / "heads.safetensors"
-    return p if p.is_file() else None
 
 
 def freeze_heads(peft_model: torch.nn.Module) -> None:
@@ -48,7 +44,7 @@ def build_job_model(
     jcfg = job_config(cfg, job)
     peft_model, model = build_model_at_init(jcfg, specs, heads_path(run_dir), device, train_heads=True)
     if job.init_from is not None:
-        load_adapter_weights(peft_model, adapter_dir(run_dir, job.init_from))
+        load_adapter_weights(peft_model, RunLayout(run_dir).adapter(job.init_from))
     train_heads = cfg.train.train_heads if job.train_heads is None else job.train_heads
     if not train_heads:
         freeze_heads(peft_model)

@@ -26,13 +26,14 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from ..artifacts import read_data_manifest, read_job_record, read_prepared
 from ..config import RunConfig
 from ..errors import ConfigError, EloraError
 from ..io import write_json, write_parquet
+from ..layout import RunLayout
 from ..models.classifier import TaskSpec
-from ..prepare import data_fingerprint, read_prepared
-from ..raysession import cluster_gpus, ensure_ray
-from .jobs import RAY_TRAIN_DIR, AdapterJob, adapter_dir, job_done, job_record_path, output_path, read_job_record
+from ..raysession import cluster_gpus, current_node_id, ensure_ray
+from .jobs import AdapterJob, job_done
 from .loop import predict_logits
 
 log = logging.getLogger(__name__)
@@ -78,16 +79,6 @@ def resolve_use_gpu(cfg: RunConfig) -> bool:
     return bool(cfg.train.use_gpu)
 
 
-def _node_id() -> str | None:
-    """The Ray node this runs on (where the adapter was trained), or None outside Ray."""
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001 - observability only
-        return None
-
-
 def export_job(
     cfg: RunConfig, run_dir: Path, job: AdapterJob, state_dir: Path | None, metrics: dict, fingerprint: str, wall_s: float,
     device: str = "cpu", built=None,
@@ -105,18 +96,18 @@ def export_job(
         params, _, _ = load_training_state(state_dir)
         load_trainable_state(peft_model, params)
     adapter_params = count_parameters(peft_model)
-    save_adapter(peft_model, job_config(cfg, job).adapter, adapter_dir(run_dir, job.id), extra={"job": job.to_dict()})
+    save_adapter(peft_model, job_config(cfg, job).adapter, RunLayout(run_dir).adapter(job.id), extra={"job": job.to_dict()})
     t0 = time.perf_counter()
     table = compute_outputs(peft_model, model, tasks, job.output_tasks, cfg.evaluate.batch_size, device)
-    write_parquet(output_path(run_dir, job.id), table)
+    write_parquet(RunLayout(run_dir).output(job.id), table)
     record = {
         "id": job.id, "method": job.method, "kind": job.kind, "tasks": job.tasks, "fingerprint": fingerprint,
         "job": job.to_dict(), "adapter_parameters": adapter_params,
         "metrics": {k: v for k, v in metrics.items()}, "wall_s": round(wall_s, 3),
         "output_seconds": round(time.perf_counter() - t0, 3), "output_rows": table.num_rows,
-        "node_id": _node_id(),
+        "node_id": current_node_id(),
     }
-    write_json(job_record_path(run_dir, job.id), record)
+    write_json(RunLayout(run_dir).job_record(job.id), record)
     return record
 
 
@@ -136,7 +127,7 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     if job.kind == "linearized":
         import pandas as pd
 
-        from ..boost.linearized import linearized_learner
+        from .linearized import linearized_learner
         from .model import build_job_model
         from .worker import PeakMemory
 
@@ -165,13 +156,13 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     )
     run_config = ray.train.RunConfig(
         name=f"{job.id}-{fingerprint}",
-        storage_path=str((run / RAY_TRAIN_DIR).resolve()),
+        storage_path=str(RunLayout(run).ray_train.resolve()),
         failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
     )
     loop_config = {"cfg": cfg_data, "job": job_data, "run_dir": str(run.resolve()), "threads": threads, "use_gpu": use_gpu}
     if t.num_workers == 0:  # local mode persists nothing itself: our checkpoints live in the run folder
-        loop_config["local_checkpoints"] = str((run / RAY_TRAIN_DIR / run_config.name / "local_checkpoints").resolve())
+        loop_config["local_checkpoints"] = str((RunLayout(run).ray_train / run_config.name / "local_checkpoints").resolve())
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
     result = trainer.fit()
     if result.error is not None:
@@ -204,13 +195,13 @@ def run_jobs(
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate job ids in {ids}")
-    data_fp = data_fingerprint(cfg)
+    data_fp = read_data_manifest(run_dir)["fingerprint"]
     records: dict[str, dict] = {}
     todo: list[tuple[AdapterJob, str]] = []
     for job in jobs:
         fp = job.fingerprint(cfg, data_fp)
         if force:
-            shutil.rmtree(Path(run_dir) / RAY_TRAIN_DIR / f"{job.id}-{fp}", ignore_errors=True)
+            shutil.rmtree(RunLayout(run_dir).ray_train / f"{job.id}-{fp}", ignore_errors=True)
         if not force and job_done(run_dir, job, fp):
             records[job.id] = read_job_record(run_dir, job.id)  # type: ignore[assignment]
         else:
@@ -273,7 +264,3 @@ def _fmt_val(m: dict) -> str:
     best = [e for e in evals if e.get("step") == m.get("best_step")] or evals[-1:]
     e = best[0]
     return f"loss {e.get('loss', float('nan')):.4f} acc {e.get('accuracy', float('nan')):.3f}"
-
-
-def job_flops(record: dict) -> float:
-    return float(record.get("metrics", {}).get("train_flops", 0.0))

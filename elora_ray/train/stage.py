@@ -7,16 +7,16 @@ configuration and groups skips finished adapters and keeps boosting learners alr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
+from ..artifacts import read_groups, read_prepared
 from ..config import RunConfig
-from ..ensemble.members import MEMBERS_FILE, EnsembleMembers, GroupMembers, save_members
+from ..ensemble.members import EnsembleMembers, GroupMembers, save_members
 from ..errors import ConfigError
-from ..prepare import read_prepared
-from .jobs import THETA_STAR, AdapterJob
+from ..io import fingerprint
+from ..layout import THETA_STAR, RunLayout
+from .jobs import AdapterJob
 from .runner import run_jobs
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,6 @@ log = logging.getLogger(__name__)
 
 def train_seed(cfg: RunConfig) -> int:
     return cfg.train.seed if cfg.train.seed is not None else cfg.seed
-
-
-def read_groups(run_dir: Path) -> list[list[str]]:
-    p = Path(run_dir) / "groups.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: run `elora cluster` first")
-    return json.loads(p.read_text())["groups"]
 
 
 def output_splits(names: list[str], train_tasks: list[str]) -> dict[str, list[str]]:
@@ -69,9 +62,9 @@ def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
     if cfg.boost.steps > 0:
         jobs.append(reference_job(names))
     records = run_jobs(cfg, run, jobs, desc="train groups", progress=progress, force=force)
-    fp = hashlib.sha256(json.dumps([records[j.id]["fingerprint"] for j in jobs if j.kind != "reference"]).encode()).hexdigest()[:16]
+    fp = fingerprint([records[j.id]["fingerprint"] for j in jobs if j.kind != "reference"])
     existing = None
-    if (run / MEMBERS_FILE).is_file() and not force:
+    if RunLayout(run).members.is_file() and not force:
         from ..ensemble.members import load_members
 
         existing = load_members(run)

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..artifacts import read_prepared
 from ..config import RunConfig
 from ..io import atomic_path
 from ..models.classifier import TaskSpec
-from ..prepare import read_prepared
 from .jobs import AdapterJob
 from .loop import LoopState, classification_metrics, predict_logits, train_adapter
 

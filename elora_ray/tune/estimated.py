@@ -20,9 +20,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit
 
-from ..boost.linearized import fit_residual
 from ..estimate.calibration import resolve_l2
 from ..estimate.surrogate import fit_surrogate
+from ..train.linearized import fit_residual
 
 
 @dataclass

@@ -15,20 +15,22 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from ..artifacts import read_affinity
 from ..cluster.select import cluster_tasks
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..estimate.stage import l2_rule, load_estimation_features, read_affinity
+from ..estimate.stage import l2_rule, load_estimation_features
 from ..io import write_json, write_text
+from ..layout import RunLayout
 from ..raysession import ensure_ray
 from .estimated import TaskFeatureArrays, iter_estimated_path
 
 log = logging.getLogger(__name__)
-TUNE_DIR = "tune"
 METRIC = "val_loss"
 
 
@@ -66,7 +68,7 @@ def _pinned_calibration(cfg: RunConfig, run: Path) -> dict:
     return data
 
 
-def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
+def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True, runner: Callable[..., dict] | None = None) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -98,11 +100,14 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
             raise ConfigError("tune.l2 only applies to the estimated objective (the real one trains with estimate.l2 fixed)")
         from .validation import validation_trial
 
+        if runner is None:
+            raise ValueError("tune.objective=validation trains the pipeline in every trial: pass runner="
+                             "elora_ray.pipeline.run_stages (elora_ray.run_stage('tune', ...) does)")
         # bundle 0 hosts the (idle) trial; its training tasks are captured into the other bundles
         pgf = tune.PlacementGroupFactory([{"CPU": 0.01}] + [{"CPU": cfg.train.cpus_per_worker}] * t.train_slots)
         trainable = tune.with_resources(
             tune.with_parameters(validation_trial, run_dir=str(run.resolve()), cfg_data=_pinned_calibration(cfg, run),
-                                 max_boost_steps=t.max_boost_steps),
+                                 max_boost_steps=t.max_boost_steps, runner=runner),
             pgf,
         )
     else:
@@ -116,7 +121,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         param_space=space,
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=scheduler),
         run_config=tune.RunConfig(
-            name=t.objective, storage_path=str((run / TUNE_DIR / "ray_tune").resolve()), verbose=0,
+            name=t.objective, storage_path=str((RunLayout(run).tune / "ray_tune").resolve()), verbose=0,
         ),
     )
     results = tuner.fit()
@@ -146,7 +151,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         "seconds": round(seconds, 2),
         "overrides": [f"cluster.num_groups={int(best_row['m'])}", f"boost.steps={int(best_row['b'])}"],
     }
-    out = run / TUNE_DIR
+    out = RunLayout(run).tune
     write_text(out / "trials.csv", table.to_csv(index=False, float_format="%.6g"))
     write_json(out / "best.json", best)
     plot_tune(table, run / "plots" / "tune_objective.png", t.objective)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..config import RunConfig
 
@@ -48,12 +49,11 @@ def trial_config(cfg: RunConfig, m: int, b: int) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def validation_trial(config: dict, run_dir: str, cfg_data: dict, max_boost_steps: int) -> None:
+def validation_trial(config: dict, run_dir: str, cfg_data: dict, max_boost_steps: int, runner: Callable[..., dict]) -> None:
     """Ray Tune function trainable: train the ensemble for ``config['m']`` groups and report its
-    validation loss/accuracy after each boosting step."""
+    validation loss/accuracy after each boosting step. ``runner`` is the pipeline's
+    ``run_stages`` (passed in: a stage never imports the pipeline that runs it)."""
     from ray import tune
-
-    from ..pipeline import run_stages
 
     cfg = RunConfig.model_validate(cfg_data)
     m = int(config["m"])
@@ -62,7 +62,7 @@ def validation_trial(config: dict, run_dir: str, cfg_data: dict, max_boost_steps
     link_parent(run, trial)
     best = float("inf")
     for b in range(max_boost_steps + 1):
-        run_stages(trial_config(cfg, m, b), trial, until="evaluate")
+        runner(trial_config(cfg, m, b), trial, until="evaluate")
         ev = json.loads((trial / "evaluation.json").read_text())["methods"]["ensemble"]
         groups = json.loads((trial / "groups.json").read_text())
         best = min(best, float(ev["loss"]))

@@ -44,11 +44,7 @@ def register_bottleneck_method() -> None:
     ``importlib.reload``) they are repointed to the current ones; if they belong to somebody
     else's ``BOTTLENECK`` method we refuse rather than silently hijack it.
     """
-    from peft.mapping import (
-        PEFT_TYPE_TO_CONFIG_MAPPING,
-        PEFT_TYPE_TO_PREFIX_MAPPING,
-        PEFT_TYPE_TO_TUNER_MAPPING,
-    )
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import register_peft_method
 
     with _REGISTER_LOCK:

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import attach_adapter, count_parameters, needs_quantized_base, regularization_loss
-from ..config import RunConfig
-from ..io import write_json
-from ..tasks.schema import SPLITS, TaskData
-from .build import build_classifier
-from .classifier import TaskSpec, TokenizeStats
-from .registry import resolve_model_dir
+from .adapters import attach_adapter, count_parameters, needs_quantized_base, regularization_loss
+from .config import RunConfig
+from .io import write_json
+from .layout import RunLayout
+from .models.build import build_classifier
+from .models.classifier import TaskSpec, TokenizeStats
+from .models.registry import resolve_model_dir
+from .tasks.schema import SPLITS, TaskData
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def check_model(cfg: RunConfig, tasks: list[TaskData], run_dir: Path, batch_size
                 n, c["count"], c["of"], cfg.model.max_length,
                 " (the Answer: suffix and label position are kept)" if model.kind == "decoder" else "",
             )
-    write_json(run_dir / "model.json", info)
+    write_json(RunLayout(run_dir).model_check, info)
     log.info(
         "model %s (%s, %s): %d adapter params (+heads: %d), initial loss %.4f",
         cfg.model.name_or_path, model.kind, cfg.adapter.type, info["adapter_parameters"],

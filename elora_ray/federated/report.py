@@ -1,0 +1,83 @@
+"""``federated/report.{json,md}``, ``per_client.csv`` and the test-loss plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import RunConfig
+from ..io import atomic_path, write_json, write_text
+
+LABELS = {"base": "base model (θ*, no fine-tuning)", "fedavg": "FedAvg, one adapter", "mtl_ft": "MTL-FT (FedAvg + per-client FT)",
+          "ensemble": "EnsembleLoRA (federated)"}
+
+
+def write_report(cfg: RunConfig, fed: Path, meta: dict, workers: int, flops_per_window: dict[str, float],
+                 rows: dict[str, dict], wall: float) -> dict:
+    """Write the report of the methods' ``rows`` under ``fed``; ``meta``: the clients (``clients.json``)."""
+    per_client = pd.DataFrame({m: pd.Series(r["per_client"]) for m, r in rows.items()})
+    per_client.index.name = "client"
+    with atomic_path(fed / "per_client.csv") as tmp:
+        per_client.to_csv(tmp)
+    methods = {m: {k: v for k, v in r.items() if k != "per_client"} for m, r in rows.items()}
+    ref = methods.get("fedavg")
+    mtl = methods.get("mtl_ft")
+    for m, r in methods.items():
+        if ref:
+            r["test_loss_vs_fedavg_pct"] = 100.0 * (r["test_loss"] - ref["test_loss"]) / ref["test_loss"]
+        if mtl and mtl["train_flops"]:
+            r["flops_vs_mtl_ft"] = r["train_flops"] / mtl["train_flops"]
+    report = {"clients": meta["num_clients"], "roles": meta["roles"], "windows": meta["windows"],
+              "model": cfg.model.name_or_path, "adapter": cfg.adapter.type, "rounds": cfg.federated.rounds,
+              "client_fraction": cfg.federated.client_fraction, "workers": workers,
+              "flops_per_window": flops_per_window, "wall_s": wall, "methods": methods}
+    write_json(fed / "report.json", report)
+    lines = [f"# Federated run: {report['clients']} clients ({report['roles']} roles)", "",
+             f"Model `{cfg.model.name_or_path}`, adapter `{cfg.adapter.type}`, {cfg.federated.rounds} rounds, "
+             f"client fraction {cfg.federated.client_fraction}, {cfg.federated.context_tokens}-token windows "
+             f"(train {report['windows']['train']}, validation {report['windows']['validation']}, test {report['windows']['test']}).",
+             "", "| method | test loss (mean over clients) | pooled | vs FedAvg | train FLOPs | FLOPs vs MTL-FT | peak memory MB | wall s | adapters |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m, r in methods.items():
+        lines.append(f"| {LABELS.get(m, m)} | {r['test_loss']:.4f} | {r['test_loss_pooled']:.4f} | "
+                     f"{r.get('test_loss_vs_fedavg_pct', float('nan')):+.1f}% | {r['train_flops']:.3g} | "
+                     f"{r.get('flops_vs_mtl_ft', float('nan')):.2f}× | {r['peak_memory_mb']:.0f} | {r['wall_s']:.0f} | {r['adapters']} |")
+    if "ensemble" in methods:
+        e = methods["ensemble"]
+        lines += ["", f"Ensemble: {e['groups']} groups, {len(e['boost'])} boosting step(s); own-group predictors only "
+                  f"(no learned weights): test loss {e['ablation_own_group_test_loss']:.4f}."]
+    lines += ["", "FLOPs are training-side: measured per window (FlopCounter) × windows processed; evaluation on "
+              "the test windows is not counted. Peak memory is the largest client-worker RSS during the method."]
+    write_text(fed / "report.md", "\n".join(lines) + "\n")
+    _plot(methods, fed / "plots" / "federated_test_loss.png")
+    return report
+
+
+def _plot(methods: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].bar([LABELS.get(n, n).split(" (")[0] for n in names], [methods[n]["test_loss"] for n in names], color="#4c72b0")
+    axes[0].set_ylabel("test loss (nats / token)")
+    axes[0].set_title("test loss by method")
+    lo = min(methods[n]["test_loss"] for n in names)
+    axes[0].set_ylim(lo * 0.95, max(methods[n]["test_loss"] for n in names) * 1.02)
+    for n in names:
+        if methods[n]["train_flops"] > 0:
+            axes[1].scatter(methods[n]["train_flops"], methods[n]["test_loss"], s=40)
+            axes[1].annotate(LABELS.get(n, n).split(" (")[0], (methods[n]["train_flops"], methods[n]["test_loss"]), fontsize=8)
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("training FLOPs")
+    axes[1].set_ylabel("test loss")
+    axes[1].set_title("cost vs loss")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,13 @@
+"""Ray job entry point for ``elora check-model`` (same flags; the command comes from this file's name).
+
+    ray job submit --working-dir . -- python jobs/check_model.py --config my.yaml --out /shared/runs/x
+
+The run directory should live on storage every node can see.
+"""
+
+import sys
+
+from elora_ray.cli import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main(__file__, sys.argv[1:]))
