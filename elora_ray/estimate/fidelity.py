@@ -38,6 +38,7 @@ from ..io import write_json, write_parquet, write_text
 from ..layout import RunLayout
 from ..raysession import ensure_ray
 from .calibration import calibration_constant, regularisation
+from .fidelity_report import plot_fidelity, render_summary
 from .stage import load_estimation_features, subset_plan
 from .subsets import default_subset_size, sample_subsets
 from .surrogate import evaluate, fit_surrogate
@@ -337,83 +338,3 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
         summary["first_order"]["rss_relative"], len(members), summary["cost"]["flops_ratio_same_subsets"],
     )
     return summary
-
-
-def render_summary(s: dict) -> str:
-    c, lo, fo = s["cost"], s["loss"], s["first_order"]
-    lines = [
-        "# Estimation fidelity",
-        "",
-        f"{s['subsets']} subsets of {s['subset_size']} of {s['tasks']} tasks; d={s['dim']}; surrogate λ: {s.get('headline', s['estimate_l2'])}; "
-        f"real fine-tuning {s['fine_tuning']['epochs']:g} epoch(s), lr {s['fine_tuning']['lr']:g}, "
-        f"mean relative distance ‖X−θ*‖/‖θ‖ = {100 * s['fine_tuning']['mean_relative_distance']:.3f}%.",
-        "",
-        "| measure | value |",
-        "|---|---:|",
-        f"| loss relative error, mean over (S, i) | {100 * lo['relative_error']:.2f}% |",
-        f"| Spearman (all (S, i)) | {lo['spearman']:.3f} |",
-        f"| Spearman within task, across subsets | {lo['spearman_within_task'] if lo['spearman_within_task'] is None else round(lo['spearman_within_task'], 3)} |",
-        f"| Spearman of loss changes vs θ* | {lo['spearman_of_changes']:.3f} |",
-        *[x for x in (_ceiling_lines(s["noise_ceiling"]) if s.get("noise_ceiling") else []) if x],
-        f"| accuracy relative error | {100 * s['accuracy_relative_error']:.2f}% |",
-        f"| for context: relative error of predicting no change (loss at θ*) | {100 * s['no_change_baseline_relative_error']:.2f}% |",
-        f"| for context: accuracy relative error of predicting no change | {100 * s.get('no_change_baseline_accuracy_relative_error', float('nan')):.2f}% |",
-        f"| first-order RSS error of h, Σ(h−ĥ)²/Σh² | {fo['rss_relative']:.3e} |",
-        f"| unexplained share of the change in h, Σ(h−ĥ)²/Σ(h−h0)² | {fo['unexplained_change']:.3f} |",
-        f"| FLOPs: fine-tune these subsets / (featurize + regressions) | {c['flops_ratio_same_subsets']:.1f}× |",
-        f"| FLOPs ratio extrapolated to k={c['extrapolated_to_subsets']} subsets | {c['flops_ratio_extrapolated']:.1f}× |",
-        f"| wall time ratio, these subsets | {c['seconds_ratio_same_subsets']:.1f}× |",
-        f"| wall time ratio extrapolated to k={c['extrapolated_to_subsets']} | {c['seconds_ratio_extrapolated']:.1f}× |",
-        "",
-        "Surrogate λ sweep (same fine-tuning runs): fixed λ, then `l2: auto` with calibration constant c:",
-        "",
-        "| λ | relative error | Spearman | within task | of changes |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    rows = list(s["by_l2"].items()) + list(s.get("by_calibration_constant", {}).items())
-    for l2, a in rows:
-        w = "–" if a["spearman_within_task"] is None else f"{a['spearman_within_task']:.3f}"
-        lines.append(f"| {l2} | {100 * a['relative_error']:.2f}% | {a['spearman']:.3f} | {w} | {a['spearman_of_changes']:.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def _ceiling_lines(nc: dict) -> list[str]:
-    w = "–" if nc["spearman_within_task"] is None else f"{nc['spearman_within_task']:.3f}"
-    return [
-        f"| noise ceiling: Spearman within task, real run vs a repeat with another seed ({nc['pairs']} pairs) | {w} |",
-        f"| noise ceiling: Spearman overall, real vs repeat | {nc['spearman']:.3f} |" if nc["spearman"] is not None else "",
-        f"| noise floor: relative difference of the loss between repeats | {100 * nc['relative_difference']:.2f}% |",
-    ]
-
-
-def plot_fidelity(table: pd.DataFrame, path: Path, summary: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
-
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
-    for task, g in table.groupby("task"):
-        ax[0].scatter(g["true_loss"], g["est_loss"], s=14, label=task)
-    lim = [0, float(max(table["true_loss"].max(), table["est_loss"].max())) * 1.05]
-    ax[0].plot(lim, lim, "k--", lw=0.8)
-    ax[0].set_xlabel("validation loss after real fine-tuning")
-    ax[0].set_ylabel("estimated (linearised)")
-    ax[0].set_title(f"rel. err {100 * summary['loss']['relative_error']:.1f}%, ρ={summary['loss']['spearman']:.2f}")
-    if table["task"].nunique() <= 12:
-        ax[0].legend(fontsize=6)
-    d_true = table["true_loss"] - table["true_loss0"]
-    d_est = table["est_loss"] - table["true_loss0"]
-    ax[1].scatter(d_true, d_est, s=14)
-    ax[1].axhline(0, color="k", lw=0.5)
-    ax[1].axvline(0, color="k", lw=0.5)
-    ax[1].set_xlabel("change vs θ*: real")
-    ax[1].set_ylabel("change vs θ*: estimated")
-    ax[1].set_title(f"ρ of changes = {summary['loss']['spearman_of_changes']:.2f}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)

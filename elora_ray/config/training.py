@@ -1,0 +1,140 @@
+"""Sections of the run config for training, boosting, the ensemble, baselines, evaluation and tuning."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .sections import _Section
+
+
+class DeepSpeedConfig(_Section):
+    """``train.strategy: deepspeed``: the DeepSpeed engine each Ray Train worker runs."""
+
+    zero_stage: int = Field(2, ge=0, le=2)
+    """ZeRO stage 0, 1 (optimizer state sharded) or 2 (+ gradients sharded). Stage 3 (sharded
+    parameters) is not supported: evaluation and checkpoints read the full adapter on each rank."""
+    bf16: bool = False
+    """Train in bfloat16 (the engine casts the model; inputs are token ids, so nothing else changes)."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Merged into the DeepSpeed JSON config as is (e.g. ``{"gradient_clipping": 1.0}``);
+    batch size, optimizer and ZeRO stage come from ``train``."""
+
+    @field_validator("extra")
+    @classmethod
+    def _not_owned_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        owned = {"train_micro_batch_size_per_gpu": "train.batch_size", "train_batch_size": "train.batch_size",
+                 "gradient_accumulation_steps": "train.batch_size", "optimizer": "train.lr / train.weight_decay (AdamW)",
+                 "zero_optimization": "train.deepspeed.zero_stage", "bf16": "train.deepspeed.bf16"}
+        for key in v:
+            if key in owned:
+                raise ValueError(f"'{key}' is set from {owned[key]}; remove it from extra")
+        return v
+
+
+class TrainConfig(_Section):
+    """Stage 4 — one adapter per group (and every baseline adapter) with Ray Train."""
+
+    epochs: float = Field(3.0, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(16, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+    train_heads: bool = True
+    """Encoders: train the task heads along with the adapter (they start from the probe)."""
+    evals_per_epoch: int = Field(2, ge=1)
+    """Validation checks per epoch (early stopping and checkpoints happen at these points)."""
+    patience: int = Field(2, ge=0)
+    """Stop after this many checks without improving the group's validation loss (0: never)."""
+    early_stopping_metric: Literal["loss", "accuracy"] = "loss"
+    num_workers: int = Field(0, ge=0)
+    """Ray Train workers per adapter. 0: Ray Train local mode inside one Ray task per adapter
+    (adapters train concurrently as CPUs allow); ≥ 1: data-parallel (DDP) workers."""
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    use_gpu: bool | Literal["auto"] = "auto"
+    """``auto``: one GPU per worker when the cluster has GPUs."""
+    max_failures: int = Field(1, ge=0)
+    """Ray Train restarts of a failed run (it resumes from its last checkpoint)."""
+    seed: int | None = None
+    """Training seed (batch order); default the run seed."""
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    """Data parallelism across ``num_workers`` ≥ 1 workers: PyTorch DDP, or DeepSpeed ZeRO
+    (``pip install 'elora_ray[deepspeed]'``; GPU clusters, and CPU with gloo)."""
+    deepspeed: DeepSpeedConfig = Field(default_factory=lambda: DeepSpeedConfig())
+
+    @model_validator(mode="after")
+    def _deepspeed_needs_workers(self) -> "TrainConfig":
+        if self.strategy == "deepspeed" and self.num_workers < 1:
+            raise ValueError("strategy: deepspeed needs train.num_workers ≥ 1 (Ray Train workers with a process group)")
+        return self
+
+
+class BoostConfig(_Section):
+    """Stage 5 — b gradient-boosting steps on the groups with the highest training loss."""
+
+    steps: int = Field(1, ge=0)
+    """b: boosting adapters added in total."""
+    method: Literal["linearized", "trained"] = "linearized"
+    """``linearized``: ridge regression of the residual 1 − p on the projected gradients (no
+    training); ``trained``: fine-tune a new adapter on the squared loss to the residual."""
+    step_size: float = Field(0.1, gt=0.0)
+    """η: shrinkage of each boosting adapter's contribution to its group (paper: 0.1)."""
+    line_search: bool = True
+    """Scale each new learner by the multiplier ρ that minimises its group's training log loss
+    before shrinking by η (Friedman's gradient boosting). ``false``: the paper's plain η·output."""
+    l2: float = Field(1e-3, ge=0.0)
+    """Ridge λ (scaled by the mean squared feature norm, as in the estimate stage)."""
+    epochs: float | None = Field(None, gt=0.0)
+    """``trained``: epochs (default ``train.epochs``)."""
+    lr: float | None = Field(None, gt=0.0)
+    """``trained``: learning rate (default ``train.lr``)."""
+
+
+class EnsembleConfig(_Section):
+    """Stage 6 — per-task convex weights combining the group ensembles, fit on validation."""
+
+    weights: Literal["learned", "uniform", "own_group"] = "learned"
+    """``learned``: minimise the validation log loss over the simplex (cvxpy);
+    ``uniform``: equal weights; ``own_group``: each task uses only its own group."""
+    solver: Literal["CLARABEL", "SCS"] = "CLARABEL"
+    shrink: float = Field(0.0, ge=0.0)
+    """L2 pull of each task's weights towards its own group (helps tiny validation sets)."""
+
+
+BASELINE_METHODS = ("single_adapter", "single_qlora", "per_task_adapters", "mtl_ft", "random_groups", "gradient_cosine")
+
+
+class BaselinesConfig(_Section):
+    """Baselines trained under the same protocol as the ensemble (same epochs, lr, seed)."""
+
+    methods: list[Literal[
+        "single_adapter", "single_qlora", "per_task_adapters", "mtl_ft", "random_groups", "gradient_cosine"
+    ]] = Field(default_factory=lambda: list(BASELINE_METHODS))
+    finetune_epochs: float | None = Field(None, gt=0.0)
+    """MTL-FT: epochs of per-task fine-tuning after the shared adapter (default ``train.epochs``)."""
+
+
+class EvaluateConfig(_Section):
+    split: Literal["test", "validation"] = "test"
+    batch_size: int = Field(64, ge=1)
+
+
+class TuneConfig(_Section):
+    """``elora tune`` — Ray Tune chooses m (groups) and b (boosting steps)."""
+
+    objective: Literal["estimated", "validation"] = "estimated"
+    """``estimated``: Algorithm 2 in the linearised model (no fine-tuning; seconds);
+    ``validation``: train the ensemble for each m and measure it on the validation split."""
+    min_groups: int = Field(1, ge=1)
+    max_groups: int = Field(8, ge=1)
+    max_boost_steps: int = Field(5, ge=0)
+    """b is searched in 0 … max_boost_steps (ASHA's time attribute)."""
+    l2: list[float] | None = None
+    """Also search the surrogate's λ over these values (default: ``estimate.l2`` only)."""
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    """``estimated``: CPUs per trial. ``validation``: see ``train_slots``."""
+    train_slots: int = Field(1, ge=1)
+    """``validation``: training slots (bundles of ``train.cpus_per_worker`` CPUs) in each trial's
+    placement group; its group adapters train in them, so trials never starve each other."""
