@@ -25,8 +25,10 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/elora run --out $(OUT)
 
+# Layer contracts first (seconds), then the suite; the 25 slowest tests are listed at the end.
 test: install
-	$(BIN)/pytest -q
+	PYTHONPATH=. $(BIN)/lint-imports
+	$(BIN)/pytest -q --durations=25
 
 test-quick: install
 	$(BIN)/pytest -q -m "not slow"

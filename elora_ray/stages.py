@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RunConfig
+from .layout import (ADAPTER_DIR, AFFINITY_FILE, AFFINITY_META_FILE, BOOST_DIR, CALIBRATION_FILE, DATA_DIR, EST_DIR,
+                     EVALUATION_FILE, FEATURE_DIR, FED_DIR, FIDELITY_DIR, GROUPS_FILE, HALF_FILES, JOB_DIR, MEMBERS_FILE,
+                     OUTPUT_DIR, PLANS_FILE, PLOTS_DIR, SHARPNESS_DIR, TUNE_DIR, WEIGHTS_FILE)
 
 Metrics = dict[str, list[tuple[int, dict]]]
 """{scope: [(step, {name: value})]}: what the runner logs to metrics/ (and TensorBoard, MLflow)."""
@@ -153,7 +156,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("prepare", "load, validate and split the tasks; write data/<task>/<split>.parquet",
           "Load every task, check it (labels, fields, encodings), carve missing splits with a fixed seed, and "
           "write the data keyed by sample id under --out/data.",
-          _prepare, outputs=("data/", "config.yaml")),
+          _prepare, outputs=(DATA_DIR, "config.yaml")),
     Stage("model_check", "build model + adapter, count truncations, run one batch",
           "Build the model and adapter from the config, count samples truncated to model.max_length, run a "
           "forward/backward pass and write --out/model.json.",
@@ -163,36 +166,36 @@ PIPELINE: tuple[Stage, ...] = (
           "per-sample gradient of the gold-class log-odds w.r.t. the adapter at initialisation (encoders: after a "
           "linear probe of the task heads). Writes --out/features/<split>/<task>/part-*.parquet; a rerun skips "
           "finished shards.",
-          _featurize, outputs=("features/",), metrics=_featurize_metrics),
+          _featurize, outputs=(FEATURE_DIR,), metrics=_featurize_metrics),
     Stage("estimate", "task affinity from the features (estimate.affinity) → affinity.csv",
           "Estimate how training on one task moves another from the projected gradients: first_order (default, "
           "closed form), transfer (k subset fits as Ray tasks, pairwise model) or paper (eq. 1). Writes "
           "affinity.csv, affinity_half_a/b.csv and estimate/. Runs prepare/featurize first if their artifacts "
           "are missing.",
-          _estimate, outputs=("estimate/", "affinity.csv", "affinity.json"), metrics=_estimate_metrics),
+          _estimate, outputs=(EST_DIR, AFFINITY_FILE, AFFINITY_META_FILE, *HALF_FILES), metrics=_estimate_metrics),
     Stage("cluster", "SDP clustering of affinity.csv → groups.json + plots/affinity.png",
           "Partition the tasks into m groups by the SDP relaxation of average intra-cluster density (m chosen by "
           "cluster.select_m, or cluster.num_groups). Runs the earlier stages first if their artifacts are missing.",
-          _cluster, outputs=("groups.json", "plots/affinity.png"), metrics=_cluster_metrics),
+          _cluster, outputs=(GROUPS_FILE, f"{PLOTS_DIR}/affinity.png"), metrics=_cluster_metrics),
     Stage("train", "one adapter per group with Ray Train → adapters/group-*",
           "Train one adapter per group of groups.json with Ray Train (TorchTrainer; local mode on CPU, DDP with "
           "train.num_workers ≥ 1), early-stopped on the group's validation loss; groups train concurrently. Writes "
           "adapters/<id>/, outputs/<id>.parquet and ensemble/members.json. Runs earlier stages if needed.",
-          _train, outputs=("adapters/", "outputs/", "train/jobs/", "ensemble/members.json")),
+          _train, outputs=(ADAPTER_DIR, OUTPUT_DIR, str(JOB_DIR), str(MEMBERS_FILE))),
     Stage("boost", "b gradient-boosting adapters on the worst groups",
           "Add boost.steps boosting adapters, each fit to the residual 1 − p of the group with the highest training "
           "loss (boost.method: linearized ridge on projected gradients, or trained).",
-          _boost, outputs=("boost/", "ensemble/members.json"), metrics=_boost_metrics),
+          _boost, outputs=(str(BOOST_DIR), str(MEMBERS_FILE)), metrics=_boost_metrics),
     Stage("combine", "learn the per-task combination weights on validation → ensemble/weights.json",
           "Fit per-task convex weights over the group ensembles minimising the validation log loss (cvxpy).",
-          _combine, outputs=("ensemble/weights.json",)),
+          _combine, outputs=(str(WEIGHTS_FILE),)),
     Stage("baselines", "train the baselines (single adapter, QLoRA, per-task, MTL-FT, random/gradient groups)",
           "Train every method in baselines.methods under the ensemble's protocol.",
-          _baselines, outputs=("baselines/plans.json", "adapters/", "outputs/")),
+          _baselines, outputs=(str(PLANS_FILE), ADAPTER_DIR, OUTPUT_DIR)),
     Stage("evaluate", "accuracy and cost of every method → evaluation.json",
           "Per-task accuracy of the ensemble and the baselines on evaluate.split, with FLOPs, memory and time. "
           "Skipped when evaluation.json matches the current adapters; --force recomputes it.",
-          _evaluate, outputs=("evaluation.json",), metrics=_evaluate_metrics),
+          _evaluate, outputs=(EVALUATION_FILE,), metrics=_evaluate_metrics),
 )
 
 
@@ -275,20 +278,20 @@ SIDE: tuple[Stage, ...] = (
           "ASHA's time attribute) with Ray Tune, scoring each by Algorithm 2 run in the linearised model (no "
           "fine-tuning). Writes tune/trials.csv, tune/best.json and plots/tune_objective.png. Runs "
           "featurize/estimate first if needed.",
-          _tune, outputs=("tune/",), after="estimate", forceable=False, show=_show_tune, wants_runner=True),
+          _tune, outputs=(TUNE_DIR,), after="estimate", forceable=False, show=_show_tune, wants_runner=True),
     Stage("fidelity", "estimated vs really fine-tuned subset performance (+ cost ratio)",
           "Really fine-tune the adapter on fidelity.num_subsets random task subsets (one Ray task each) and compare "
           "with the linearised estimate: first-order error of h, relative error and Spearman of the validation "
           "loss, and the FLOPs / wall-time ratio. Writes --out/fidelity/ and plots/fidelity.png. Runs featurize "
           "first if needed.",
-          _fidelity, outputs=("fidelity/",), after="featurize", forceable=False,
+          _fidelity, outputs=(FIDELITY_DIR,), after="featurize", forceable=False,
           show=_summary_md(lambda out: _layout(out).fidelity)),
     Stage("calibrate", "fit the surrogate's regularisation constant from a few real fine-tunes",
           "Really fine-tune --subsets random task subsets with the train settings and keep the constant c of "
           "estimate.l2: auto (λ = c·batch/(2·lr·epochs·N)) that predicts their validation loss best. Writes "
           "--out/calibration.json (and the user cache, reused by later runs of the same model + adapter). Runs "
           "featurize first if needed.",
-          _calibrate, outputs=("calibrate/", "calibration.json"), after="featurize", forceable=False,
+          _calibrate, outputs=("calibrate", CALIBRATION_FILE), after="featurize", forceable=False,
           arguments=_calibrate_args, options=("subsets",), show=_show_calibrate),
     Stage("federated", "FedAvg over many clients (Shakespeare roles): baselines + federated ensemble",
           "Derive clients from federated.source (roles of a play, split into chunks), then run federated.methods: "
@@ -296,10 +299,10 @@ SIDE: tuple[Stage, ...] = (
           "affinity → groups → one FedAvg adapter per group → boosting → learned weights). Needs a decoder, e.g. "
           "--config benchmarks/configs/federated_shakespeare_smollm2.yaml. Writes <out>/federated/report.{json,md} "
           "and plots; resumable.",
-          _federated, outputs=("federated/",), show=lambda r, out: (_layout(out).federated / "report.md").read_text()),
+          _federated, outputs=(FED_DIR,), show=lambda r, out: (_layout(out).federated / "report.md").read_text()),
     Stage("analyze", "analyses of adapters: `elora analyze sharpness`",
           "Analyses of fine-tuned adapters (paper Section 4).",
-          _analyze, outputs=("analyze/sharpness/",), after="prepare", forceable=False, arguments=_analyze_args,
+          _analyze, outputs=(str(SHARPNESS_DIR),), after="prepare", forceable=False, arguments=_analyze_args,
           options=("analysis",), show=_summary_md(lambda out: _layout(out).sharpness)),
 )
 

@@ -6,13 +6,10 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY
 
 from elora_ray.cli import main
 from elora_ray.observe import read_metrics
-
-TINY = ["--set", "model.name_or_path=tiny-bert", "--set", "suite.samples_per_task=40", "--set", "featurize.dim=32",
-        "--set", "estimate.num_subsets=30", "--set", "cluster.max_groups=4", "--set", "train.epochs=1",
-        "--set", "baselines.methods=[single_adapter]"]
 
 
 def test_help_for_every_subcommand(capsys):
@@ -32,23 +29,36 @@ def test_console_script_is_installed():
     assert r.returncode == 0 and "EnsembleLoRA" in r.stdout
 
 
-def test_run_writes_artifacts_and_resumes(tmp_path, caplog, capsys):
-    out = tmp_path / "run"
-    assert main(["run", "--out", str(out), *TINY]) == 0
+def test_run_writes_artifacts_and_resumes(tiny_pipeline, copy_run, caplog, capsys):
+    """`elora run` (the session's tiny pipeline, run through the CLI once) wrote every artifact; a
+    second `elora run` resumes without redoing or re-logging anything; bad settings are clean errors."""
+    cfg, shared, _ = tiny_pipeline
+    out = copy_run(shared)
+    tiny = [a for s in TINY for a in ("--set", s)]
     report = json.loads((out / "report.json").read_text())
     assert report["stages"] == ["prepare", "model_check", "featurize", "estimate", "cluster", "train", "boost",
                                 "combine", "baselines", "evaluate"]
-    assert set(report["methods"]) == {"ensemble", "single_adapter"}
+    assert set(report["methods"]) == {"ensemble", *cfg.baselines.methods}
     for f in ("ensemble/members.json", "ensemble/weights.json", "plots/per_task_accuracy.png", "plots/cost_vs_accuracy.png"):
         assert (out / f).is_file(), f
     groups = json.loads((out / "groups.json").read_text())
     assert sorted(t for g in report["groups"] for t in g) == sorted(manifest_tasks(out))
-    assert groups["groups"] == report["groups"] and -1 <= groups["planted_ari"] <= 1
+    assert groups["groups"] == report["groups"]
+    # planted_ari is the adjusted Rand index of these groups against the suite's planted partition
+    from sklearn.metrics import adjusted_rand_score
+
+    from elora_ray.tasks.suite import planted_groups
+
+    truth = {t: g for g, grp in enumerate(planted_groups(cfg.suite)) for t in grp}
+    found = {t: g for g, grp in enumerate(groups["groups"]) for t in grp}
+    assert groups["planted_ari"] == pytest.approx(adjusted_rand_score([truth[t] for t in sorted(truth)],
+                                                                      [found[t] for t in sorted(truth)]))
     assert (out / "affinity.csv").is_file() and (out / "plots" / "affinity.png").stat().st_size > 0
     assert (out / "report.md").is_file() and (out / "run.log").is_file() and (out / "config.yaml").is_file()
     manifest = json.loads((out / "data" / "manifest.json").read_text())
-    assert len(manifest["tasks"]) == 10
-    table = pq.read_table(out / "data" / "polarity_movies" / "train.parquet")
+    first = sorted(manifest["tasks"])[0]
+    assert len(manifest["tasks"]) == sum(cfg.suite.tasks_per_group)
+    table = pq.read_table(out / "data" / first / "train.parquet")
     assert table.column_names == ["task", "split", "sample_id", "text", "text_pair", "label", "label_id"]
     assert len(set(table.column("sample_id").to_pylist())) == table.num_rows
     model = json.loads((out / "model.json").read_text())
@@ -70,23 +80,47 @@ def test_run_writes_artifacts_and_resumes(tmp_path, caplog, capsys):
     assert read_metrics(out, "stages/featurize")[-1]["samples"] == report["featurize"]["samples"]
     logged_before = {p: p.stat().st_size for p in (out / "metrics").rglob("*.jsonl")}
 
-    before = (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns
+    before = (out / "data" / first / "train.parquet").stat().st_mtime_ns
     caplog.clear()
-    assert main(["run", "--out", str(out), *TINY]) == 0
+    assert main(["run", "--out", str(out), *tiny]) == 0
     assert {p: p.stat().st_size for p in (out / "metrics").rglob("*.jsonl")} == logged_before  # a resume adds nothing
-    assert (out / "data" / "polarity_movies" / "train.parquet").stat().st_mtime_ns == before
+    assert (out / "data" / first / "train.parquet").stat().st_mtime_ns == before
     assert "already prepared" in caplog.text
     assert "features complete" in caplog.text and "results complete" in caplog.text and "up to date" in caplog.text
-    assert "already trained" in caplog.text and "weights already fit" in caplog.text
+    assert "already trained" in caplog.text and "weights already fit" in caplog.text and "evaluation.json is current" in caplog.text
 
     # Settings that cannot work for these tasks are clean errors and leave the artifacts alone.
+    n = len(manifest["tasks"])
     groups_before, affinity_before = (out / "groups.json").read_bytes(), (out / "affinity.csv").read_bytes()
-    assert main(["cluster", "--out", str(out), *TINY, "--set", "cluster.num_groups=50"]) == 2
-    assert main(["estimate", "--out", str(out), *TINY, "--set", "estimate.subset_size=50"]) == 2
+    assert main(["cluster", "--out", str(out), *tiny, "--set", "cluster.num_groups=50"]) == 2
+    assert main(["estimate", "--out", str(out), *tiny, "--set", "estimate.subset_size=50"]) == 2
     err = capsys.readouterr().err
-    assert "cluster:" in err and "estimate.subset_size=50 exceeds the number of tasks (10)" in err and "Traceback" not in err
+    assert "cluster:" in err and f"estimate.subset_size=50 exceeds the number of tasks ({n})" in err and "Traceback" not in err
     assert (out / "groups.json").read_bytes() == groups_before and (out / "affinity.csv").read_bytes() == affinity_before
     assert (out / "estimate" / "summary.json").is_file()
+
+    # `elora evaluate --force` recomputes evaluation.json (same numbers); without it the stage is skipped.
+    evaluation = out / "evaluation.json"
+    stamp = evaluation.stat().st_mtime_ns
+    assert main(["evaluate", "--out", str(out), *tiny]) == 0 and evaluation.stat().st_mtime_ns == stamp
+    assert main(["evaluate", "--out", str(out), *tiny, "--force"]) == 0 and evaluation.stat().st_mtime_ns > stamp
+    assert json.loads(evaluation.read_text())["methods"] == report["methods"]
+
+
+def test_verbose_turns_on_debug_logging_for_any_command(tiny_pipeline, copy_run):
+    import logging
+
+    from elora_ray.runlog import set_verbose
+
+    cfg, shared, _ = tiny_pipeline
+    out = copy_run(shared)
+    try:
+        assert main(["cluster", "--out", str(out), "--verbose", *[a for s in TINY for a in ("--set", s)]]) == 0
+        assert logging.getLogger().level == logging.DEBUG
+        assert main(["cluster", "--out", str(out), *[a for s in TINY for a in ("--set", s)]]) == 0
+        assert logging.getLogger().level == logging.INFO
+    finally:
+        set_verbose(False)
 
 
 def manifest_tasks(out):
@@ -147,17 +181,3 @@ def test_decoder_run_reports_truncation(tmp_path):
     assert model["kind"] == "decoder"
     assert model["truncated"]["qa"] == {"count": 3, "of": 40}
     assert "| qa |" in (out / "report.md").read_text()
-
-
-def test_every_stage_has_a_ray_job_entrypoint():
-    from pathlib import Path
-
-    from elora_ray.cli import COMMANDS
-
-    jobs = Path(__file__).resolve().parents[1] / "jobs"
-    local_only = {"validate", "config", "suite", "formats", "run", "check-model"}
-    for cmd in set(COMMANDS) - local_only:
-        f = jobs / f"{cmd.replace('-', '_')}.py"
-        assert f.is_file(), f"no ray job entrypoint for `elora {cmd}`"
-        assert f'main(["{cmd}", *sys.argv[1:]])' in f.read_text()
-    assert (jobs / "run_pipeline.py").is_file()

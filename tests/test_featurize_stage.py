@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -134,3 +136,33 @@ def test_nan_features_are_refused_by_name_and_a_prior_estimate_survives(run, tmp
     with pytest.raises(DataError, match=r"1 sample\(s\) gave NaN/inf gradients.*\['s1'\]"):
         _check_finite(parts, tmp_path / "never.parquet")
     assert not (tmp_path / "never.parquet").exists()
+
+
+def test_estimate_stage_affinity_equals_the_cosine_of_mean_loss_gradients(run, tmp_path):
+    """The estimate stage's affinity.csv (default first_order) against a direct computation from the
+    feature shards: Ã_ij = cos(G_i, G_j), G_t = mean over t's training samples of -σ(-h0)·g."""
+    import numpy as np
+    import pandas as pd
+
+    from elora_ray.estimate import estimate
+
+    cfg, out, _ = run
+    copy = tmp_path / "est"
+    shutil.copytree(out, copy)
+    summary = estimate(cfg, copy, progress=False)
+    assert summary["affinity"] == "first_order"
+    got = pd.read_csv(copy / "affinity.csv", index_col=0)
+    table = pq.read_table(copy / "features" / "train").to_pandas()
+    G = {}
+    for task, rows in table.groupby("task"):
+        g = np.stack(rows["grad"].to_numpy()).astype(np.float64)
+        w = 1.0 / (1.0 + np.exp(rows["h0"].to_numpy(np.float64)))  # σ(-h0)
+        G[task] = -(w[:, None] * g).mean(0)
+    names = list(got.columns)
+    assert sorted(names) == sorted(G)
+    M = np.stack([G[t] for t in names])
+    cos = (M @ M.T) / np.outer(np.linalg.norm(M, axis=1), np.linalg.norm(M, axis=1))
+    np.testing.assert_allclose(got.to_numpy(), cos, rtol=1e-4, atol=1e-5)
+    # and the two half-sample estimates are written for m selection, from disjoint halves of the samples
+    half_a = pd.read_csv(copy / "affinity_half_a.csv", index_col=0).to_numpy()
+    assert half_a.shape == cos.shape and not np.allclose(half_a, cos)

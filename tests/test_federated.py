@@ -172,9 +172,14 @@ def _cfg(tmp_path: Path, shared_data: Path, extra: str = ""):
     return cfg
 
 
-def test_fedavg_of_identical_clients_equals_local_training(tmp_path, shared_data):
+def test_fedavg_weights_client_updates_by_their_training_windows(tmp_path, shared_data):
+    """One round over two clients of different sizes (the same text, one with 2 training windows, one with
+    all 6): the new adapter is the window-weighted mean of the two local trainings done independently."""
+    import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from elora_ray.federated.clients import WINDOW_SCHEMA
     from elora_ray.federated.fedavg import round_seed, run_fedavg
     from elora_ray.federated.pool import ActorPool
     from elora_ray.federated.windows import prepare_windows
@@ -184,36 +189,37 @@ def test_fedavg_of_identical_clients_equals_local_training(tmp_path, shared_data
     cfg = _cfg(tmp_path, shared_data, "  max_clients: 3\n  min_clients: 3\n  client_fraction: 1.0\n  rounds: 1\n")
     fed = tmp_path / "fed"
     prepare_windows(cfg, fed)
-    # three clients with the same windows
     table = pq.read_table(fed / "windows.parquet").to_pandas()
     first = table["client"].iloc[0]
     one = table[table["client"] == first]
-    copies = []
-    for k in range(3):
+    assert (one["split"] == "train").sum() == 6
+    parts = []
+    for name, keep in (("big", 6), ("small", 2)):
         c = one.copy()
-        c["client"] = f"twin{k}"
-        c["sample_id"] = [s.replace(first, f"twin{k}") for s in c["sample_id"]]
-        copies.append(c)
-    import pandas as pd
-    import pyarrow as pa
-
-    from elora_ray.federated.clients import WINDOW_SCHEMA
-
-    path = tmp_path / "twins.parquet"
-    pq.write_table(pa.Table.from_pandas(pd.concat(copies), schema=WINDOW_SCHEMA, preserve_index=False), path)
+        c["client"] = name
+        c["sample_id"] = [x.replace(first, name) for x in c["sample_id"]]
+        train_rows = c.index[c["split"] == "train"]
+        parts.append(c.drop(train_rows[keep:]))
+    path = tmp_path / "sized.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.concat(parts), schema=WINDOW_SCHEMA, preserve_index=False), path)
     local = ClientWorker(cfg.model_dump(mode="json"), str(path))
     theta = local.info()["theta_star"]
-    expected = local.update("twin0", theta, cfg.federated.local_epochs, cfg.federated.lr, round_seed(cfg.seed, 0))["state"]
-    assert any(not np.allclose(expected[k], theta[k]) for k in theta)  # training moved the adapter
+    seed = round_seed(cfg.seed, 0)
+    updates = {c: local.update(c, theta, cfg.federated.local_epochs, cfg.federated.lr, seed) for c in ("big", "small")}
+    assert (updates["big"]["n"], updates["small"]["n"]) == (6, 2)
+    assert any(not np.allclose(updates["big"]["state"][k], updates["small"]["state"][k]) for k in theta)
+    expected = {k: (6 * updates["big"]["state"][k] + 2 * updates["small"]["state"][k]) / 8 for k in theta}
+    unweighted = {k: (updates["big"]["state"][k] + updates["small"]["state"][k]) / 2 for k in theta}
     ensure_ray()
     pool = ActorPool(ClientWorker, (cfg.model_dump(mode="json"), str(path)), workers=2, num_cpus=0.5)
     try:
-        run = run_fedavg(pool, {"all": ["twin0", "twin1", "twin2"]}, theta, cfg.federated, cfg.seed, tmp_path / "ck")
+        run = run_fedavg(pool, {"all": ["big", "small"]}, theta, cfg.federated, cfg.seed, tmp_path / "ck")
     finally:
         pool.shutdown()
-    assert run.client_updates == 3
+    assert run.client_updates == 2
     for k in theta:
         np.testing.assert_allclose(run.states["all"][k], expected[k], rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(run.states["all"][k], unweighted[k], rtol=1e-5, atol=1e-7) for k in theta)
 
 
 @pytest.mark.slow
@@ -276,7 +282,9 @@ def test_client_progress_survives_a_torn_line_and_resumes(tmp_path):
         f.write('{"client": "c3", "loss": 0.')  # killed while writing
     again = ClientProgress(p.path)
     assert again.done == {"c1": {"loss": 1.5, "n": 4}, "c2": {"loss": 2.5, "n": 3}}
-    assert again.seconds_before >= 0.0
+    complete = [json.loads(line) for line in p.path.read_text().splitlines()]
+    assert [r["client"] for r in complete] == ["c1", "c2"]  # the torn line was dropped from the file
+    assert again.seconds_before == pytest.approx(max(r["elapsed_s"] for r in complete)) and again.seconds_before > 0
     again.add("c3", {"loss": 0.5, "n": 2})
     assert set(ClientProgress(p.path).done) == {"c1", "c2", "c3"}
     assert ClientProgress(p.path, reset=True).done == {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,9 +149,11 @@ def test_featurize_killed_midway_resumes_without_redoing_shards(tmp_path, refere
     _assert_same_features(_features(run), reference)
 
 
-TRAIN = ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "featurize.dim=16", "estimate.num_subsets=20",
-         "cluster.num_groups=3", "train.epochs=6", "train.evals_per_epoch=4", "train.patience=0", "train.batch_size=4",
-         "ray.num_cpus=1"]
+TRAIN = ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "suite.tasks_per_group=[1,1,1]", "featurize.dim=16",
+         "estimate.num_subsets=20", "cluster.num_groups=3", "train.epochs=6", "train.evals_per_epoch=4", "train.patience=0",
+         "train.batch_size=4", "ray.num_cpus=1"]
+"""Three one-task groups (one adapter each, trained one after another on one CPU), each long enough
+(6 epochs, 4 checkpoints per epoch) to be killed between checkpoints."""
 
 
 def _adapter(run: Path, job: str) -> dict[str, np.ndarray]:
@@ -167,12 +170,12 @@ def test_training_killed_midway_resumes_from_checkpoints_with_identical_adapters
 
     cfg = load_config(None, TRAIN)
     ref = tmp_path / "reference"
+    run_stages(cfg, ref, until="cluster")
+    run = tmp_path / "killed"
+    shutil.copytree(ref, run)  # the same data, features and groups; only training differs
     run_stages(cfg, ref, until="train")
     groups = json.loads((ref / "groups.json").read_text())["groups"]
     jobs = [f"group-{i}" for i in range(len(groups))]
-
-    run = tmp_path / "killed"
-    run_stages(cfg, run, until="cluster")
     ray_tmp = f"/tmp/elora-kill-{secrets.token_hex(4)}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
     args = [a for s in TRAIN for a in ("--set", s)]
@@ -217,13 +220,15 @@ def test_ray_train_restarts_a_killed_worker_from_its_last_checkpoint(tmp_path):
 
     from elora_ray.pipeline import run_stages
 
-    settings = [*TRAIN, "train.num_workers=1", "cluster.num_groups=1"]
-    cfg = load_config(None, settings)
+    settings = [*TRAIN, "cluster.num_groups=1", "train.epochs=2"]  # 8 checkpoints
+    cfg = load_config(None, settings + ["train.num_workers=1"])
     ref = tmp_path / "reference"
-    run_stages(cfg, ref, until="train")
-
+    run_stages(cfg, ref, until="cluster")
     run = tmp_path / "run"
-    run_stages(cfg, run, until="cluster")
+    shutil.copytree(ref, run)
+    # The unkilled reference trains in local mode (num_workers=0, 4x faster here): DDP on one worker
+    # follows the same batches and updates, so the adapters must agree (same job fingerprint).
+    run_stages(load_config(None, settings + ["train.num_workers=0"]), ref, until="train")
     root = run / "ray_train"
 
     def registered() -> bool:  # a checkpoint the controller has registered (not one still being staged)

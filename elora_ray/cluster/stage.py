@@ -24,18 +24,18 @@ log = logging.getLogger(__name__)
 
 def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
     from ..artifacts import read_affinity, read_affinity_halves
-    from ..layout import HALF_FILES
+    from ..layout import HALF_FILES, RunLayout
 
     names, A = read_affinity(run_dir)
     halves = read_affinity_halves(run_dir)
     c = cfg.cluster
-    digest = hashlib.sha256((run_dir / "affinity.csv").read_bytes())
+    digest = hashlib.sha256(RunLayout(run_dir).affinity.read_bytes())
     if halves is not None:
         for f in HALF_FILES:
             digest.update((run_dir / f).read_bytes())
     fp_src = {"affinity": digest.hexdigest()[:16], "cluster": c.model_dump(mode="json"), "seed": cfg.seed}
     fp = fingerprint(fp_src)
-    out = run_dir / "groups.json"
+    out = RunLayout(run_dir).groups
     if out.is_file() and not force:
         prev = json.loads(out.read_text())
         if prev.get("fingerprint") == fp:
@@ -50,7 +50,7 @@ def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
             solver=c.solver, seed=cfg.seed, progress=progress, halves=halves, select_m=c.select_m, **kwargs,
         )
     except ValueError as exc:  # bad cluster settings for these tasks (e.g. num_groups > n) or a bad matrix
-        raise ConfigError(f"cluster: {exc} (affinity from {run_dir / 'affinity.csv'})") from None
+        raise ConfigError(f"cluster: {exc} (affinity from {RunLayout(run_dir).affinity})") from None
     if c.num_groups == "auto" and c.trace_weight is None and c.select_m == "heldout" and halves is None:
         log.warning("cluster: select_m=heldout needs the affinity halves (estimate.affinity transfer or first_order); "
                     "chose m by average density instead")

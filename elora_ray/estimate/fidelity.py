@@ -31,6 +31,7 @@ from scipy.special import log_expit
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from ..artifacts import read_data_manifest
 from ..config import RunConfig
 from ..featurize.stage import theta_star_fingerprint
 from ..featurize.store import read_manifest
@@ -204,7 +205,7 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
     # reuses the real fine-tuning. Entries keyed by the features fingerprint (before θ* keys) are
     # accepted when they match this run's features, and re-keyed.
     settings = {k: getattr(f, k) for k in ("epochs", "lr", "batch_size")}
-    data_fp = json.loads((run_dir / "data" / "manifest.json").read_text())["fingerprint"]
+    data_fp = read_data_manifest(run_dir)["fingerprint"]
     tag = json.dumps({"theta_star": theta_star_fingerprint(cfg, data_fp), "fidelity": settings}, sort_keys=True)
     legacy_tag = json.dumps({"features": feat["fingerprint"], "fidelity": settings}, sort_keys=True)
     real: dict[int, dict] = {}

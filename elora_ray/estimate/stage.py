@@ -33,7 +33,7 @@ from ..config import RunConfig
 from ..errors import ConfigError, DataError
 from ..featurize.store import read_features, read_manifest
 from ..io import fingerprint, write_json, write_parquet, write_text
-from ..layout import EST_DIR
+from ..layout import EST_DIR, RunLayout
 from ..raysession import cluster_cpus, ensure_ray
 from .affinity import Affinity, affinity_matrix
 from .calibration import calibration_constant, keep_in_run, resolve_l2
@@ -164,7 +164,7 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
     out = run_dir / EST_DIR
     state = out / "state.json"
     current = state.is_file() and json.loads(state.read_text()).get("fingerprint") == fp and not force
-    if current and (out / "summary.json").is_file() and (run_dir / "affinity.csv").is_file():
+    if current and (out / "summary.json").is_file() and RunLayout(run_dir).affinity.is_file():
         log.info("estimate: results complete in %s (fingerprint %s), skipping", out, fp)
         return json.loads((out / "summary.json").read_text())
     names, feats, ids = load_estimation_features_with_ids(run_dir)  # validated before anything in out/ is touched
@@ -294,12 +294,13 @@ def _rows_table(rows: list[dict]):
 
 
 def write_affinity(run_dir: Path, aff: Affinity, metric: str) -> None:
-    for name in HALF_FILES:  # halves belong to the transfer / first-order affinity only
-        (run_dir / name).unlink(missing_ok=True)
-    write_text(run_dir / "affinity.csv", aff.frame("centered").to_csv(float_format="%.6g"))
-    write_text(run_dir / "affinity_raw.csv", aff.frame("raw").to_csv(float_format="%.6g"))
-    write_text(run_dir / "affinity_counts.csv", aff.frame("counts").to_csv())
-    write_json(run_dir / "affinity.json", {
+    layout = RunLayout(run_dir)
+    for path in layout.affinity_halves:  # halves belong to the transfer / first-order affinity only
+        path.unlink(missing_ok=True)
+    write_text(layout.affinity, aff.frame("centered").to_csv(float_format="%.6g"))
+    write_text(layout.affinity_raw, aff.frame("raw").to_csv(float_format="%.6g"))
+    write_text(layout.affinity_counts, aff.frame("counts").to_csv())
+    write_json(layout.affinity_meta, {
         "metric": metric,
         "orientation": "larger is better transfer",
         "definition": "affinity.csv: A_ij = T_ij - T_ii, T_ij = mean over sampled subsets S containing i and j of "
@@ -310,18 +311,16 @@ def write_affinity(run_dir: Path, aff: Affinity, metric: str) -> None:
     })
 
 
-HALF_FILES = ("affinity_half_a.csv", "affinity_half_b.csv")
-
-
 def write_transfer_affinity(run_dir: Path, names: list[str], full: np.ndarray, half_a: np.ndarray, half_b: np.ndarray,
                             kind: str) -> None:
     frame = lambda M: pd.DataFrame(M, index=names, columns=names).to_csv(float_format="%.6g")  # noqa: E731
-    for name in ("affinity_raw.csv", "affinity_counts.csv"):  # written by the paper mode only
-        (run_dir / name).unlink(missing_ok=True)
-    write_text(run_dir / HALF_FILES[0], frame(half_a))
-    write_text(run_dir / HALF_FILES[1], frame(half_b))
-    write_text(run_dir / "affinity.csv", frame(full))
-    write_json(run_dir / "affinity.json", {
+    layout = RunLayout(run_dir)
+    for path in (layout.affinity_raw, layout.affinity_counts):  # written by the paper mode only
+        path.unlink(missing_ok=True)
+    write_text(layout.affinity_halves[0], frame(half_a))
+    write_text(layout.affinity_halves[1], frame(half_b))
+    write_text(layout.affinity, frame(full))
+    write_json(layout.affinity_meta, {
         "kind": kind,
         "metric": "loss",
         "orientation": "larger is better transfer",
@@ -333,19 +332,3 @@ def write_transfer_affinity(run_dir: Path, names: list[str], full: np.ndarray, h
         "coverage": 1.0,
         "tasks": names,
     })
-
-
-def read_affinity_halves(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two half-sample estimates written by the transfer / first-order affinity, or None."""
-    paths = [run_dir / f for f in HALF_FILES]
-    if not all(p.is_file() for p in paths):
-        return None
-    return tuple(pd.read_csv(p, index_col=0).to_numpy(dtype=float) for p in paths)  # type: ignore[return-value]
-
-
-def read_affinity(run_dir: Path) -> tuple[list[str], np.ndarray]:
-    path = run_dir / "affinity.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `elora estimate` first")
-    frame = pd.read_csv(path, index_col=0)
-    return [str(c) for c in frame.columns], frame.to_numpy(dtype=float)

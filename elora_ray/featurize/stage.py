@@ -32,7 +32,7 @@ from ..artifacts import read_prepared
 from ..config import RunConfig
 from ..errors import DataError
 from ..io import fingerprint, write_json, write_parquet
-from ..layout import FEATURE_DIR
+from ..layout import FEATURE_DIR, RunLayout
 from ..raysession import cluster_cpus, cluster_gpus, ensure_ray
 from ..tasks.schema import TaskData
 from .probe import fit_probe, heads_state
@@ -184,7 +184,7 @@ def run_probe(cfg: RunConfig, tasks: list[TaskData], out_dir: Path, progress: bo
 
 def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
     """Compute (or resume) projected per-sample gradients for ``cfg.featurize.splits``."""
-    manifest_data = json.loads((run_dir / "data" / "manifest.json").read_text()) if (run_dir / "data" / "manifest.json").is_file() else None
+    manifest_data = json.loads(RunLayout(run_dir).data_manifest.read_text()) if RunLayout(run_dir).data_manifest.is_file() else None
     if manifest_data is None:
         raise FileNotFoundError(f"{run_dir}/data/manifest.json not found: run `elora prepare` first")
     fp = features_fingerprint(cfg, manifest_data["fingerprint"])
@@ -194,7 +194,7 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
         if state_path.is_file() or force:
             log.info("featurize: %s; recomputing features", "forced" if force else "inputs changed")
         shutil.rmtree(out_dir)
-    manifest_path = out_dir / "manifest.json"
+    manifest_path = RunLayout(run_dir).features_manifest
     if manifest_path.is_file():
         log.info("featurize: features complete in %s (fingerprint %s), skipping", out_dir, fp)
         return json.loads(manifest_path.read_text())

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, DataError
-from ..layout import FEATURE_DIR
+from ..layout import FEATURE_DIR, RunLayout
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TaskFeatures:
 
 
 def read_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / FEATURE_DIR / "manifest.json"
+    path = RunLayout(run_dir).features_manifest
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `elora featurize` first")
     return json.loads(path.read_text())

@@ -58,7 +58,7 @@ def render_report_md(report: dict) -> str:
 
 
 def render_methods_md(report: dict) -> list[str]:
-    from .report.plots import METHOD_LABELS
+    from .plots import METHOD_LABELS
 
     split = report["evaluation_split"]
     methods, abl = report["methods"], report["ensemble_ablations"]

@@ -57,7 +57,7 @@ def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
     names = [t.name for t in read_prepared(run)]
     unknown = sorted({t for g in groups for t in g} - set(names))
     if unknown:
-        raise ConfigError(f"{run / 'groups.json'}: tasks {unknown} are not in the prepared data; rerun `elora cluster`")
+        raise ConfigError(f"{RunLayout(run).groups}: tasks {unknown} are not in the prepared data; rerun `elora cluster`")
     jobs = group_jobs(cfg, groups, names)
     if cfg.boost.steps > 0:
         jobs.append(reference_job(names))

@@ -81,7 +81,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True, runner: Cal
         raise ConfigError(f"tune.min_groups={t.min_groups} exceeds min(tune.max_groups, tasks)={hi}")
     feat_names, raw = load_estimation_features(run)
     if sorted(feat_names) != sorted(names):
-        raise ConfigError(f"{run / 'affinity.csv'} and the features disagree on the tasks: rerun `elora estimate`")
+        raise ConfigError(f"{RunLayout(run).affinity} and the features disagree on the tasks: rerun `elora estimate`")
     feats = {k: TaskFeatureArrays(*v) for k, v in raw.items()}
     settings = {
         "solver": cfg.cluster.solver, "seed": cfg.seed, "max_boost_steps": t.max_boost_steps, "l2": l2_rule(cfg, run)[0],

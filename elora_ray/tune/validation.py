@@ -20,10 +20,22 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import RunConfig
+from ..layout import (
+    AFFINITY_COUNTS_FILE,
+    AFFINITY_FILE,
+    AFFINITY_META_FILE,
+    AFFINITY_RAW_FILE,
+    CALIBRATION_FILE,
+    DATA_DIR,
+    EST_DIR,
+    FEATURE_DIR,
+    HALF_FILES,
+    RunLayout,
+)
 
 #: parent-run artifacts a trial reuses through symlinks
-SHARED = ("data", "features", "estimate", "model.json", "affinity.csv", "affinity.json", "affinity_raw.csv",
-          "affinity_counts.csv", "affinity_half_a.csv", "affinity_half_b.csv", "calibration.json")
+SHARED = (DATA_DIR, FEATURE_DIR, EST_DIR, "model.json", AFFINITY_FILE, AFFINITY_META_FILE, AFFINITY_RAW_FILE,
+          AFFINITY_COUNTS_FILE, *HALF_FILES, CALIBRATION_FILE)
 
 
 def trial_dir(run: Path, m: int) -> Path:
@@ -63,8 +75,8 @@ def validation_trial(config: dict, run_dir: str, cfg_data: dict, max_boost_steps
     best = float("inf")
     for b in range(max_boost_steps + 1):
         runner(trial_config(cfg, m, b), trial, until="evaluate")
-        ev = json.loads((trial / "evaluation.json").read_text())["methods"]["ensemble"]
-        groups = json.loads((trial / "groups.json").read_text())
+        ev = json.loads(RunLayout(trial).evaluation.read_text())["methods"]["ensemble"]
+        groups = json.loads(RunLayout(trial).groups.read_text())
         best = min(best, float(ev["loss"]))
         tune.report({
             "boost_steps": b, "val_loss": float(ev["loss"]), "val_accuracy": float(ev["avg_accuracy"]),
