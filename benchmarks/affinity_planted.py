@@ -40,8 +40,7 @@ def run_suite(name: str, sources: dict, seed: int, data_root: Path, sets: list[s
     import numpy as np
     from sklearn.metrics import adjusted_rand_score
 
-    from elora_ray.config import load_config
-    from elora_ray.pipeline import run_stages
+    from elora_ray import load_config, run_stages
     from elora_ray.tasks.planted import write_planted_suite
 
     root = RUNS / "affinity_planted" / f"{name}_seed{seed}"

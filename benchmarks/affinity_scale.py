@@ -43,8 +43,7 @@ def run_n(n: int, per_task: int, sets: list[str], kinds: list[str]) -> list[dict
     import numpy as np
     from sklearn.metrics import adjusted_rand_score
 
-    from elora_ray.config import load_config
-    from elora_ray.pipeline import run_stages
+    from elora_ray import load_config, run_stages
 
     tasks, planted = write_tasks(n, per_task, RUNS / "affinity_scale" / f"data_{per_task}")
     truth = {name: g for g, names in enumerate(planted) for name in names}

@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
-from elora_ray.config import load_config  # noqa: E402
-from elora_ray.pipeline import run_pipeline  # noqa: E402
+from elora_ray import load_config  # noqa: E402
+from elora_ray import run_pipeline  # noqa: E402
 from elora_ray.report.plots import METHOD_LABELS  # noqa: E402
 
 DEFAULT_CONFIG = HERE / "configs" / "glue_ensemble_minilm.yaml"

@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, default=RUNS / "estimate_speed")
     args = ap.parse_args(argv)
 
-    from elora_ray.config import load_config
-    from elora_ray.pipeline import run_stages
+    from elora_ray import load_config, run_stages
     from elora_ray.raysession import ensure_ray
 
     # The suite carves 15% validation + 15% test from samples_per_task.

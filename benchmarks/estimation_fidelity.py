@@ -25,9 +25,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.common import RUNS, machine_info, publish  # noqa: E402,I001
-from elora_ray.config import load_config  # noqa: E402
+from elora_ray import load_config  # noqa: E402
 from elora_ray.estimate.fidelity import run_fidelity  # noqa: E402
-from elora_ray.pipeline import run_stages  # noqa: E402
+from elora_ray import run_stages  # noqa: E402
 
 
 def _num(x, scale: float, spec: str) -> str:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from elora_ray.config import load_config
+    from elora_ray import load_config
     from elora_ray.featurize.gradients import INPUT_SIDE, OUTPUT_SIDE, PerSampleGradients, gold_log_odds
     from elora_ray.featurize.model_at_init import build_model_at_init
     from elora_ray.featurize.projection import JLProjector

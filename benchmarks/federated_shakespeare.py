@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
-from elora_ray.config import load_config  # noqa: E402
+from elora_ray import load_config  # noqa: E402
 from elora_ray.federated.report import LABELS  # noqa: E402
 from elora_ray.federated.stage import federated_stage  # noqa: E402
 from elora_ray.runlog import setup_logging  # noqa: E402

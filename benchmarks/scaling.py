@@ -73,8 +73,7 @@ def run_series(spec: dict) -> list[dict]:
     """One series in this process: fresh run dir, own Ray; a row per k."""
     from sklearn.metrics import adjusted_rand_score
 
-    from elora_ray.config import load_config
-    from elora_ray.pipeline import run_stages
+    from elora_ray import load_config, run_stages
     from elora_ray.raysession import ensure_ray
 
     tasks, planted = write_tasks(spec["n"], spec["samples_per_task"], Path(spec["data"]))

@@ -23,8 +23,8 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.common import RUNS, machine_info, publish  # noqa: E402,I001
 from elora_ray.analyze.generalization import run_sharpness  # noqa: E402
 from elora_ray.layout import SHARPNESS_DIR as OUT_DIR  # noqa: E402
-from elora_ray.config import load_config  # noqa: E402
-from elora_ray.pipeline import run_stages  # noqa: E402
+from elora_ray import load_config  # noqa: E402
+from elora_ray import run_stages  # noqa: E402
 
 QUICK = ["model.name_or_path=tiny-bert", "suite.samples_per_task=40", "suite.tasks_per_group=[1]",
          "analyze.sharpness.ranks=[2,4]", "analyze.sharpness.ensemble_sizes=[2]", "analyze.sharpness.points=2",

@@ -35,6 +35,7 @@ _EXPORTS = {
     "run": "elora_ray.api",
     "run_stage": "elora_ray.pipeline",
     "run_stages": "elora_ray.pipeline",
+    "run_pipeline": "elora_ray.pipeline",
     "STAGES": "elora_ray.stages",
     "PIPELINE": "elora_ray.stages",
     "Stage": "elora_ray.stages",
@@ -61,6 +62,7 @@ __all__ = [
     "read_groups",
     "read_prepared",
     "run",
+    "run_pipeline",
     "run_stage",
     "run_stages",
 ]
@@ -73,7 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .ensemble.predictor import EnsemblePredictor
     from .errors import ConfigError, EloraError
     from .layout import RunLayout
-    from .pipeline import run_stage, run_stages
+    from .pipeline import run_pipeline, run_stage, run_stages
     from .stages import PIPELINE, STAGES, Stage
 
 

@@ -4,7 +4,6 @@ pipeline, the CLI and jobs/, one adapter-type table, a light public API, small m
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import shutil
 import subprocess
