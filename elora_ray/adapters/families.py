@@ -32,7 +32,6 @@ class AdapterFamily:
 
 
 FAMILIES: dict[str, AdapterFamily] = {}
-_BUILTIN = ("elora_ray.adapters.lora", "elora_ray.adapters.mplora", "elora_ray.adapters.bottleneck.family")
 
 
 def register_family(f: AdapterFamily) -> AdapterFamily:
@@ -42,12 +41,21 @@ def register_family(f: AdapterFamily) -> AdapterFamily:
     return f
 
 
+def _discover() -> None:
+    """Import every module of :mod:`elora_ray.adapters`: each family module registers itself on import,
+    so a new family is one new file here and nothing else to list."""
+    import importlib
+    import pkgutil
+
+    from .. import adapters
+
+    for info in pkgutil.walk_packages(adapters.__path__, f"{adapters.__name__}."):
+        importlib.import_module(info.name)
+
+
 def get_family(name: str) -> AdapterFamily:
     if name not in FAMILIES:
-        import importlib
-
-        for module in _BUILTIN:
-            importlib.import_module(module)
+        _discover()
     try:
         return FAMILIES[name]
     except KeyError:
