@@ -288,3 +288,21 @@ def test_client_progress_survives_a_torn_line_and_resumes(tmp_path):
     again.add("c3", {"loss": 0.5, "n": 2})
     assert set(ClientProgress(p.path).done) == {"c1", "c2", "c3"}
     assert ClientProgress(p.path, reset=True).done == {}
+
+
+def test_federated_subset_fits_are_the_estimate_stages_own():
+    """The federated affinity's subset regressions go through estimate.stage.solve_chunk, scoring each member
+    client on its training windows: the same numbers as fitting the surrogate directly."""
+    from elora_ray.estimate.surrogate import evaluate, fit_surrogate
+    from elora_ray.federated.affinity import fit_subsets
+
+    rng = np.random.default_rng(0)
+    feats = {f"c{i}": (rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=20).astype(np.float32)) for i in range(4)}
+    names = sorted(feats)
+    rows = fit_subsets([(0, (0, 2)), (1, (1, 3))], feats, names, 1e-3)
+    assert [(r["subset_id"], r["task"]) for r in rows] == [(0, "c0"), (0, "c2"), (1, "c1"), (1, "c3")]
+    for r in rows:
+        g = np.concatenate([feats[c][0] for c in r["members"]])
+        h = np.concatenate([feats[c][1] for c in r["members"]])
+        loss, acc = evaluate(*feats[r["task"]], fit_surrogate(g, h, 1e-3).w)
+        assert r["loss"] == pytest.approx(loss, rel=1e-9) and r["accuracy"] == pytest.approx(acc)

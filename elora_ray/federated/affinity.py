@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..config import RunConfig
 from ..estimate.calibration import FEDERATED_AUTO_L2
-from ..estimate.surrogate import evaluate as surrogate_loss
-from ..estimate.surrogate import fit_surrogate
+from ..estimate.stage import solve_chunk
 
 
 def federated_l2(cfg: RunConfig) -> float:
@@ -15,15 +12,10 @@ def federated_l2(cfg: RunConfig) -> float:
     return FEDERATED_AUTO_L2 if cfg.estimate.l2 == "auto" else float(cfg.estimate.l2)
 
 
-def fit_subsets(chunk, feats: dict, names: list[str], l2: float) -> list[dict]:
-    """Surrogate fits for ``chunk = [(subset_id, client indices), ...]``; one row per (subset, member)."""
-    rows = []
-    for sid, subset in chunk:
-        members = [names[i] for i in subset]
-        g = np.concatenate([feats[c][0] for c in members])
-        h0 = np.concatenate([feats[c][1] for c in members])
-        fit = fit_surrogate(g, h0, l2)
-        for c in members:
-            loss, acc = surrogate_loss(feats[c][0], feats[c][1], fit.w)
-            rows.append({"subset_id": sid, "task": c, "members": members, "loss": loss, "accuracy": acc})
+def fit_subsets(chunk, feats: dict, names: list[str], l2: float, max_iter: int = 200) -> list[dict]:
+    """Surrogate fits for ``chunk = [(subset_id, client indices), ...]``; one row per (subset, member).
+
+    The estimate stage's own subset fit (:func:`elora_ray.estimate.stage.solve_chunk`), with each
+    client's training windows as its evaluation set (clients have no separate affinity split)."""
+    rows, _ = solve_chunk({c: (g, h0, g, h0) for c, (g, h0) in feats.items()}, names, chunk, l2, max_iter)
     return rows

@@ -240,7 +240,8 @@ class _Run:
         chunks = _chunks(list(enumerate(subsets)), max(1, len(subsets) // (4 * cluster_cpus())))
         t0 = time.perf_counter()
         # on the pool's actors: they hold the CPUs, so separate Ray tasks would wait for them forever
-        res = self.pool.map("fit_subsets", [(k, (ch, ref, names, federated_l2(self.cfg))) for k, ch in enumerate(chunks)],
+        res = self.pool.map("fit_subsets", [(k, (ch, ref, names, federated_l2(self.cfg), self.cfg.estimate.max_iter))
+                                             for k, ch in enumerate(chunks)],
                             desc="subset regressions")
         if res.failed:
             raise RuntimeError(f"subset regressions failed: {next(iter(res.failed.values()))}")

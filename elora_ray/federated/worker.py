@@ -215,8 +215,8 @@ class ClientWorker:
             own = [float(torch.nn.functional.cross_entropy(z[:, j], yt)) for j in range(len(members))]
         return {"alpha": alpha.numpy().astype(float).tolist(), "val_loss": val, "member_val_loss": own, "windows": len(y)}
 
-    def fit_subsets(self, chunk, feats: dict, names: list[str], l2: float) -> list[dict]:
+    def fit_subsets(self, chunk, feats: dict, names: list[str], l2: float, max_iter: int = 200) -> list[dict]:
         """Subset regressions of the affinity estimate (run here so they share the pool's CPUs)."""
         from .affinity import fit_subsets
 
-        return fit_subsets(chunk, feats, names, l2)
+        return fit_subsets(chunk, feats, names, l2, max_iter)
