@@ -115,7 +115,8 @@ def test_pipeline_runs_as_a_ray_job_with_token_auth(ray_head, tmp_path):
     r = _submit(address, env, [
         "python", "jobs/run_pipeline.py", "--out", str(out),
         "--set", "model.name_or_path=tiny-bert", "--set", "suite.samples_per_task=24", "--set", "featurize.dim=16",
-        "--set", "estimate.num_subsets=20", "--set", "train.epochs=1", "--set", "baselines.methods=[single_adapter]",
+        "--set", "suite.tasks_per_group=[2,1]", "--set", "estimate.num_subsets=20", "--set", "train.epochs=1",
+        "--set", "baselines.methods=[single_adapter]",
     ])
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-3000:]

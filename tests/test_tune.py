@@ -42,7 +42,8 @@ def test_estimated_objective_prefers_the_non_conflicting_partition_and_boosting_
 def test_tune_returns_m_and_b_with_trials_and_plot(tmp_path):
     out = tmp_path / "run"
     cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=40", "featurize.dim=16",
-                             "estimate.num_subsets=30", "tune.max_groups=3", "tune.max_boost_steps=2"])
+                             "suite.tasks_per_group=[2,2,2]", "estimate.num_subsets=30", "tune.max_groups=3",
+                             "tune.max_boost_steps=2"])
     run_stages(cfg, out, until="estimate")
     best = tune_stage(cfg, out, progress=False)
     table = pd.read_csv(out / "tune" / "trials.csv")
@@ -61,7 +62,8 @@ def test_tune_with_the_real_validation_objective_trains_in_placement_groups(tmp_
     concurrent trials must not deadlock) and reports the validation loss after each boosting step."""
     out = tmp_path / "run"
     cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=24", "featurize.dim=16",
-                             "estimate.num_subsets=20", "tune.objective=validation", "tune.min_groups=1",
+                             "suite.tasks_per_group=[2,2]", "estimate.num_subsets=20", "tune.objective=validation",
+                             "tune.min_groups=1",
                              "tune.max_groups=2", "tune.max_boost_steps=1", "tune.scheduler=fifo", "train.epochs=1"])
     best = run_stage(cfg, out, "tune")  # runs prepare..estimate first and gives the trials the pipeline runner
     table = pd.read_csv(out / "tune" / "trials.csv")
