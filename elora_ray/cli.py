@@ -57,11 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict with a finished run's ensemble",
                        description="Load the ensemble of a finished run (adapters + weights) and predict labels "
-                       "for new text: --text (repeatable) or --input FILE.jsonl with 'text' (and optional "
-                       "'text_pair') fields; prints one JSON object per input.")
+                       "for new text: --text (repeatable; --text-pair for sentence-pair tasks) or --input FILE.jsonl "
+                       "with 'text' (and optional 'text_pair') fields; prints one JSON object per input with the label "
+                       "and every label's probability.")
     p.add_argument("--run", type=Path, required=True, help="run directory written by `elora run`")
     p.add_argument("--task", required=True, help="task name (one of the run's tasks)")
     p.add_argument("--text", action="append", default=[], help="input text (repeatable)")
+    p.add_argument("--text-pair", action="append", default=[], dest="text_pair",
+                   help="second text of a sentence-pair task, one per --text, in the same order")
     p.add_argument("--input", type=Path, default=None, help="jsonl file with a 'text' field per line")
     p.add_argument("--batch-size", type=int, default=32)
 
@@ -108,11 +111,17 @@ def _cmd_stage(args) -> None:
 def _cmd_predict(args) -> None:
     import json
 
-    from .ensemble.predictor import EnsemblePredictor
+    from .artifacts import read_data_manifest
     from .runlog import setup_logging
 
     setup_logging(None)
-    texts, pairs = list(args.text), [None] * len(args.text)
+    if args.text_pair and len(args.text_pair) != len(args.text):
+        raise ConfigError(f"--text-pair given {len(args.text_pair)} time(s) for {len(args.text)} --text; give one per --text")
+    known = sorted(read_data_manifest(args.run)["tasks"])  # checked before any model or adapter is loaded
+    if args.task not in known:
+        raise ConfigError(f"unknown task {args.task!r}; the run has {known}")
+    texts = list(args.text)
+    pairs: list[str | None] = list(args.text_pair) if args.text_pair else [None] * len(args.text)
     if args.input is not None:
         for lineno, line in enumerate(args.input.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -123,17 +132,20 @@ def _cmd_predict(args) -> None:
                 raise ConfigError(f"{args.input}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise ConfigError(f"{args.input}:{lineno}: field 'text' (a string) is missing")
+            if row.get("text_pair") is not None and not isinstance(row["text_pair"], str):
+                raise ConfigError(f"{args.input}:{lineno}: field 'text_pair' must be a string")
             texts.append(row["text"])
             pairs.append(row.get("text_pair"))
     if not texts:
         raise ConfigError("nothing to predict: give --text or --input")
+    from .ensemble.predictor import EnsemblePredictor
+
     predictor = EnsemblePredictor(args.run, batch_size=args.batch_size)
-    if args.task not in predictor.tasks:
-        raise ConfigError(f"unknown task {args.task!r}; the run has {sorted(predictor.tasks)}")
-    probs = predictor.predict_proba(args.task, texts, pairs if any(p is not None for p in pairs) else None)
-    labels = predictor.tasks[args.task].labels
-    for text, p in zip(texts, probs):
-        print(json.dumps({"text": text, "label": labels[int(p.argmax())], "probabilities": dict(zip(labels, map(float, p.round(6))))}))
+    results = predictor.predict_with_probabilities(args.task, texts, pairs if any(p is not None for p in pairs) else None)
+    for text, pair, r in zip(texts, pairs, results):
+        row = {"text": text, **({"text_pair": pair} if pair is not None else {}), "label": r["label"],
+               "probabilities": {k: round(v, 6) for k, v in r["probabilities"].items()}}
+        print(json.dumps(row))
 
 
 def _cmd_validate(args) -> None:
@@ -142,8 +154,14 @@ def _cmd_validate(args) -> None:
 
     setup_logging(None, args.verbose)
     cfg = load_config(args.config, args.overrides)
+    from .models.registry import check_model_name
+
+    try:
+        kind = check_model_name(cfg.model)
+    except EloraError as exc:
+        raise ConfigError(str(exc) if "model.name_or_path" in str(exc) else f"model.name_or_path: {exc}") from None
     tasks = load_tasks(cfg)
-    print(f"config OK: {len(tasks)} tasks, model {cfg.model.name_or_path}, adapter {cfg.adapter.type}")
+    print(f"config OK: {len(tasks)} tasks, model {cfg.model.name_or_path} ({kind}), adapter {cfg.adapter.type}")
     for t in tasks:
         print(f"  {t.name:24s} {t.sizes()} labels={t.labels}")
         for note in t.notes:

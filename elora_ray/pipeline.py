@@ -44,6 +44,9 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
     for i, stage in enumerate(PIPELINE[: last + 1]):
         results[stage.name], seconds[stage.name] = _run_one(stage, cfg, out, force or (force_last and i == last))
     results["_seconds"] = seconds
+    work = _stage_timings(out)
+    results["_work_seconds"] = {k: work.get(k, {}).get("seconds", v) for k, v in seconds.items()}
+    results["_skipped"] = [k for k in seconds if work.get(k, {}).get("skipped_last", False)]
     return results
 
 
@@ -66,7 +69,26 @@ def _run_one(stage: Stage, cfg: RunConfig, out: Path, force: bool, **options) ->
     result = stage.run(cfg, out, force=force, **options)
     seconds = round(time.perf_counter() - t, 2)
     record_stage_metrics(cfg, out, stage, result)
+    _record_timing(out, stage.name, result, seconds, force)
     return result, seconds
+
+
+def _stage_timings(out: Path) -> dict:
+    path = RunLayout(out).metrics / "stage_timings.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _record_timing(out: Path, name: str, result: dict, seconds: float, force: bool) -> None:
+    """Keep the seconds of the invocation that did a stage's work: a rerun that finds the stage current
+    (same result) marks it skipped and keeps the earlier time, so a resumed report still tells the cost."""
+    timings = _stage_timings(out)
+    digest = fingerprint(result)
+    previous = timings.get(name)
+    if previous is None or previous.get("result") != digest or force:
+        timings[name] = {"seconds": seconds, "result": digest, "skipped_last": False}
+    else:
+        timings[name] = {**previous, "skipped_last": True}
+    write_json(RunLayout(out).metrics / "stage_timings.json", timings)
 
 
 def record_stage_metrics(cfg: RunConfig, out: Path, stage: Stage, result: dict) -> None:
@@ -94,7 +116,8 @@ def run_pipeline(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     evaluation = res["evaluate"]
     report = {
         "stages": list(res["_seconds"]),
-        "stage_seconds": res["_seconds"],
+        "stage_seconds": res["_work_seconds"],
+        "stages_skipped": res["_skipped"],
         "wall_s": round(time.perf_counter() - t0, 2),
         "tasks": res["prepare"]["tasks"],
         "model": res["model_check"],
@@ -111,6 +134,8 @@ def run_pipeline(cfg: RunConfig, out: Path, force: bool = False) -> dict:
         "evaluation_split": evaluation["split"],
         "methods": evaluation["methods"],
         "ensemble_ablations": evaluation["ensemble_ablations"],
+        "majority": evaluation.get("majority"),
+        "comparisons": evaluation.get("comparisons", {}),
     }
     from .report.markdown import render_report_md
     from .report.plots import plot_cost_accuracy, plot_per_task_accuracy

@@ -57,6 +57,25 @@ def test_report_has_every_method_with_costs(run):
         assert (out / f).is_file(), f
     md = (out / "report.md").read_text()
     assert "## Results" in md and "MTL-FT" in md and "boosting step 1" in md
+    # honesty: a most-common-label row, intervals that bracket every accuracy, the paired ensemble-vs-single test
+    from collections import Counter
+
+    tasks = read_prepared(out)
+    for t in tasks:
+        label, _ = Counter(e.label for e in t.splits["train"]).most_common(1)[0]
+        maj = report["majority"]["per_task"][t.name]
+        assert maj["accuracy"] == pytest.approx(np.mean([e.label == maj["label"] for e in t.splits["test"]]))
+        assert Counter(e.label for e in t.splits["train"])[maj["label"]] == Counter(e.label for e in t.splits["train"])[label]
+    for name, r in report["methods"].items():
+        lo, hi = r["ci95"]
+        assert lo <= r["avg_accuracy"] <= hi and hi - lo > 0, name
+        assert r["tasks_at_majority"] == sorted(t for t, a in r["per_task"].items()
+                                                if a <= report["majority"]["per_task"][t]["accuracy"] + 1e-9)
+    diff = report["comparisons"]["ensemble_minus_single_adapter"]
+    m = report["methods"]
+    assert diff["difference"] == pytest.approx(m["ensemble"]["avg_accuracy"] - m["single_adapter"]["avg_accuracy"])
+    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
+    assert "always the most common training label" in md and "Ensemble minus single adapter" in md and "95% CI" in md
 
 
 def test_group_adapters_trained_with_ray_train_and_keyed_by_sample_id(run):
@@ -288,6 +307,66 @@ def test_deepspeed_zero2_workers_train_the_same_adapter_as_ddp(run, tmp_path):
     assert any(ddp[k].abs().max() > 1e-3 for k in ddp if "lora_B" in k)  # it trained (B starts at 0)
 
 
+def test_baselines_reuse_an_adapter_identical_to_an_ensemble_group(run):
+    """A baseline group with exactly an ensemble group's tasks (same seed and settings) is evaluated with
+    that group's adapter instead of a retrained copy; every other baseline job is its own."""
+    cfg, out, report = run
+    plans = json.loads((out / "baselines" / "plans.json").read_text())
+    members = load_members(out)
+    group_of_tasks = {tuple(sorted(g.tasks)): g.base for g in members.groups}
+    for name, plan in plans["methods"].items():
+        if name not in ("random_groups", "gradient_cosine", "single_adapter", "per_task_adapters"):
+            continue
+        for job_id in plan["jobs"]:
+            job = plans["jobs"][job_id]
+            twin = group_of_tasks.get(tuple(sorted(job["tasks"])))
+            assert (job_id == twin) == (twin is not None), (name, job_id, twin)
+    cos = report["methods"]["gradient_cosine"]
+    if sorted(map(sorted, cos["groups"])) == sorted(map(sorted, report["groups"])):
+        assert cos["per_task"] == report["ensemble_ablations"]["groups_only"]["per_task"]
+
+
+def test_reuse_ensemble_adapters_replaces_exact_twins_only():
+    from elora_ray.baselines.plans import MethodPlan, reuse_ensemble_adapters
+    from elora_ray.train.jobs import AdapterJob
+
+    ens = [AdapterJob(id="group-0", method="ensemble", tasks=["a", "b"], seed=3),
+           AdapterJob(id="group-1", method="ensemble", tasks=["c"], seed=3)]
+    twin = AdapterJob(id="gradcos-0", method="gradient_cosine", tasks=["b", "a"], seed=3)
+    other_seed = AdapterJob(id="random-0", method="random_groups", tasks=["c"], seed=4)
+    other_lr = AdapterJob(id="x-0", method="x", tasks=["c"], seed=3, lr=1e-2)
+    single = AdapterJob(id="single", method="single_adapter", tasks=["c"], seed=3)
+    ft = AdapterJob(id="mtl_ft-c", method="mtl_ft", tasks=["c"], seed=3, init_from="single", epochs=1.0)
+    plans = [MethodPlan("gradient_cosine", [twin], {"a": "gradcos-0", "b": "gradcos-0"}),
+             MethodPlan("random_groups", [other_seed], {"c": "random-0"}),
+             MethodPlan("x", [other_lr], {"c": "x-0"}),
+             MethodPlan("mtl_ft", [single, ft], {"c": "mtl_ft-c"})]
+    assert reuse_ensemble_adapters(plans, ens) == 2
+    assert [j.id for j in plans[0].jobs] == ["group-0"] and plans[0].assignment == {"a": "group-0", "b": "group-0"}
+    assert [j.id for j in plans[1].jobs] == ["random-0"] and [j.id for j in plans[2].jobs] == ["x-0"]
+    assert [j.id for j in plans[3].jobs] == ["group-1", "mtl_ft-c"] and plans[3].jobs[1].init_from == "group-1"
+    assert "reuses group-0 (= gradcos-0)" in plans[0].notes[0]
+
+
+def test_predictor_takes_a_bare_string_as_one_input_and_names_its_columns(run):
+    cfg, out, report = run
+    task = read_prepared(out)[0]
+    p = EnsemblePredictor(out)
+    text = "a perfectly ordinary sentence"
+    assert len(p.predict(task.name, text)) == 1  # not one label per character
+    assert p.predict_proba(task.name, text).shape == (1, len(task.labels))
+    (row,) = p.predict_with_probabilities(task.name, text)
+    assert list(row["probabilities"]) == p.labels(task.name) == task.labels
+    assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+    assert sum(row["probabilities"].values()) == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="unknown task 'nope'"):
+        p.predict("nope", text)
+    with pytest.raises(ValueError, match="2 text pairs for 1 texts"):
+        p.predict(task.name, [text], ["a", "b"])
+    # the predictor counts what the report counts: the group adapters and the boosting learners
+    assert len(p.members.job_ids) == report["methods"]["ensemble"]["adapters"]
+
+
 def test_predict_command_prints_labels_and_names_bad_input_lines(run, tmp_path, capsys):
     from elora_ray.cli import main
 
@@ -301,5 +380,25 @@ def test_predict_command_prints_labels_and_names_bad_input_lines(run, tmp_path, 
     assert main(["predict", "--run", str(out), "--task", task.name, "--input", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:2" in err and "'text'" in err
+    assert main(["predict", "--run", str(out), "--task", "nope", "--text", "x"]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    # sentence pairs from the command line, one --text-pair per --text
+    assert main(["predict", "--run", str(out), "--task", task.name, "--text", "a", "--text-pair", "b", "--text", "c",
+                 "--text-pair", "d"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert [(r["text"], r["text_pair"]) for r in rows] == [("a", "b"), ("c", "d")]
+    assert main(["predict", "--run", str(out), "--task", task.name, "--text", "a", "--text-pair", "b", "--text", "c"]) == 2
+    assert "--text-pair given 1 time(s) for 2 --text" in capsys.readouterr().err
+
+
+def test_predict_rejects_an_unknown_task_before_loading_anything(run, monkeypatch, capsys):
+    from elora_ray.cli import main
+    from elora_ray.ensemble import predictor
+
+    def refuse(*a, **k):
+        raise AssertionError("the ensemble was loaded for a task the run does not have")
+
+    monkeypatch.setattr(predictor, "EnsemblePredictor", refuse)
+    cfg, out, _ = run
     assert main(["predict", "--run", str(out), "--task", "nope", "--text", "x"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err

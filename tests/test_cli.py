@@ -88,6 +88,12 @@ def test_run_writes_artifacts_and_resumes(tiny_pipeline, copy_run, caplog, capsy
     assert "already prepared" in caplog.text
     assert "features complete" in caplog.text and "results complete" in caplog.text and "up to date" in caplog.text
     assert "already trained" in caplog.text and "weights already fit" in caplog.text and "evaluation.json is current" in caplog.text
+    # the resumed report keeps the timings of the run that did the work and says what it skipped
+    again = json.loads((out / "report.json").read_text())
+    heavy = ["featurize", "estimate", "cluster", "train", "boost", "combine", "baselines", "evaluate"]
+    assert set(heavy) <= set(again["stages_skipped"])
+    assert {k: again["stage_seconds"][k] for k in heavy} == {k: report["stage_seconds"][k] for k in heavy}
+    assert report["stage_seconds"]["train"] > 1.0 and "current and skipped" in (out / "report.md").read_text()
 
     # Settings that cannot work for these tasks are clean errors and leave the artifacts alone.
     n = len(manifest["tasks"])
@@ -125,6 +131,14 @@ def test_verbose_turns_on_debug_logging_for_any_command(tiny_pipeline, copy_run)
 
 def manifest_tasks(out):
     return list(json.loads((out / "data" / "manifest.json").read_text())["tasks"])
+
+
+def test_validate_checks_the_model_name_without_loading_it(capsys):
+    assert main(["validate", "--set", "model.name_or_path=no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "model.name_or_path 'no-such-model' is not a known name" in err and "Traceback" not in err
+    assert main(["validate", "--set", "model.name_or_path=tiny-bert"]) == 0
+    assert "model tiny-bert (encoder)" in capsys.readouterr().out
 
 
 def test_bad_config_is_a_clean_error(tmp_path, capsys):

@@ -81,6 +81,35 @@ def baseline_plans(cfg: RunConfig, run_dir: Path, names: list[str], ensemble_gro
     return plans
 
 
+def reuse_ensemble_adapters(plans: list[MethodPlan], ensemble_jobs: list[AdapterJob]) -> int:
+    """A baseline job that would train exactly an ensemble group's adapter — same tasks, seed and
+    training settings — uses that adapter instead of training a copy (its cost still counts for the
+    baseline). Returns how many baseline jobs were replaced."""
+    twins = {(tuple(sorted(j.tasks)), j.seed): j for j in ensemble_jobs}
+
+    def plain(j: AdapterJob) -> bool:
+        return (j.kind == "trained" and j.loss == "ce" and j.adapter_type is None and j.init_from is None
+                and j.epochs is None and j.lr is None and j.train_heads is None and j.targets is None)
+
+    rename: dict[str, AdapterJob] = {}
+    for p in plans:
+        for j in p.jobs:
+            twin = twins.get((tuple(sorted(j.tasks)), j.seed)) if plain(j) else None
+            if twin is not None:
+                rename[j.id] = twin
+    for p in plans:
+        replaced = sorted({j.id for j in p.jobs if j.id in rename})
+        p.jobs = [rename.get(j.id, j) for j in p.jobs]
+        for j in p.jobs:
+            if j.init_from in rename:
+                j.init_from = rename[j.init_from].id
+        p.assignment = {t: rename[i].id if i in rename else i for t, i in p.assignment.items()}
+        if replaced:
+            p.notes.append("reuses " + ", ".join(f"{rename[i].id} (= {i})" for i in replaced)
+                           + ": the same tasks, seed and settings as an ensemble group")
+    return len(rename)
+
+
 def unique_jobs(plans: list[MethodPlan]) -> list[AdapterJob]:
     """Jobs of all plans, each once, in an order where ``init_from`` comes first."""
     seen: dict[str, AdapterJob] = {}

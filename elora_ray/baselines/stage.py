@@ -4,6 +4,7 @@ runner as the ensemble, and record which adapter each task is evaluated with
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,13 +13,20 @@ from ..config import RunConfig
 from ..io import write_json
 from ..layout import RunLayout
 from ..train.runner import run_jobs
-from .plans import baseline_plans, unique_jobs
+from ..train.stage import group_jobs
+from .plans import baseline_plans, reuse_ensemble_adapters, unique_jobs
+
+log = logging.getLogger(__name__)
 
 
 def baselines_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
     run = Path(run_dir)
     names = [t.name for t in read_prepared(run)]
-    plans = baseline_plans(cfg, run, names, read_groups(run))
+    groups = read_groups(run)
+    plans = baseline_plans(cfg, run, names, groups)
+    reused = reuse_ensemble_adapters(plans, group_jobs(cfg, groups, names))
+    if reused:
+        log.info("baselines: %d adapter(s) identical to an ensemble group's reused instead of trained again", reused)
     jobs = unique_jobs(plans)
     records: dict[str, dict] = {}
     first = [j for j in jobs if j.init_from is None]

@@ -64,7 +64,9 @@ class EnsemblePredictor:
         self.model = model
         self.adapters = list(dict.fromkeys(self.members.job_ids + ([self.members.reference] if self.members.boosting_steps else [])))
         self.peft_model = self._load_adapters(model, self.adapters)
-        log.info("ensemble predictor: %d adapters loaded from %s (%s)", len(self.adapters), self.run_dir,
+        trained = len(self.members.job_ids)
+        log.info("ensemble predictor: %d adapters loaded from %s%s (%s)", trained, self.run_dir,
+                 " (+ the untrained θ* reference the boosting learners are measured from)" if len(self.adapters) > trained else "",
                  "mixed-adapter batches" if self.mixed else "one pass per adapter")
         if not needs_quantized_base(self.cfg.adapter):
             self.peft_model.to(self.device)
@@ -91,8 +93,7 @@ class EnsemblePredictor:
 
     def adapter_coefficients(self, task: str) -> dict[str, float]:
         """Each adapter's coefficient in the task's logits (the formula above, expanded)."""
-        if task not in self.weights:
-            raise KeyError(f"unknown task {task!r}; this ensemble knows {sorted(self.weights)}")
+        self._check_task(task)
         coef: dict[str, float] = defaultdict(float)
         for a, g in zip(self.weights[task], self.members.groups):
             if a == 0:
@@ -129,7 +130,19 @@ class EnsemblePredictor:
                     out[a].append(self.peft_model(**enc).float().cpu().numpy()[:, :n_labels])
         return {a: np.concatenate(v) if v else np.zeros((0, n_labels)) for a, v in out.items()}
 
-    def predict_logits(self, task: str, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> np.ndarray:
+    def labels(self, task: str) -> list[str]:
+        """The task's labels, in the column order of :meth:`predict_proba` and :meth:`predict_logits`."""
+        self._check_task(task)
+        return list(self.tasks[task].labels)
+
+    def _check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            raise KeyError(f"unknown task {task!r}; this ensemble knows {sorted(self.tasks)}")
+
+    def predict_logits(self, task: str, texts: str | Sequence[str],
+                       text_pairs: str | Sequence[str | None] | None = None) -> np.ndarray:
+        """[N, C] ensemble logits; columns follow :meth:`labels`. A bare string is one input."""
+        texts, text_pairs = _as_batch(texts, text_pairs)
         coef = self.adapter_coefficients(task)
         per_adapter = self.adapter_logits(task, texts, text_pairs, list(coef))
         n_labels = len(self.tasks[task].labels)
@@ -138,12 +151,38 @@ class EnsemblePredictor:
             z += c * per_adapter[a]
         return z
 
-    def predict_proba(self, task: str, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> np.ndarray:
+    def predict_proba(self, task: str, texts: str | Sequence[str],
+                      text_pairs: str | Sequence[str | None] | None = None) -> np.ndarray:
+        """[N, C] probabilities; columns follow :meth:`labels` (``predict_with_probabilities`` names them)."""
         z = self.predict_logits(task, texts, text_pairs)
         z = z - z.max(1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(1, keepdims=True)
 
-    def predict(self, task: str, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> list[str]:
-        labels = self.tasks[task].labels
+    def predict(self, task: str, texts: str | Sequence[str], text_pairs: str | Sequence[str | None] | None = None) -> list[str]:
+        """One label per input (a bare string is one input)."""
+        labels = self.labels(task)
         return [labels[i] for i in self.predict_logits(task, texts, text_pairs).argmax(1)]
+
+    def predict_with_probabilities(self, task: str, texts: str | Sequence[str],
+                                   text_pairs: str | Sequence[str | None] | None = None) -> list[dict]:
+        """Per input: ``{"label": ..., "probabilities": {label: p}}``."""
+        labels = self.labels(task)
+        return [{"label": labels[int(p.argmax())], "probabilities": {lab: float(x) for lab, x in zip(labels, p)}}
+                for p in self.predict_proba(task, texts, text_pairs)]
+
+
+def _as_batch(texts: str | Sequence[str], text_pairs: str | Sequence[str | None] | None) -> tuple[list[str], list | None]:
+    """A bare string is one input, not a sequence of characters."""
+    if isinstance(texts, str):
+        texts = [texts]
+        if isinstance(text_pairs, str):
+            text_pairs = [text_pairs]
+    elif isinstance(text_pairs, str):
+        raise TypeError("text_pairs is one string but texts has several inputs; give one pair per text")
+    texts = list(texts)
+    if text_pairs is not None:
+        text_pairs = list(text_pairs)
+        if len(text_pairs) != len(texts):
+            raise ValueError(f"{len(text_pairs)} text pairs for {len(texts)} texts")
+    return texts, text_pairs

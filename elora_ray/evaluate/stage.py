@@ -31,6 +31,7 @@ from ..ensemble.weights import combine
 from ..featurize.store import read_manifest
 from ..io import fingerprint, write_json
 from ..layout import THETA_STAR, RunLayout
+from .uncertainty import at_majority, bootstrap_average, bootstrap_difference, correctness, majority_baseline
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def evaluation_inputs(cfg: RunConfig, run: Path) -> dict:
     read = lambda p: json.loads(p.read_text()) if p.is_file() else None  # noqa: E731
     jobs = sorted(p.stem for p in layout.job_records.glob("*.json"))
     return {
+        "version": 2,  # 2: majority baseline, bootstrap intervals, paired comparison
         "split": cfg.evaluate.split,
         "members": read(layout.members), "weights": read(layout.weights), "plans": read(layout.baseline_plans),
         "jobs": {j: (read_job_record(run, j) or {}).get("fingerprint") for j in jobs},
@@ -106,9 +108,8 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
         if p.is_file():
             upstream_s += float(json.loads(p.read_text()).get("seconds", 0.0))
     member_records = _records(run, [j for g in members.groups for j in g.job_ids])
-    methods: dict[str, dict] = {
-        "ensemble": summarize(combine(groups, weight_matrix(weights)), member_records, float(manifest["flops"]), upstream_s)
-    }
+    outs: dict[str, dict] = {"ensemble": combine(groups, weight_matrix(weights))}
+    methods: dict[str, dict] = {"ensemble": summarize(outs["ensemble"], member_records, float(manifest["flops"]), upstream_s)}
     methods["ensemble"]["groups"] = [g.tasks for g in members.groups]
     methods["ensemble"]["boosting_steps"] = members.boosting_steps
 
@@ -116,7 +117,8 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
     if plans_path.is_file():
         plans = json.loads(plans_path.read_text())["methods"]
         for name, plan in plans.items():
-            methods[name] = summarize(_assigned(run, plan["assignment"], split, num_labels), _records(run, plan["jobs"]))
+            outs[name] = _assigned(run, plan["assignment"], split, num_labels)
+            methods[name] = summarize(outs[name], _records(run, plan["jobs"]))
             if plan.get("groups") and name in ("random_groups", "gradient_cosine"):
                 methods[name]["groups"] = plan["groups"]
 
@@ -130,7 +132,19 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
     }
     if read_job_record(run, THETA_STAR) is not None:
         ablations["theta_star"] = summarize(read_outputs(run, THETA_STAR, split, names, num_labels), [])
-    result = {"fingerprint": fp, "split": split, "methods": methods, "ensemble_ablations": ablations}
+    # How much the numbers mean: the most-common-label baseline, bootstrap intervals, tasks at that baseline.
+    majority = majority_baseline(tasks, split)
+    correct = {name: correctness(o) for name, o in outs.items()}
+    for name, r in methods.items():
+        r["ci95"] = list(bootstrap_average(correct[name], seed=cfg.seed))
+        r["tasks_at_majority"] = at_majority(r["per_task"], majority)
+    comparisons = {}
+    if "single_adapter" in correct:
+        comparisons["ensemble_minus_single_adapter"] = bootstrap_difference(correct["ensemble"], correct["single_adapter"],
+                                                                             seed=cfg.seed)
+    result = {"fingerprint": fp, "split": split, "methods": methods, "ensemble_ablations": ablations,
+              "majority": {"per_task": majority, "avg_accuracy": float(np.mean([v["accuracy"] for v in majority.values()]))},
+              "comparisons": comparisons}
     write_json(path, result)
     for name, r in methods.items():
         log.info("evaluate: %-18s avg %s accuracy %.4f (%d adapters, %.3g train FLOPs)", name, split, r["avg_accuracy"], r["adapters"], r["train_flops"])

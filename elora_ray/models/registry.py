@@ -74,3 +74,19 @@ def detect_kind(hf_config: PretrainedConfig, requested: str = "auto") -> str:
     if hf_config.model_type in DECODER_MODEL_TYPES or any(a.endswith("ForCausalLM") for a in archs):
         return "decoder"
     return "encoder"
+
+
+def check_model_name(cfg: ModelConfig) -> str:
+    """Whether ``model.name_or_path`` names a model this machine has, without loading (or converting) any
+    weights; returns its kind (``encoder``/``decoder``). Raises :class:`ModelError` naming what is missing."""
+    name = cfg.name_or_path
+    if name == "smollm2":
+        from .smollm2 import package_gguf
+
+        package_gguf()  # the packaged GGUF is there; converting it happens on first real use
+        return cfg.kind if cfg.kind != "auto" else "decoder"
+    if name in ("tiny-bert", "tiny-llama"):
+        return cfg.kind if cfg.kind != "auto" else ("encoder" if name == "tiny-bert" else "decoder")
+    if name.startswith("tiny-"):
+        raise ModelError(f"unknown tiny model '{name}' (tiny-bert, tiny-llama)")
+    return detect_kind(load_hf_config(resolve_model_dir(cfg), cfg.trust_remote_code), cfg.kind)

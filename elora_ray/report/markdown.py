@@ -8,7 +8,9 @@ def render_report_md(report: dict) -> str:
     lines = [
         "# elora run report",
         "",
-        f"Stages run: {', '.join(report['stages'])} ({report['wall_s']} s).",
+        f"Stages: {', '.join(report['stages'])}; work time {sum(report['stage_seconds'].values()):.1f} s"
+        + (f" (this invocation {report['wall_s']} s found {', '.join(report['stages_skipped'])} current and skipped "
+           "them; their times are those of the run that did the work)." if report.get("stages_skipped") else "."),
         "",
         "## Tasks",
         "",
@@ -68,6 +70,8 @@ def render_methods_md(report: dict) -> list[str]:
             f"- boosting step {b['step'] + 1} ({b['method']}): group {b['group']}, training loss "
             f"{b['train_loss_before']:.4f} → {b['train_loss_after']:.4f}, validation "
             f"{b['validation_loss_before']:.4f} → {b['validation_loss_after']:.4f} (ρ = {b['rho']:.3g}, coefficient {b['coef']:.3g})"
+            + (" — ρ = 0: no step along this learner lowered the group's training loss, so it adds nothing to the "
+               "ensemble (kept in members.json for the record)" if b["rho"] == 0 else "")
         )
     if not report["boosting"]:
         lines.append("- no boosting steps (boost.steps = 0)")
@@ -83,19 +87,47 @@ def render_methods_md(report: dict) -> list[str]:
         "FLOPs: training (the ensemble adds featurisation); memory: peak of one training process; "
         "wall: summed adapter-training seconds (the ensemble adds featurize + estimate).",
         "",
-        "| method | avg accuracy | train FLOPs | peak memory MB | wall s | adapters | adapter params |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | avg accuracy | 95% CI | train FLOPs | peak memory MB | wall s | adapters | adapter params |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def ci(r: dict) -> str:
+        return f"{r['ci95'][0]:.3f}–{r['ci95'][1]:.3f}" if r.get("ci95") else "–"
+
     for name, r in methods.items():
         lines.append(
-            f"| {METHOD_LABELS.get(name, name)} | {r['avg_accuracy']:.4f} | {r['train_flops']:.3g} | "
+            f"| {METHOD_LABELS.get(name, name)} | {r['avg_accuracy']:.3f} | {ci(r)} | {r['train_flops']:.3g} | "
             f"{r['peak_memory_mb']:.0f} | {r['wall_s']:.1f} | {r['adapters']} | {r['adapter_parameters']:,} |"
         )
+    majority = report.get("majority")
+    if majority:
+        lines.append(f"| always the most common training label | {majority['avg_accuracy']:.3f} | – | 0 | – | – | – | – |")
+    diff = report.get("comparisons", {}).get("ensemble_minus_single_adapter")
+    if diff:
+        lo, hi = diff["ci95"]
+        verdict = ("better" if lo > 0 else "worse" if hi < 0 else "not distinguishable from it")
+        lines += ["", f"Ensemble minus single adapter: {diff['difference']:+.3f} average accuracy (paired bootstrap over "
+                  f"test samples, 95% CI {lo:+.3f} to {hi:+.3f}): the ensemble is {verdict} on this test set."]
+    lines.append("")
+    lines.append("Intervals: percentile bootstrap over each task's test samples ("
+                 f"{diff['resamples'] if diff else 1000} resamples). With tens of test samples per task, differences of a "
+                 "few points are within noise.")
     names = list(methods["ensemble"]["per_task"])
-    lines += ["", "Per task:", "", "| task | " + " | ".join(METHOD_LABELS.get(k, k) for k in methods) + " |",
-              "|---|" + "---:|" * len(methods)]
+    flagged = {k: set(r.get("tasks_at_majority", [])) for k, r in methods.items()}
+    head = "| task | " + " | ".join(METHOD_LABELS.get(k, k) for k in methods) + (" | most common label |" if majority else " |")
+    lines += ["", "Per task (`=` marks a task where the method does no better than always predicting the most common "
+              "training label):", "", head, "|---|" + "---:|" * (len(methods) + (1 if majority else 0))]
     for n in names:
-        lines.append(f"| {n} | " + " | ".join(f"{methods[k]['per_task'].get(n, float('nan')):.3f}" for k in methods) + " |")
+        cells = [f"{methods[k]['per_task'].get(n, float('nan')):.3f}{' =' if n in flagged[k] else ''}" for k in methods]
+        if majority:
+            mj = majority["per_task"][n]
+            cells.append(f"{mj['accuracy']:.3f} ({mj['label']}, n={mj['samples']})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    at_floor = flagged.get("ensemble", set())
+    if at_floor:
+        lines += ["", f"The ensemble predicts no better than the most common label on {len(at_floor)} of {len(names)} "
+                  f"task(s): {', '.join(sorted(at_floor))}. More training data or epochs, or a larger model, are needed "
+                  "there; its accuracy on them says nothing about transfer."]
     labels = {"groups_only": "group adapters only (own group, no boosting)", "groups_boosted": "own group with boosting",
               "uniform_weights": "uniform weights over groups", "theta_star": "θ* (probed heads, no fine-tuning)"}
     lines += ["", "Ensemble ablations (same adapters, different combination):", "", "| variant | avg accuracy | log loss |", "|---|---:|---:|"]

@@ -1,0 +1,53 @@
+"""The honesty numbers of the evaluation: most-common-label baseline and bootstrap intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from elora_ray.evaluate.uncertainty import at_majority, bootstrap_average, bootstrap_difference, majority_baseline
+from elora_ray.tasks.schema import Example, TaskData
+
+
+def _task(name, train_labels, test_labels):
+    ex = lambda split, labs: [Example(sample_id=f"{name}/{split}/{i}", text="x", label=l) for i, l in enumerate(labs)]  # noqa: E731
+    return TaskData(name=name, labels=["neg", "pos"], splits={"train": ex("train", train_labels), "validation": [],
+                                                               "test": ex("test", test_labels)}, notes=[], sources={})
+
+
+def test_majority_uses_the_training_label_and_scores_it_on_test():
+    t = _task("t", ["pos", "pos", "neg"], ["neg", "neg", "pos", "neg"])
+    m = majority_baseline([t], "test")["t"]
+    assert m == {"label": "pos", "accuracy": 0.25, "samples": 4}
+    tie = majority_baseline([_task("u", ["pos", "neg"], ["neg"])], "test")["u"]
+    assert tie["label"] == "neg"  # ties go to the first label in the task's label order
+    assert at_majority({"t": 0.5, "u": 0.9}, {"t": m, "u": tie}) == ["u"]  # u: always "neg" scores 1.0 there
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    rng = np.random.default_rng(0)
+    n, p = 400, 0.7
+    correct = {"a": (rng.random(n) < p).astype(float), "b": np.ones(200)}
+    lo, hi = bootstrap_average(correct, resamples=4000, seed=1)
+    mean_a = correct["a"].mean()
+    point = (mean_a + 1.0) / 2
+    assert lo < point < hi
+    # only task a varies: half-width ≈ 1.96 · sqrt(p(1-p)/n) / 2 (a is half of the average)
+    expected = 1.96 * np.sqrt(mean_a * (1 - mean_a) / n) / 2
+    assert (hi - lo) / 2 == pytest.approx(expected, rel=0.15)
+    assert bootstrap_average({"c": np.ones(50)}, resamples=200) == (1.0, 1.0)
+
+
+def test_paired_difference_is_exact_when_one_method_fixes_samples():
+    rng = np.random.default_rng(2)
+    base = (rng.random(300) < 0.6).astype(float)
+    better = base.copy()
+    wrong = np.flatnonzero(base == 0)[:30]
+    better[wrong] = 1.0  # fixes 30 of 300 samples and breaks none
+    d = bootstrap_difference({"t": better}, {"t": base}, resamples=2000)
+    assert d["difference"] == pytest.approx(0.1)
+    assert 0 < d["ci95"][0] < 0.1 < d["ci95"][1]  # strictly positive: the paired interval sees it
+    same = bootstrap_difference({"t": base}, {"t": base}, resamples=100)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        bootstrap_difference({"t": base}, {"t": base[:-1]})
