@@ -57,6 +57,10 @@ def set_verbose(verbose: bool) -> None:
         logging.getLogger().setLevel(logging.DEBUG if _VERBOSE else logging.INFO)
 
 
+def is_verbose() -> bool:
+    return _VERBOSE
+
+
 def setup_logging(run_dir: Path | None = None, verbose: bool | None = None) -> None:
     """Console + ``run_dir/run.log`` handlers (replacing ours from an earlier call). ``verbose``:
     DEBUG level; None keeps what :func:`set_verbose` chose."""
