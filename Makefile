@@ -8,7 +8,7 @@ OUT    ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-quick bench-quick clean
+.PHONY: install demo demo-all test test-quick bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The full method plus the two baselines that say most (one adapter for all tasks, random groups):
+# about 5 minutes on 2 CPU cores. Every baseline: `make demo-all` (resumes runs/demo, ~10 more minutes).
+DEMO_BASELINES ?= [single_adapter,random_groups]
+
 demo: install
+	$(BIN)/elora run --out $(OUT) --set 'baselines.methods=$(DEMO_BASELINES)'
+	@echo "report: $(OUT)/report.md; every baseline (QLoRA, per-task, MTL-FT, gradient-cosine): make demo-all"
+
+demo-all: install
 	$(BIN)/elora run --out $(OUT)
 
 # Layer contracts first (seconds), then the suite; the 25 slowest tests are listed at the end.
