@@ -140,8 +140,11 @@ def run_pipeline(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     from .report.markdown import render_report_md
     from .report.plots import plot_cost_accuracy, plot_per_task_accuracy
 
-    plot_per_task_accuracy(report["methods"], out / "plots" / "per_task_accuracy.png", split=evaluation["split"])
-    plot_cost_accuracy(report["methods"], out / "plots" / "cost_vs_accuracy.png", split=evaluation["split"])
+    plots = RunLayout(out).plots
+    plot_per_task_accuracy(report["methods"], plots / "per_task_accuracy.png", split=evaluation["split"],
+                           majority=report["majority"])
+    plot_cost_accuracy(report["methods"], plots / "cost_vs_accuracy.png", split=evaluation["split"],
+                       majority=report["majority"])
     report["plots"] = ["plots/affinity.png", "plots/per_task_accuracy.png", "plots/cost_vs_accuracy.png"]
     write_json(RunLayout(out).report_json, report)
     write_text(RunLayout(out).report_md, render_report_md(report))
