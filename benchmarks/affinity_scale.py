@@ -8,7 +8,7 @@ and the random-groups baseline. Times each stage; fits the exponent of estimate 
 
     python benchmarks/affinity_scale.py                    # n = 10, 25, 50, 100, 200, 500; 100 samples per task
     python benchmarks/affinity_scale.py --per-task 40      # the scaling benchmark's 40 samples per task
-    python benchmarks/affinity_scale.py --quick            # tiny-bert, n = 8, 16 (smoke test)
+    python benchmarks/affinity_scale.py --quick            # tiny-bert, n = 6, 10 (smoke test)
 
 Writes benchmarks/results/affinity_scale_s<per-task>.{json,md} (``_quick`` for the smoke test).
 """
@@ -111,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quick:
-        model, per_task, ns, sets = "tiny-bert", 20, [8, 16], ["model.name_or_path=tiny-bert", "featurize.dim=32"]
+        model, per_task, ns, sets = "tiny-bert", 20, [6, 10], ["model.name_or_path=tiny-bert", "featurize.dim=32"]
     else:
         model, per_task, ns, sets = "default", args.per_task, [int(x) for x in args.ns.split(",")], []
     kinds = args.kinds.split(",")

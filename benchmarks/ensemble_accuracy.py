@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.quick:
         config, name = None, args.name or "quick"
-        overrides = ["model.name_or_path=tiny-bert", "suite.samples_per_task=48", "featurize.dim=32",
+        overrides = ["model.name_or_path=tiny-bert", "suite.samples_per_task=48", "suite.tasks_per_group=[2,2]",
+                     "featurize.dim=32",
                      "estimate.num_subsets=30", "train.epochs=2", *overrides]
     elif args.suite:
         config, name = None, args.name or "suite"

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(recompute only the summary), even if the code's data preparation changed since")
     args = ap.parse_args(argv)
     if args.quick:
-        cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "featurize.dim=64",
+        cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "suite.tasks_per_group=[2,2,2]",
+                                 "featurize.dim=64",
                                  "fidelity.num_subsets=3", *args.overrides])
         name = args.name or "quick"
     else:
