@@ -26,6 +26,8 @@ SMOKE: list[tuple[str, list[str], list[str]]] = [
     ("estimate_speed", ["estimate_speed.py", "--quick"], ["estimate_speed_quick.json"]),
     ("estimation_fidelity", ["estimation_fidelity.py", "--quick", "--dims", "32"], ["estimation_fidelity_quick.json", "estimation_fidelity_quick.png"]),
     ("ensemble_accuracy", ["ensemble_accuracy.py", "--quick", "--seeds", "0"], ["ensemble_accuracy_quick.json", "ensemble_accuracy_quick.png"]),
+    ("training_sweep", ["training_sweep.py", "--quick", "--points", "current", "linear_1e-3", "--epochs", "2"],
+     ["training_sweep_quick.json", "training_sweep_quick.png"]),
     ("sharpness", ["sharpness.py", "--quick"], ["sharpness_quick.json", "sharpness_quick.png"]),
     ("scaling", ["scaling.py", "--quick"], ["scaling_quick.json", "scaling_quick.png"]),
     ("affinity_planted", ["affinity_planted.py", "--quick"], ["affinity_planted_quick.json", "affinity_planted_quick.md"]),

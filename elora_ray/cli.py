@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -89,10 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ENV_OVERRIDES = "ELORA_SET"
+
+
+def _config(args):
+    """The config of ``--config`` with the ``--set`` overrides, then those of ``$ELORA_SET``.
+
+    ``ELORA_SET`` holds ``key=value`` overrides separated by ``;`` (e.g. for a Ray job's runtime
+    environment, or to run documented commands on a smaller model); they are applied after the
+    command line's and logged, so they are never silent.
+    """
+    extra = [o.strip() for o in os.environ.get(ENV_OVERRIDES, "").split(";") if o.strip()]
+    if extra:
+        print(f"elora: overrides from ${ENV_OVERRIDES}: {' '.join(extra)}", file=sys.stderr)
+    return load_config(args.config, [*args.overrides, *extra])
+
+
 def _cmd_run(args) -> None:
     from .pipeline import run_pipeline
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     run_pipeline(cfg, args.out, force=args.force)
 
 
@@ -101,7 +118,7 @@ def _cmd_stage(args) -> None:
     from .stages import get_stage
 
     stage = get_stage(args.command)
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     options = {name: getattr(args, name) for name in stage.options}
     result = run_stage(cfg, args.out, stage.name, force=getattr(args, "force", False), **options)
     if stage.show is not None:
@@ -153,7 +170,7 @@ def _cmd_validate(args) -> None:
     from .tasks.load import load_tasks
 
     setup_logging(None, args.verbose)
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     from .models.registry import check_model_name
 
     try:
@@ -169,7 +186,7 @@ def _cmd_validate(args) -> None:
 
 
 def _cmd_config(args) -> None:
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    print(dump_config(_config(args)), end="")
 
 
 def _cmd_suite(args) -> None:

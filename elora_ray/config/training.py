@@ -42,6 +42,13 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     train_heads: bool = True
     """Encoders: train the task heads along with the adapter (they start from the probe)."""
+    schedule: Literal["constant", "linear"] = "constant"
+    """Learning rate after warm-up: ``constant``, or ``linear`` decay to 0 at the last step."""
+    warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Fraction of the steps over which the learning rate rises linearly from lr/warmup_steps to lr."""
+    validate_at_start: bool = False
+    """Check validation before the first step too, so early stopping can keep the starting point
+    (θ* with the probed heads) when training does not beat it."""
     evals_per_epoch: int = Field(2, ge=1)
     """Validation checks per epoch (early stopping and checkpoints happen at these points)."""
     patience: int = Field(2, ge=0)

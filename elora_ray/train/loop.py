@@ -99,6 +99,9 @@ def train_adapter(
     evals_per_epoch: int = 1,
     patience: int = 0,
     metric: Literal["loss", "accuracy"] = "loss",
+    schedule: Literal["constant", "linear"] = "constant",
+    warmup_fraction: float = 0.0,
+    validate_at_start: bool = False,
     on_eval: Callable[[LoopState, dict, bool, Any], None] | None = None,
     resume: tuple[LoopState, dict] | None = None,
     shard: tuple[int, int] = (0, 1),
@@ -115,6 +118,11 @@ def train_adapter(
     ``forward`` is the module to call (e.g. the DDP wrapper); default ``peft_model``.
     ``engine`` is a DeepSpeed engine wrapping ``peft_model``: it runs the forward, backward and
     optimizer step (its optimizer, ZeRO-sharded), and ``on_eval`` receives ``None`` as optimizer.
+    ``schedule``/``warmup_fraction``: the learning rate rises linearly over the first
+    ``warmup_fraction`` of the steps, then stays (``constant``) or falls linearly to 0 (``linear``);
+    it is a function of the step alone, so a resumed run continues on the same curve.
+    ``validate_at_start``: check (and checkpoint) the starting point before the first step, so the
+    result is never worse on validation than the model it started from.
     """
     if loss == "log_odds_mse" and (targets is None or len(targets) != len(rows)):
         raise ValueError("loss 'log_odds_mse' needs one target per row")
@@ -165,8 +173,18 @@ def train_adapter(
         peft_model.train()
         return validate is not None and patience > 0 and state.bad_evals >= patience
 
+    groups = opt.param_groups if engine is None else getattr(getattr(engine, "optimizer", None), "param_groups", [])
+    warmup = int(round(warmup_fraction * total_steps))
+
+    def lr_at(step: int) -> float:
+        return lr * lr_factor(step, total_steps, schedule, warmup)
+
     stopped = False
+    if validate_at_start and resume is None and validate is not None:
+        check()  # step 0: the starting point is a candidate (never stops: nothing has failed to improve yet)
     while state.step < total_steps:
+        for g in groups:
+            g["lr"] = lr_at(state.step)
         idx = orders[state.step][rank::world]
         batch_rows = [rows[i] for i in idx]
         enc, labels = _batch(model, tasks, batch_rows, device)
@@ -199,6 +217,17 @@ def train_adapter(
         load_trainable_state(peft_model, best_params)
     peft_model.eval()
     return stats
+
+
+def lr_factor(step: int, total_steps: int, schedule: str, warmup: int) -> float:
+    """Multiplier of the base learning rate at 0-based ``step`` (the step about to be taken)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
 
 
 class _EngineStep:

@@ -58,9 +58,8 @@ def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
     unknown = sorted({t for g in groups for t in g} - set(names))
     if unknown:
         raise ConfigError(f"{RunLayout(run).groups}: tasks {unknown} are not in the prepared data; rerun `elora cluster`")
-    jobs = group_jobs(cfg, groups, names)
-    if cfg.boost.steps > 0:
-        jobs.append(reference_job(names))
+    # θ*'s outputs: the boosting reference, and the "no fine-tuning" row of every evaluation
+    jobs = [*group_jobs(cfg, groups, names), reference_job(names)]
     records = run_jobs(cfg, run, jobs, desc="train groups", progress=progress, force=force)
     fp = fingerprint([records[j.id]["fingerprint"] for j in jobs if j.kind != "reference"])
     existing = None

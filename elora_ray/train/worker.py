@@ -196,6 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
             loss=job.loss, targets=targets, regularizer=regularizer,
             validate=validate if val_rows else None,
             evals_per_epoch=t.evals_per_epoch, patience=t.patience,
+            schedule=t.schedule, warmup_fraction=t.warmup_fraction, validate_at_start=t.validate_at_start,
             metric="loss" if job.loss != "ce" else t.early_stopping_metric,
             on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward, progress=on_step, engine=engine,
         )

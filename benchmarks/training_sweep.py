@@ -1,0 +1,203 @@
+"""Default training settings, chosen by a measured sweep (issue 19: "defaults that learn").
+
+Trains ONE adapter on all tasks of a config (the single-adapter baseline: ``cluster.num_groups=1``,
+no boosting, no other baselines) under several training settings, and compares each with the
+untrained probed model (θ*: the adapter at initialisation with the linear-probe heads) and with the
+most common label, on the test split with 95% bootstrap intervals.
+
+The setting is *chosen on validation* (the adapter's best validation loss, averaged over seeds);
+test accuracy is only reported. Featurisation and the data split are done once per seed and
+copied for every setting (their artifacts do not depend on the training settings).
+
+    python benchmarks/training_sweep.py                       # GLUE/SuperGLUE mix, seed 0
+    python benchmarks/training_sweep.py --seeds 0 1 --points current linear_1e-3
+    python benchmarks/training_sweep.py --quick               # tiny-bert smoke test
+
+Writes ``benchmarks/results/training_sweep_<name>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
+from elora_ray import load_config, run_pipeline, run_stages  # noqa: E402
+
+DEFAULT_CONFIG = HERE / "configs" / "glue_ensemble_minilm.yaml"
+
+#: name -> train.* settings. "current" is the package default before this sweep.
+POINTS: dict[str, dict] = {
+    "current": {"lr": 1e-3, "schedule": "constant", "warmup_fraction": 0.0, "validate_at_start": False},
+    "start_1e-3": {"lr": 1e-3, "schedule": "constant", "warmup_fraction": 0.0, "validate_at_start": True},
+    "linear_1e-3": {"lr": 1e-3, "schedule": "linear", "warmup_fraction": 0.1, "validate_at_start": True},
+    "linear_3e-4": {"lr": 3e-4, "schedule": "linear", "warmup_fraction": 0.1, "validate_at_start": True},
+    "linear_3e-3": {"lr": 3e-3, "schedule": "linear", "warmup_fraction": 0.1, "validate_at_start": True},
+}
+#: what every point shares (the method-level settings that are not being swept)
+SHARED = ["cluster.num_groups=1", "boost.steps=0", "baselines.methods=[]"]
+
+
+def point_overrides(settings: dict, epochs: float) -> list[str]:
+    return [f"train.{k}={json.dumps(v)}" for k, v in {**settings, "epochs": epochs}.items()]
+
+
+def best_validation(run: Path) -> dict:
+    """The single adapter's validation curve and its best check (what early stopping kept)."""
+    rec = json.loads((run / "train" / "jobs" / "group-0.json").read_text())
+    evals = rec["metrics"]["evals"]
+    best = min(evals, key=lambda e: e["loss"])
+    return {"val_loss": best["loss"], "val_accuracy": best["accuracy"], "best_step": best["step"],
+            "steps": rec["metrics"]["steps"], "stopped_early": bool(rec["metrics"]["stopped_early"]),
+            "train_seconds": rec["metrics"]["train_seconds"], "curve": evals}
+
+
+def run_point(cfg_path: Path | None, overrides: list[str], seed: int, name: str, base: Path, out: Path) -> dict:
+    if not (out / "evaluation.json").exists():
+        if out.exists():
+            shutil.rmtree(out)  # a half-finished point: start it again from the shared base
+        shutil.copytree(base, out)
+    cfg = load_config(cfg_path, [*overrides, f"seed={seed}"])
+    report = run_pipeline(cfg, out)
+    ev = json.loads((out / "evaluation.json").read_text())
+    single = ev["methods"]["ensemble"]  # one group of all tasks, no boosting: the single adapter
+    theta = ev["ensemble_ablations"]["theta_star"]
+    return {
+        "point": name, "seed": seed, "overrides": overrides,
+        "test_accuracy": single["avg_accuracy"], "test_ci95": single.get("ci95"),
+        "test_per_task": single["per_task"], "tasks_at_majority": single.get("tasks_at_majority", []),
+        "theta_star_accuracy": theta["avg_accuracy"], "theta_star_per_task": theta["per_task"],
+        "majority_accuracy": ev["majority"]["avg_accuracy"],
+        "wall_s": report["wall_s"], **best_validation(out),
+    }
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    out = []
+    for name in dict.fromkeys(r["point"] for r in rows):
+        rs = [r for r in rows if r["point"] == name]
+
+        def stat(key: str) -> tuple[float, float]:
+            v = np.array([r[key] for r in rs], dtype=float)
+            return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+        out.append({"point": name, "seeds": [r["seed"] for r in rs], "val_loss": stat("val_loss"),
+                    "val_accuracy": stat("val_accuracy"), "test_accuracy": stat("test_accuracy"),
+                    "theta_star_accuracy": stat("theta_star_accuracy"), "majority_accuracy": stat("majority_accuracy"),
+                    "gain_over_theta_star": stat("gain"), "ci95": rs[0]["test_ci95"] if len(rs) == 1 else None,
+                    "stopped_early": sum(r["stopped_early"] for r in rs), "train_seconds": stat("train_seconds")})
+    return out
+
+
+def render(data: dict) -> str:
+    lines = [f"# Training-settings sweep: {data['name']}", "",
+             f"Config `{data['config']}`; one adapter on all {data['tasks']} tasks (`{' '.join(SHARED)}`), "
+             f"{data['epochs']} epochs, early stopping on validation loss (patience {data['patience']}); "
+             f"seeds {data['seeds']}. The setting is chosen by validation loss; test accuracy is reported only.", "",
+             "| setting | train settings | val loss | val acc | test acc | 95% CI (seed 0) | θ* test acc | test − θ* | "
+             "most common label | stopped early | train s |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for a in data["aggregate"]:
+        s = POINTS.get(a["point"], {})
+        ci = f"{a['ci95'][0]:.3f}–{a['ci95'][1]:.3f}" if a["ci95"] else "—"
+        chosen = " **(chosen)**" if a["point"] == data["chosen"] else ""
+
+        def pm(v: tuple[float, float], f: str = ".4f") -> str:
+            return f"{v[0]:{f}}" + (f" ± {v[1]:{f}}" if len(a["seeds"]) > 1 else "")
+
+        lines.append(f"| {a['point']}{chosen} | {', '.join(f'{k}={v}' for k, v in s.items())} | {pm(a['val_loss'])} | "
+                     f"{pm(a['val_accuracy'], '.3f')} | {pm(a['test_accuracy'], '.3f')} | {ci} | "
+                     f"{pm(a['theta_star_accuracy'], '.3f')} | {pm(a['gain_over_theta_star'], '+.3f')} | "
+                     f"{a['majority_accuracy'][0]:.3f} | {a['stopped_early']}/{len(a['seeds'])} | "
+                     f"{a['train_seconds'][0]:.0f} |")
+    lines += ["", "Per task (test accuracy, first seed):", "",
+              "| task | θ* | " + " | ".join(a["point"] for a in data["aggregate"]) + " |",
+              "|---|---:|" + "---:|" * len(data["aggregate"])]
+    first = {r["point"]: r for r in data["rows"] if r["seed"] == data["seeds"][0]}
+    any_row = next(iter(first.values()))
+    for t in any_row["test_per_task"]:
+        lines.append(f"| {t} | {any_row['theta_star_per_task'][t]:.3f} | "
+                     + " | ".join(f"{first[a['point']]['test_per_task'][t]:.3f}" for a in data["aggregate"]) + " |")
+    m = data["machine"]
+    lines += ["", f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Command: `python benchmarks/{data['command']}`. "
+              f"Wall time {data['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = [r for r in data["rows"] if r["seed"] == data["seeds"][0]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in first:
+        steps = [0 if e["step"] == 0 else e["step"] for e in r["curve"]]
+        ax.plot(steps, [e["loss"] for e in r["curve"]], marker="o", ms=3, label=r["point"])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation loss (all tasks)")
+    ax.set_title(f"{data['name']}: validation loss per check (seed {data['seeds'][0]})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert (smoke test)")
+    args = ap.parse_args(argv)
+    overrides = [*SHARED, *args.overrides]
+    if args.quick:
+        config, name = None, args.name or "quick"
+        overrides = ["model.name_or_path=tiny-bert", "suite.samples_per_task=48", "suite.tasks_per_group=[2,2]",
+                     "featurize.dim=32", *overrides]
+    else:
+        config, name = args.config, args.name or args.config.stem
+    t0, rows = time.perf_counter(), []
+    root = RUNS / f"training_sweep_{name}"
+    for seed in args.seeds:
+        base = root / f"seed{seed}" / "base"
+        run_stages(load_config(config, [*overrides, f"seed={seed}"]), base, until="cluster")
+        for point in args.points:
+            o = [*overrides, *point_overrides(POINTS[point], args.epochs)]
+            row = run_point(config, o, seed, point, base, root / f"seed{seed}" / point)
+            row["gain"] = row["test_accuracy"] - row["theta_star_accuracy"]
+            rows.append(row)
+            print(f"seed {seed} {point}: val loss {row['val_loss']:.4f}, test {row['test_accuracy']:.4f} "
+                  f"(θ* {row['theta_star_accuracy']:.4f})", flush=True)
+    agg = aggregate(rows)
+    chosen = min(agg, key=lambda a: a["val_loss"][0])["point"]
+    cfg = load_config(config, overrides)
+    data = {"name": name, "config": str(config.resolve().relative_to(HERE.parent)) if config else "embedded default",
+            "overrides": overrides, "seeds": args.seeds, "epochs": args.epochs, "patience": cfg.train.patience,
+            "tasks": len(rows[0]["test_per_task"]), "points": {p: POINTS[p] for p in args.points},
+            "rows": rows, "aggregate": agg, "chosen": chosen, "seconds": round(time.perf_counter() - t0, 1),
+            "command": "training_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": machine_info()}
+    path = write_results(f"training_sweep_{name}", data, render(data))
+    plot(path.with_suffix(".png"), data)
+    print(render(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
