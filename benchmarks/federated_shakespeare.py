@@ -42,7 +42,7 @@ def render(name: str, data: dict) -> str:
     lines = [
         f"# Federated: {name}",
         "",
-        f"Config `{data['config']}` {' '.join(data['overrides']) or ''}; {rep['clients']} clients from {rep['roles']} roles; "
+        f"Config `{data['config']}` {' '.join(data['overrides']) or ''}; {rep['clients']} clients from {rep['roles']} roles / sources; "
         f"model `{rep['model']}`, adapter `{rep['adapter']}`, {rep['rounds']} rounds, client fraction {rep['client_fraction']}, "
         f"{rep['workers']} client workers. Machine: {data['machine']['cpu']} ({data['machine']['cores']} cores), "
         f"GPU: {data['machine']['gpu']}; {data['machine']['date']}; total wall {rep['wall_s']:.0f} s.",
@@ -62,9 +62,22 @@ def render(name: str, data: dict) -> str:
               f"| ensemble test loss vs MTL-FT | comparable | {c['ensemble_vs_mtl_ft_pct']:+.1f}% |"]
     if "ensemble" in m:
         e = m["ensemble"]
-        lines += ["", f"Ensemble: {e['groups']} groups, boosting {[(b['group'], round(b['coef'], 3)) for b in e['boost']]}; "
-                  f"own-group predictors without learned weights: {e['ablation_own_group_test_loss']:.4f}. "
-                  f"FLOPs breakdown: " + ", ".join(f"{k} {v:.3g}" for k, v in e["flops_breakdown"].items()) + "."]
+        g = rep.get("grouping", {})
+        start = (f"warm-started from FedAvg, which keeps a mean weight of {e.get('weight_on_fedavg', 0):.2f} in the "
+                 "combinations") if e.get("warm_start") else "started from θ*"
+        fedavg = f" (FedAvg {m['fedavg']['test_loss']:.4f})" if "fedavg" in m else ""
+        breakdown = ", ".join(f"{k} {v:.3g}" for k, v in e["flops_breakdown"].items())
+        lines += ["", f"Ensemble: {e['groups']} groups ({g.get('affinity', '?')} affinity, {start}), boosting "
+                  f"{[(b['group'], round(b['coef'], 3)) for b in e['boost']]}; own-group predictors without learned "
+                  f"weights: {e['ablation_own_group_test_loss']:.4f}{fedavg}. FLOPs breakdown: {breakdown}."]
+        if "agreement_with_sources" in g:
+            a = g["agreement_with_sources"]
+            lines += ["", f"Groups against the clients' {a['sources']} sources: NMI {a['nmi']:.2f}, ARI {a['ari']:.2f} "
+                      "(random groups: ≈ 0)."]
+    if "random_groups" in m and "ensemble" in m:
+        r = m["random_groups"]
+        lines += ["", f"Control, random groups of the same sizes (same warm start, boosting and weights): test loss "
+                  f"{r['test_loss']:.4f}, own-group {r['ablation_own_group_test_loss']:.4f}."]
     lines += ["", "Test loss is next-token cross-entropy (nats) on each client's held-out 20%, averaged over clients. "
               "FLOPs: measured per window × windows processed (training side; test evaluation not counted). "
               "Peak memory: largest client-worker RSS (CPU; includes the ~0.6 GB runtime)."]

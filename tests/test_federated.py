@@ -78,6 +78,40 @@ def test_window_targets_follow_their_context():
     assert sum(v["train"] for v in counts.values()) == sum(r["split"] == "train" for r in rows)
 
 
+def test_every_position_loss_equals_the_causal_lms_own_loss():
+    """targets: all — a window's loss is the mean next-token loss of [window, token after it], which is
+    exactly what the Hugging Face causal LM computes itself from ``labels``; ``last`` keeps only the
+    final position. Both checked against that independent reference, and training uses the same loss."""
+    import torch
+
+    from elora_ray.federated.model import build_lm, token_losses, train_windows, window_logits, window_targets
+
+    cfg = load_config(None, ["model.name_or_path=tiny-llama", "adapter.rank=2"])
+    peft_model, _ = build_lm(cfg)
+    rng = np.random.default_rng(0)
+    seq = rng.integers(3, 200, size=(5, 9))  # 5 windows of 8 tokens + the token after each
+    x, after = seq[:, :-1], seq[:, -1]
+    y = window_targets(x, after, all_positions=True)
+    np.testing.assert_array_equal(y, seq[:, 1:])
+    ours = token_losses(window_logits(peft_model, x), y)
+    lm = peft_model.base_model.model.lm
+    with torch.no_grad():
+        ref = [float(lm(input_ids=torch.as_tensor(s[None]), labels=torch.as_tensor(s[None])).loss) for s in seq]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    # last position only: the loss of the token after the window
+    peft_model.base_model.model.all_positions = False
+    last = token_losses(window_logits(peft_model, x), window_targets(x, after, all_positions=False))
+    with torch.no_grad():
+        logits = lm(input_ids=torch.as_tensor(x)).logits[:, -1]
+    np.testing.assert_allclose(last, torch.nn.functional.cross_entropy(logits, torch.as_tensor(after), reduction="none"),
+                               rtol=1e-5)
+    # training lowers exactly this loss
+    peft_model.base_model.model.all_positions = True
+    before = token_losses(window_logits(peft_model, x), y).mean()
+    train_windows(peft_model, x, y, epochs=20, lr=1e-2, batch_size=5, seed=0)
+    assert token_losses(window_logits(peft_model, x), y).mean() < before - 0.1
+
+
 def test_shakespeare_gives_at_least_500_clients(shared_data: Path):
     text = (shared_data / "shakespeare" / "tinyshakespeare.txt").read_text()
     cfg = FederatedConfig()
@@ -235,7 +269,14 @@ def test_500_client_federated_run_and_resume(tmp_path, shared_data):
     for m, r in report["methods"].items():
         assert np.isfinite(r["test_loss"]) and r["clients_evaluated"] == report["clients"], m
     e = report["methods"]["ensemble"]
-    assert e["groups"] == 4 and len(e["boost"]) == 1 and e["adapters"] == 5
+    # 4 group adapters warm-started from FedAvg, FedAvg itself as a candidate member, 1 boosting learner
+    assert e["groups"] == 4 and len(e["boost"]) == 1 and e["adapters"] == 6 and e["warm_start"]
+    weights = json.loads((fed / "weights.json").read_text())
+    assert weights["members"] == ["group-0", "group-1", "group-2", "group-3", "fedavg"]
+    assert all(len(w) == 5 and abs(sum(w) - 1) < 1e-6 for w in weights["weights"].values())
+    # the ensemble pays for the global FedAvg it starts from
+    assert e["flops_breakdown"]["global_fedavg"] == pytest.approx(report["methods"]["fedavg"]["train_flops"])
+    assert json.loads((fed / "groups.json").read_text())["affinity"] == "first_order"
     groups = json.loads((fed / "groups.json").read_text())["groups"]
     assert sorted(c for g in groups for c in g) == sorted(json.loads((fed / "clients.json").read_text())["clients"])
     # MTL-FT pays for FedAvg plus a fine-tuning pass per client
@@ -291,18 +332,74 @@ def test_client_progress_survives_a_torn_line_and_resumes(tmp_path):
 
 
 def test_federated_subset_fits_are_the_estimate_stages_own():
-    """The federated affinity's subset regressions go through estimate.stage.solve_chunk, scoring each member
-    client on its training windows: the same numbers as fitting the surrogate directly."""
+    """The federated affinity's subset regressions go through estimate.stage.solve_chunk, fitting on the
+    members' training windows and scoring each member client on its held-out validation windows: the
+    same numbers as fitting the surrogate directly."""
     from elora_ray.estimate.surrogate import evaluate, fit_surrogate
     from elora_ray.federated.affinity import fit_subsets
 
     rng = np.random.default_rng(0)
-    feats = {f"c{i}": (rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=20).astype(np.float32)) for i in range(4)}
+
+    def part(n):
+        return rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=n).astype(np.float32)
+
+    feats = {f"c{i}": (*part(20), *part(6)) for i in range(4)}
     names = sorted(feats)
-    rows = fit_subsets([(0, (0, 2)), (1, (1, 3))], feats, names, 1e-3)
+    rows, gains = fit_subsets([(0, (0, 2)), (1, (1, 3))], feats, names, 1e-3)
+    assert gains == []
     assert [(r["subset_id"], r["task"]) for r in rows] == [(0, "c0"), (0, "c2"), (1, "c1"), (1, "c3")]
     for r in rows:
         g = np.concatenate([feats[c][0] for c in r["members"]])
         h = np.concatenate([feats[c][1] for c in r["members"]])
-        loss, acc = evaluate(*feats[r["task"]], fit_surrogate(g, h, 1e-3).w)
+        loss, acc = evaluate(*feats[r["task"]][2:], fit_surrogate(g, h, 1e-3).w)  # validation windows
         assert r["loss"] == pytest.approx(loss, rel=1e-9) and r["accuracy"] == pytest.approx(acc)
+
+
+def test_clients_from_several_sources_and_groups_scored_against_them(tmp_path):
+    """federated.sources: clients cut from other texts (here two jsonl files of clearly different text,
+    no play), named <source>#<k>; a max_clients cap takes them in turn from each source; the groups
+    are scored against the clients' origins (ARI / NMI in groups.json and report.md)."""
+    from elora_ray.federated.clients import Client, round_robin
+    from elora_ray.federated.stage import federated_stage
+
+    assert [c.name for c in round_robin([Client(f"a#{i}", "a", "", "a") for i in range(3)]
+                                        + [Client(f"b#{i}", "b", "", "b") for i in range(3)], 4)] == \
+        ["a#0", "b#0", "a#1", "b#1"]
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    vocab = {"digits": [str(i) * 3 for i in range(10)], "words": ["apple", "river", "stone", "cloud", "grass", "light"]}
+    for name, words in vocab.items():
+        with (data / f"{name}.jsonl").open("w") as fh:
+            for i in range(600):
+                fh.write(json.dumps({"text": " ".join(rng.choice(words, size=12)), "label": str(i % 2)}) + "\n")
+    (tmp_path / "fed.yaml").write_text(TINY.replace("num_groups: 4", "num_groups: 2").replace("client_fraction: 0.05", "client_fraction: 0.2")
+                                       + """  include_play: false
+  client_chars: 1200
+  min_client_chars: 300
+  min_clients: 20
+  max_clients: 30
+  methods: [fedavg, ensemble, random_groups]
+  sources:
+    - {name: digits, train: data/digits.jsonl}
+    - {name: words, train: data/words.jsonl}
+""")
+    cfg = load_config(tmp_path / "fed.yaml")
+    report = federated_stage(cfg, tmp_path / "run")
+    fed = tmp_path / "run" / "federated"
+    meta = json.loads((fed / "clients.json").read_text())
+    assert meta["num_clients"] == 30 and sorted(set(meta["source_of"].values())) == ["digits", "words"]
+    assert sum(v == "digits" for v in meta["source_of"].values()) == 15  # the cap took them in turn
+    assert all(c.startswith(meta["source_of"][c] + "#") for c in meta["clients"])
+    groups = json.loads((fed / "groups.json").read_text())
+    agree = groups["agreement_with_sources"]
+    assert agree["sources"] == 2
+    assert agree["ari"] > 0.8, groups["groups"]  # digits and words are told apart from their gradients
+    assert report["grouping"]["agreement_with_sources"] == agree
+    assert "against the clients' 2 sources: ARI" in (fed / "report.md").read_text()
+    # the control: the same procedure on random groups of the ensemble's sizes
+    rand = json.loads((fed / "random_groups.json").read_text())
+    assert sorted(map(len, rand["groups"])) == sorted(map(len, groups["groups"]))
+    assert sorted(c for g in rand["groups"] for c in g) == sorted(meta["clients"])
+    assert {"fedavg", "ensemble", "random_groups"} <= set(report["methods"])
+    assert (fed / "adapters" / "random-0.safetensors").is_file() and (fed / "weights_random.json").is_file()

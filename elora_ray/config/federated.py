@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .sections import _Section
+from .sections import TaskConfig, _Section
 
 
 class FederatedConfig(_Section):
@@ -17,12 +17,20 @@ class FederatedConfig(_Section):
     clients of at most ``client_chars`` characters (a speech is never cut); clients with
     fewer than ``min_client_chars`` characters are dropped. Each client's token stream is split
     80/20 into a train and a test region (``test_fraction``), the end of the train region is
-    its validation region; samples are windows of ``context_tokens`` tokens whose next token
-    is the target (next-token prediction, as in LEAF's Shakespeare).
+    its validation region; samples are windows of ``context_tokens`` tokens; each position predicts the next token
+    (``targets: all``), or only the token after the window does (``last``, as in LEAF's Shakespeare).
     """
 
     source: str | None = None
     """The play text; default ``<data_root>/shakespeare/tinyshakespeare.txt``."""
+    include_play: bool = True
+    """Clients from the play's roles (turn off to use ``sources`` alone)."""
+    sources: list[TaskConfig] = Field(default_factory=list)
+    """More clients, from other text: each entry is a task definition (a built-in reader such as
+    ``glue/sst2``, or files) whose training examples' texts, in order, are cut into clients of at most
+    ``client_chars`` characters (an example is never cut), named ``<name>#<k>``. Labels are ignored.
+    Every client's origin (the play or the source's name) is recorded, and the client groups are
+    scored against it (ARI / NMI in ``groups.json``)."""
     client_chars: int = Field(2000, ge=50)
     min_client_chars: int = Field(200, ge=1)
     min_clients: int = Field(500, ge=1)
@@ -46,6 +54,12 @@ class FederatedConfig(_Section):
         if any(n < 1 for n in v.values()):
             raise ValueError("window caps must be ≥ 1")
         return {"train": 32, "validation": 4, "test": 8} | v
+    targets: Literal["all", "last"] = "all"
+    """Next-token targets of a window: ``all`` its positions (position t predicts token t + 1; the
+    last predicts the token after the window), or only the token after it (``last``)."""
+    weight_positions: int = Field(256, ge=1)
+    """Combination weights: (window, position) targets per group they are fitted on (a seeded sample
+    of the group's validation windows), which bounds the cached logits to positions × members × vocab."""
     featurize_windows: int = Field(8, ge=1)
     """Train windows per client whose projected gradients feed the affinity estimate."""
     rounds: int = Field(10, ge=1)
@@ -56,14 +70,19 @@ class FederatedConfig(_Section):
     lr: float = Field(1e-3, gt=0.0)
     finetune_epochs: float = Field(1.0, gt=0.0)
     """MTL-FT baseline: local epochs of per-client fine-tuning after FedAvg."""
-    num_groups: int = Field(10, ge=1)
-    """m: client groups, one federated adapter each (paper: 10–30 for 500 clients)."""
+    num_groups: Annotated[int, Field(ge=1)] | Literal["auto"] = 10
+    """m: client groups, one federated adapter each (paper: 10–30 for 500 clients); ``auto``: chosen in
+    1..cluster.max_groups as ``elora cluster`` does (``cluster.select_m``, on the affinity's two halves)."""
     num_subsets: int = Field(2000, ge=1)
     subset_size: int = Field(10, ge=1)
     """k subsets of this many clients for the affinity estimate (paper: 2,000 of size 10)."""
+    warm_start: bool = True
+    """Group adapters start from the global FedAvg adapter (trained first; its cost counts for the
+    ensemble), and that adapter is a candidate member of every group's combination weights."""
     boost_steps: int = Field(1, ge=0)
-    methods: list[Literal["fedavg", "mtl_ft", "ensemble"]] = Field(
+    methods: list[Literal["fedavg", "mtl_ft", "ensemble", "random_groups"]] = Field(
         default_factory=lambda: ["fedavg", "mtl_ft", "ensemble"])
+    """``random_groups``: the ensemble's procedure on random groups of the ensemble's sizes (a control)."""
     workers: int | None = Field(None, ge=1)
     """Size of the client actor pool (default: the cluster's CPUs)."""
     max_retries: int = Field(1, ge=0)

@@ -81,7 +81,7 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         q = Path(os.path.expanduser(p))
         return os.path.normpath(q if q.is_absolute() else (base / q))
 
-    for t in cfg.tasks:
+    for t in [*cfg.tasks, *cfg.federated.sources]:
         t.train, t.validation, t.test, t.path = fix(t.train), fix(t.validation), fix(t.test), fix(t.path)
     if cfg.data_root is not None:
         cfg.data_root = fix(cfg.data_root)

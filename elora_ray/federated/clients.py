@@ -46,6 +46,8 @@ class Client:
     name: str
     role: str
     text: str
+    origin: str = "play"
+    """Where the client's text comes from: ``play``, or the name of a ``federated.sources`` entry."""
 
 
 def parse_speeches(text: str, source: str = "<text>") -> list[tuple[str, str]]:
@@ -153,11 +155,34 @@ def usable_clients(clients: list[Client], tokenizer, cfg: FederatedConfig) -> tu
     return keep, dropped
 
 
+def text_clients(name: str, texts: list[str], client_chars: int, min_client_chars: int) -> list[Client]:
+    """A non-play source: its texts, in order, cut into clients ``<name>#<k>`` like one role's speeches."""
+    return [Client(c.name, c.role, c.text, origin=name)
+            for c in make_clients([(name, t) for t in texts if t.strip()], client_chars, min_client_chars)]
+
+
+def round_robin(clients: list[Client], cap: int) -> list[Client]:
+    """The first ``cap`` clients taking one from each origin (role of a source) in turn, so a cap keeps
+    every source represented. With one origin this is simply the first ``cap``."""
+    by_origin: dict[str, list[Client]] = {}
+    for c in clients:
+        by_origin.setdefault(c.origin, []).append(c)
+    if len(by_origin) == 1:
+        return clients[:cap]
+    out: list[Client] = []
+    queues = [list(v) for v in by_origin.values()]
+    while len(out) < cap and any(queues):
+        for q in queues:
+            if q and len(out) < cap:
+                out.append(q.pop(0))
+    return out
+
+
 def select_clients(clients: list[Client], tokenizer, cfg: FederatedConfig, source: str) -> tuple[list[Client], list[str]]:
-    """Rule step 5: usable clients, capped at ``max_clients``, at least ``min_clients``."""
+    """Rule step 5: usable clients, capped at ``max_clients`` (in turn from each origin), at least ``min_clients``."""
     keep, dropped = usable_clients(clients, tokenizer, cfg)
     if cfg.max_clients is not None:
-        keep = keep[: cfg.max_clients]
+        keep = round_robin(keep, cfg.max_clients)
     need = min(cfg.min_clients, cfg.max_clients or cfg.min_clients)
     if len(keep) < need:
         raise DataError(

@@ -1,8 +1,11 @@
-"""The federated learner: a causal LM + one PEFT adapter predicting the token after a window.
+"""The federated learner: a causal LM + one PEFT adapter predicting the next tokens of a window.
 
-``NextTokenLM(input_ids)`` returns the vocabulary logits at the last position of each
-(fixed-length, unpadded) window. Adapters are exchanged as plain ``{name: tensor}`` dicts of
-the trainable parameters, which is what FedAvg averages.
+``NextTokenLM(input_ids)`` returns the vocabulary logits of each (fixed-length, unpadded) window:
+at every position (``federated.targets: all``, the default — position t predicts token t + 1, the
+last one the token after the window) or at the last position only (``last``). Targets follow the
+same shape (:func:`window_targets`), and every loss here is a window's mean over its targets.
+Adapters are exchanged as plain ``{name: tensor}`` dicts of the trainable parameters, which is what
+FedAvg averages.
 """
 
 from __future__ import annotations
@@ -27,13 +30,35 @@ from ..models.registry import detect_kind, load_hf_config, resolve_model_dir
 class NextTokenLM(nn.Module):
     kind = "decoder"
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, all_positions: bool = True) -> None:
         super().__init__()
         self.lm = lm
+        self.all_positions = all_positions
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T, V] logits at every position, or [B, V] at the last one."""
+        if self.all_positions:
+            return self.lm(input_ids=input_ids).logits.float()
         out = self.lm(input_ids=input_ids, logits_to_keep=1)
         return out.logits[:, -1, :].float()
+
+
+def window_targets(inputs: np.ndarray, target: np.ndarray, all_positions: bool) -> np.ndarray:
+    """The tokens a window predicts: [N, T] (its own tokens 2..T, then the token after it) or [N]."""
+    target = np.asarray(target, np.int64)
+    if not all_positions:
+        return target
+    return np.concatenate([np.asarray(inputs, np.int64)[:, 1:], target[:, None]], axis=1)
+
+
+def _flat(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+
+
+def window_gold_log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[N] per-window mean over its targets of the gold token's log-odds."""
+    z, y = _flat(logits, targets)
+    return gold_log_odds(z, y).view(targets.shape[0], -1).mean(1)
 
 
 def build_lm(cfg: RunConfig):
@@ -55,7 +80,7 @@ def build_lm(cfg: RunConfig):
         lm = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model from {path}: {exc}") from None
-    model = NextTokenLM(lm)
+    model = NextTokenLM(lm, all_positions=cfg.federated.targets == "all")
     for p in model.parameters():
         p.requires_grad_(False)
     if quantize:
@@ -97,7 +122,7 @@ def _set_trainable(peft_model: nn.Module) -> list[nn.Parameter]:
 def train_windows(
     peft_model: nn.Module, inputs: np.ndarray, targets: np.ndarray, *, epochs: float, lr: float, batch_size: int, seed: int
 ) -> dict:
-    """AdamW on next-token cross-entropy over the windows; returns mean loss and counts."""
+    """AdamW on next-token cross-entropy over the windows' targets; returns mean loss and counts."""
     params = _set_trainable(peft_model)
     n = len(targets)
     if n == 0:
@@ -114,8 +139,7 @@ def train_windows(
         while len(order) < batch_size:
             order.extend(rng.permutation(n).tolist())
         idx, order = order[:batch_size], order[batch_size:]
-        logits = peft_model(input_ids=x[idx])
-        loss = nn.functional.cross_entropy(logits, y[idx])
+        loss = nn.functional.cross_entropy(*_flat(peft_model(input_ids=x[idx]), y[idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -126,7 +150,7 @@ def train_windows(
 
 @torch.no_grad()
 def window_logits(peft_model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-    """[N, vocab] float32 logits of the token after each window."""
+    """float32 logits of the windows' targets: [N, T, vocab] (every position) or [N, vocab]."""
     peft_model.eval()
     x = torch.as_tensor(inputs, dtype=torch.long)
     outs = [peft_model(input_ids=x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
@@ -134,14 +158,16 @@ def window_logits(peft_model: nn.Module, inputs: np.ndarray, batch_size: int = 6
 
 
 def token_losses(logits: torch.Tensor, targets: np.ndarray) -> np.ndarray:
-    """Per-window cross-entropy (nats)."""
+    """Per-window mean cross-entropy over its targets (nats)."""
     if len(targets) == 0:
         return np.zeros(0)
-    return nn.functional.cross_entropy(logits, torch.as_tensor(targets, dtype=torch.long), reduction="none").numpy()
+    y = torch.as_tensor(targets, dtype=torch.long)
+    ce = nn.functional.cross_entropy(*_flat(logits, y), reduction="none")
+    return ce.view(len(y), -1).mean(1).numpy()
 
 
 class WindowFeaturizer:
-    """Projected per-sample gradients of the target's log-odds at the current adapter (θ*)."""
+    """Projected per-window gradients of the targets' mean log-odds at the current adapter (θ*)."""
 
     def __init__(self, cfg: RunConfig, peft_model: nn.Module) -> None:
         self.peft_model = peft_model
@@ -157,7 +183,7 @@ class WindowFeaturizer:
         y = torch.as_tensor(targets, dtype=torch.long)
         for i in range(0, len(x), batch_size):
             with PerSampleGradients(self.layers) as psg:
-                h = gold_log_odds(self.peft_model(input_ids=x[i : i + batch_size]), y[i : i + batch_size])
+                h = window_gold_log_odds(self.peft_model(input_ids=x[i : i + batch_size]), y[i : i + batch_size])
                 grads = psg.backward(h)
             self.peft_model.zero_grad(set_to_none=True)
             gs.append(self.projector.project(grads).numpy())

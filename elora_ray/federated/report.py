@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..io import atomic_path, write_json, write_text
 
 LABELS = {"base": "base model (θ*, no fine-tuning)", "fedavg": "FedAvg, one adapter", "mtl_ft": "MTL-FT (FedAvg + per-client FT)",
-          "ensemble": "EnsembleLoRA (federated)"}
+          "ensemble": "EnsembleLoRA (federated)", "random_groups": "random groups (same sizes)"}
 
 
 def write_report(cfg: RunConfig, fed: Path, meta: dict, workers: int, flops_per_window: dict[str, float],
@@ -45,8 +45,24 @@ def write_report(cfg: RunConfig, fed: Path, meta: dict, workers: int, flops_per_
                      f"{r.get('flops_vs_mtl_ft', float('nan')):.2f}× | {r['peak_memory_mb']:.0f} | {r['wall_s']:.0f} | {r['adapters']} |")
     if "ensemble" in methods:
         e = methods["ensemble"]
-        lines += ["", f"Ensemble: {e['groups']} groups, {len(e['boost'])} boosting step(s); own-group predictors only "
-                  f"(no learned weights): test loss {e['ablation_own_group_test_loss']:.4f}."]
+        start = ("start from the FedAvg adapter, which is also a candidate in every combination "
+                 f"(mean weight {e.get('weight_on_fedavg', 0.0):.2f})") if e.get("warm_start") else "start from θ*"
+        lines += ["", f"Ensemble: {e['groups']} groups ({start}), {len(e['boost'])} boosting step(s); own-group "
+                  f"predictors only (no learned weights): test loss {e['ablation_own_group_test_loss']:.4f}."]
+    groups_file = fed / "groups.json"
+    if groups_file.is_file():
+        import json
+
+        g = json.loads(groups_file.read_text())
+        report["grouping"] = {k: g[k] for k in ("m", "affinity", "method", "agreement_with_sources", "pair_coverage")
+                              if k in g}
+        write_json(fed / "report.json", report)
+        line = f"Grouping: {g.get('affinity', 'paper')} affinity, m = {g['m']} ({g['method']})"
+        if "agreement_with_sources" in g:
+            a = g["agreement_with_sources"]
+            line += (f"; against the clients' {a['sources']} sources: ARI {a['ari']:.2f}, NMI {a['nmi']:.2f} "
+                     "(random groups ≈ 0)")
+        lines += ["", line + "."]
     lines += ["", "FLOPs are training-side: measured per window (FlopCounter) × windows processed; evaluation on "
               "the test windows is not counted. Peak memory is the largest client-worker RSS during the method."]
     write_text(fed / "report.md", "\n".join(lines) + "\n")

@@ -33,14 +33,13 @@ from safetensors.numpy import load_file, save_file
 from ..cluster.select import cluster_tasks
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..estimate.affinity import affinity_matrix
 from ..estimate.subsets import sample_subsets
 from ..io import atomic_path, write_json, write_parquet
 from ..layout import FED_DIR
 from ..observe import log_metrics, sync_mlflow
 from ..raysession import cluster_cpus, ensure_ray
 from ..train.linearized import fit_residual
-from .affinity import federated_l2
+from .affinity import client_halves, federated_l2, first_order, from_gains, paper
 from .fedavg import FedAvgRun, run_fedavg
 from .journal import ClientProgress
 from .pool import ActorPool
@@ -58,7 +57,8 @@ RHOS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 def _fingerprint(cfg: RunConfig) -> dict:
     return {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
             "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries"}),
-            "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
+            "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg),
+            "affinity": cfg.estimate.affinity, "cluster": cfg.cluster.model_dump(mode="json", include={"max_groups", "select_m", "solver"}), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
             "ensemble_weights": cfg.ensemble.weights, "seed": cfg.seed, "source": str(_source(cfg))}
 
 
@@ -202,80 +202,156 @@ class _Run:
 
     # ---------------------------------------------------------------- ensemble
     def features(self) -> tuple[dict[str, dict], float, int]:
+        """Per client: the projected gradients of its featurisation (train) windows, and under
+        ``"validation"`` those of its validation windows (held out)."""
         path = self.fed / "features.parquet"
         if path.is_file() and not self.force:
             df = pq.read_table(path).to_pandas()
         else:
             items = [(k, (chunk,)) for k, chunk in enumerate(_chunks(self.clients, 10))]
             res = self.pool.map("featurize", items, desc="featurize clients")
-            rows = {"client": [], "sample_id": [], "h0": [], "g": []}
-            for k in sorted(res.results):
-                for c, v in res.results[k]["features"].items():
-                    rows["client"] += [c] * len(v["sample_id"])
-                    rows["sample_id"] += v["sample_id"]
-                    rows["h0"] += v["h0"].tolist()
-                    rows["g"] += list(v["g"])
             if res.failed:
                 raise RuntimeError(f"featurisation failed for client chunks {sorted(res.failed)}")
-            table = pa.table({"client": rows["client"], "sample_id": rows["sample_id"], "h0": pa.array(rows["h0"], pa.float32()),
+            rows: dict[str, list] = {"client": [], "split": [], "sample_id": [], "h0": [], "g": []}
+            for k in sorted(res.results):
+                for c, v in res.results[k]["features"].items():
+                    for split, part in (("train", v), ("validation", v.get("validation"))):
+                        if part is None:
+                            continue
+                        rows["client"] += [c] * len(part["sample_id"])
+                        rows["split"] += [split] * len(part["sample_id"])
+                        rows["sample_id"] += part["sample_id"]
+                        rows["h0"] += part["h0"].tolist()
+                        rows["g"] += list(part["g"])
+            table = pa.table({"client": rows["client"], "split": rows["split"], "sample_id": rows["sample_id"],
+                              "h0": pa.array(rows["h0"], pa.float32()),
                               "g": pa.array([np.asarray(x, np.float32) for x in rows["g"]], pa.list_(pa.float32()))})
             write_parquet(path, table)
             df = table.to_pandas()
-        feats = {c: {"sample_id": d["sample_id"].tolist(), "g": np.stack(d["g"].to_numpy()).astype(np.float32),
-                     "h0": d["h0"].to_numpy(np.float32)} for c, d in df.groupby("client", sort=False)}
+
+        def part(d: pd.DataFrame) -> dict:
+            return {"sample_id": d["sample_id"].tolist(), "g": np.stack(d["g"].to_numpy()).astype(np.float32),
+                    "h0": d["h0"].to_numpy(np.float32)}
+
+        feats = {}
+        for c, d in df.groupby("client", sort=False):
+            feats[c] = part(d[d["split"] == "train"])
+            val = d[d["split"] == "validation"]
+            if len(val):
+                feats[c]["validation"] = part(val)
         n = len(df)
         return feats, n * self.units["featurize"], n
+
+    def affinity(self, feats: dict[str, dict]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, dict]:
+        """The client affinity of ``estimate.affinity`` (see :mod:`.affinity`), its two half estimates
+        when the kind has them, and what to report about the estimate."""
+        import ray
+
+        f, kind, names = self.fcfg, self.cfg.estimate.affinity, self.clients
+        if kind == "first_order":
+            full, a, b = first_order(feats, names, self.cfg.seed)
+            return full, (a, b), {"affinity": kind}
+        size = min(f.subset_size, len(names))
+        subsets = sample_subsets(len(names), f.num_subsets, size, self.cfg.seed)
+        if kind == "paper":  # f_i(S) on held-out windows: clients without validation windows are scored on train
+            data = {c: (feats[c]["g"], feats[c]["h0"], feats[c].get("validation", feats[c])["g"],
+                        feats[c].get("validation", feats[c])["h0"]) for c in names}
+            halves = None
+        else:
+            data = {c: (feats[c]["g"], feats[c]["h0"], feats[c]["g"], feats[c]["h0"]) for c in names}
+            halves = client_halves(feats, names, self.cfg.seed)
+        ref = ray.put(data)
+        chunks = _chunks(list(enumerate(subsets)), max(1, len(subsets) // (4 * cluster_cpus())))
+        # on the pool's actors: they hold the CPUs, so separate Ray tasks would wait for them forever
+        res = self.pool.map("fit_subsets", [(k, (ch, ref, names, federated_l2(self.cfg), self.cfg.estimate.max_iter, halves))
+                                             for k, ch in enumerate(chunks)], desc="subset regressions")
+        if res.failed:
+            raise RuntimeError(f"subset regressions failed: {next(iter(res.failed.values()))}")
+        rows = [r for k in sorted(res.results) for r in res.results[k]["rows"]]
+        counts = np.zeros((len(names), len(names)))
+        for s in subsets:
+            counts[np.ix_(s, s)] += 1
+        info = {"affinity": kind, "subsets": len(subsets), "subset_size": size,
+                "pair_coverage": float((counts[~np.eye(len(names), dtype=bool)] > 0).mean())}
+        if kind == "paper":
+            return paper(rows, names), None, info
+        gains = [e for k in sorted(res.results) for e in res.results[k]["gains"]]
+        full, a, b = from_gains(subsets, gains, len(names))
+        return full, (a, b), info
 
     def groups(self, feats: dict[str, dict]) -> list[list[str]]:
         path = self.fed / "groups.json"
         if path.is_file() and not self.force:
             return json.loads(path.read_text())["groups"]
-        import ray
-
-        f = self.fcfg
-        names = self.clients
-        size = min(f.subset_size, len(names))
-        subsets = sample_subsets(len(names), f.num_subsets, size, self.cfg.seed)
-        ref = ray.put({c: (feats[c]["g"], feats[c]["h0"]) for c in names})
-        chunks = _chunks(list(enumerate(subsets)), max(1, len(subsets) // (4 * cluster_cpus())))
+        f, names = self.fcfg, self.clients
         t0 = time.perf_counter()
-        # on the pool's actors: they hold the CPUs, so separate Ray tasks would wait for them forever
-        res = self.pool.map("fit_subsets", [(k, (ch, ref, names, federated_l2(self.cfg), self.cfg.estimate.max_iter))
-                                             for k, ch in enumerate(chunks)],
-                            desc="subset regressions")
-        if res.failed:
-            raise RuntimeError(f"subset regressions failed: {next(iter(res.failed.values()))}")
-        rows = [r for k in sorted(res.results) for r in res.results[k]]
-        results = pd.DataFrame(rows)
-        aff = affinity_matrix(results, names)
-        aff.frame("centered").to_csv(self.fed / "affinity.csv")
-        res = cluster_tasks(aff.centered, names, num_groups=min(f.num_groups, len(names)), seed=self.cfg.seed)
-        write_json(path, {"groups": res.groups, "m": res.m, "method": res.method, "reason": res.reason,
-                          "average_density": res.score, "subsets": len(subsets), "subset_size": size,
-                          "pair_coverage": aff.coverage, "estimate_s": time.perf_counter() - t0})
-        log.info("federated: %d subset regressions in %.1f s (pair coverage %.0f%%); %d groups (%s), sizes %s",
-                 len(subsets), time.perf_counter() - t0, 100 * aff.coverage, res.m, res.method,
-                 sorted((len(g) for g in res.groups), reverse=True))
+        A, halves, info = self.affinity(feats)
+        pd.DataFrame(A, index=names, columns=names).to_csv(self.fed / "affinity.csv")
+        m = f.num_groups if f.num_groups == "auto" else min(f.num_groups, len(names))
+        c = self.cfg.cluster
+        res = cluster_tasks(A, names, num_groups=m, max_groups=c.max_groups, seed=self.cfg.seed, solver=c.solver,
+                            halves=halves, select_m=c.select_m)
+        record = {"groups": res.groups, "m": res.m, "method": res.method, "reason": res.reason,
+                  "average_density": res.score, **info, "estimate_s": time.perf_counter() - t0,
+                  "candidates": res.candidates}
+        truth = self.meta.get("source_of")
+        if truth and len(set(truth.values())) > 1:  # clients of known origin: how well the groups recover it
+            from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+            label = {c: g for g, members in enumerate(res.groups) for c in members}
+            y_true, y_pred = [truth[c] for c in names], [label[c] for c in names]
+            record["agreement_with_sources"] = {"ari": float(adjusted_rand_score(y_true, y_pred)),
+                                                "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
+                                                "sources": len(set(y_true))}
+        write_json(path, record)
+        log.info("federated: %s affinity in %.1f s; %d groups (%s), sizes %s%s", info["affinity"],
+                 time.perf_counter() - t0, res.m, res.method, sorted((len(g) for g in res.groups), reverse=True),
+                 "; ARI %.2f / NMI %.2f against the clients' sources" % (record["agreement_with_sources"]["ari"],
+                 record["agreement_with_sources"]["nmi"]) if "agreement_with_sources" in record else "")
         return res.groups
 
     def ensemble(self) -> dict:
-        import ray
-
         if (row := self.done("ensemble")) is not None:
             return row
         t0 = time.perf_counter()
         feats, feat_flops, _ = self.features()
-        groups = self.groups(feats)
-        gnames = [f"group-{i}" for i in range(len(groups))]
+        return self._grouped("ensemble", self.groups(feats), feats, feat_flops, t0)
+
+    def random_groups(self) -> dict:
+        """Control: the ensemble's procedure on random groups of the same sizes (seeded)."""
+        if (row := self.done("random_groups")) is not None:
+            return row
+        t0 = time.perf_counter()
+        feats, feat_flops, _ = self.features()
+        sizes = [len(g) for g in self.groups(feats)]
+        order = list(np.random.default_rng([self.cfg.seed, 7]).permutation(self.clients))
+        groups, at = [], 0
+        for k in sizes:
+            groups.append(sorted(order[at : at + k]))
+            at += k
+        write_json(self.fed / "random_groups.json", {"groups": groups, "sizes": sizes})
+        return self._grouped("random_groups", groups, feats, feat_flops, t0)
+
+    def _grouped(self, method: str, groups: list[list[str]], feats: dict, feat_flops: float, t0: float) -> dict:
+        """One FedAvg adapter per group, boosting, combination weights and evaluation; ``method`` names
+        the artifacts (``ensemble``: adapters/group-*, boost.json, weights.json)."""
+        import ray
+
+        prefix, tag = ("group", "") if method == "ensemble" else ("random", "_random")
+        gnames = [f"{prefix}-{i}" for i in range(len(groups))]
         assignment = {c: g for g, members in zip(gnames, groups) for c in members}
-        run = run_fedavg(self.pool, dict(zip(gnames, groups)), self.theta_star, self.fcfg, self.cfg.seed,
-                         self.fed / "checkpoints" / "ensemble", desc="group fedavg", on_round=self.on_round("group_fedavg"))
+        # warm start: every group continues from the global FedAvg adapter, which is also a candidate
+        # member of every group's combination (so an ensemble can always fall back to FedAvg)
+        glob = self.fedavg_all() if self.fcfg.warm_start else None
+        init = glob.states["all"] if glob is not None else self.theta_star
+        run = run_fedavg(self.pool, dict(zip(gnames, groups)), init, self.fcfg, self.cfg.seed,
+                         self.fed / "checkpoints" / method, desc=f"{method} fedavg", on_round=self.on_round(f"{method}_fedavg"))
         for g in gnames:
             _save_state(self.fed / "adapters" / f"{g}.safetensors", run.states[g])
         extra_forward = 0
         # members[g]: the terms of group g's (boosted) predictor
         members: dict[str, list] = {g: [(1.0, run.states[g])] for g in gnames}
-        boost_log = self._load_boost(gnames, members)
+        boost_log = self._load_boost(members, tag)
         b = self.cfg.boost
         for step in range(len(boost_log), self.fcfg.boost_steps):
             res = self.pool.map("gold_log_odds", [(g, (clients, members[g])) for g, clients in zip(gnames, groups)],
@@ -306,51 +382,61 @@ class _Run:
                 rho, loss_after = 1.0, float("nan")
             coef = b.step_size * rho
             k = len(boost_log)
-            _save_state(self.fed / "adapters" / f"boost-{k}.safetensors", learner)
+            _save_state(self.fed / "adapters" / f"boost{tag}-{k}.safetensors", learner)
             boost_log.append({"step": k, "group": worst, "train_loss_before": losses[worst][0],
                               "train_loss_after_full_step": loss_after, "rho": rho, "coef": coef,
                               "fit_residual_mean": float(resid.mean())})
-            write_json(self.fed / "boost.json", boost_log)
+            write_json(self.fed / f"boost{tag}.json", boost_log)
             members[worst] += [(coef, learner), (-coef, self.theta_star)]
             log.info("federated boosting step %d: group %s (train loss %.4f), ρ=%.2f, coefficient %.3f",
                      k + 1, worst, losses[worst][0], rho, coef)
-        # combination weights per group over the m group predictors, on validation windows
+        # combination weights per group over the m group predictors (and the global FedAvg adapter when
+        # groups start from it), on validation windows
+        candidates = {**members, **({"fedavg": [(1.0, glob.states["all"])]} if glob is not None else {})}
+        cnames = list(candidates)
         weights = {}
-        if self.cfg.ensemble.weights == "learned" and len(gnames) > 1:
-            ref = ray.put([members[g] for g in gnames])
+        if self.cfg.ensemble.weights == "learned" and len(cnames) > 1:
+            ref = ray.put([candidates[h] for h in cnames])
             items = [(g, (clients, ref)) for g, clients in zip(gnames, groups)]
             res = self.pool.map("fit_weights", items, desc="combination weights")
             for g in gnames:
                 if g in res.results:
                     weights[g] = res.results[g]["alpha"]
-                    extra_forward += res.results[g]["windows"] * sum(len(t) for t in members.values())
+                    extra_forward += res.results[g]["windows"] * sum(len(t) for t in candidates.values())
         for g in gnames:
-            weights.setdefault(g, [1.0 if h == g else (1.0 / len(gnames) if self.cfg.ensemble.weights == "uniform" else 0.0)
-                                   for h in gnames])
-        write_json(self.fed / "weights.json", {"members": gnames, "weights": weights})
-        terms = {g: [(a * c, s) for a, h in zip(weights[g], gnames) for c, s in members[h] if a > 1e-6] for g in gnames}
+            weights.setdefault(g, [1.0 if h == g else (1.0 / len(cnames) if self.cfg.ensemble.weights == "uniform" else 0.0)
+                                   for h in cnames])
+        write_json(self.fed / f"weights{tag}.json", {"members": cnames, "weights": weights})
+        terms = {g: [(a * c, s) for a, h in zip(weights[g], cnames) for c, s in candidates[h] if a > 1e-6] for g in gnames}
         wall = time.perf_counter() - t0
+        if glob is not None and (fed_row := self.done("fedavg")) is not None:
+            wall += fed_row["wall_s"]  # the global adapter was trained (and timed) by the fedavg method
         per, peak, _ = _evaluate(self.pool, self.clients, terms, assignment)
         own = {g: [(c, s) for c, s in members[g]] for g in gnames}
         per_own, _, _ = _evaluate(self.pool, self.clients, own, assignment)
-        flops = feat_flops + run.trained_windows * self.units["train"] + extra_forward * self.units["forward"]
+        global_windows = glob.trained_windows if glob is not None else 0  # the warm start is part of the method
+        flops = (feat_flops + (run.trained_windows + global_windows) * self.units["train"]
+                 + extra_forward * self.units["forward"])
         n_boost = len(boost_log)
-        return self.record("ensemble", _method_row(
+        return self.record(method, _method_row(
             per, self.clients, train_flops=flops, peak_memory_mb=max(run.peak_rss_mb, peak), wall_s=wall,
-            adapters=len(gnames) + n_boost, adapter_parameters=self.adapter_parameters * (len(gnames) + n_boost),
+            adapters=len(cnames) + n_boost, adapter_parameters=self.adapter_parameters * (len(cnames) + n_boost),
             groups=len(gnames), boost=boost_log, client_updates=run.client_updates,
             excluded_updates=run.failed_updates,
             ablation_own_group_test_loss=_method_row(per_own, self.clients)["test_loss"],
-            flops_breakdown={"featurize": feat_flops, "fedavg": run.trained_windows * self.units["train"],
+            warm_start=glob is not None,
+            weight_on_fedavg=(float(np.mean([weights[g][-1] for g in gnames])) if glob is not None else 0.0),
+            flops_breakdown={"featurize": feat_flops, "global_fedavg": global_windows * self.units["train"],
+                             "fedavg": run.trained_windows * self.units["train"],
                              "boost_and_weights_forward": extra_forward * self.units["forward"]}))
 
-    def _load_boost(self, gnames: list[str], members: dict[str, list]) -> list[dict]:
-        path = self.fed / "boost.json"
+    def _load_boost(self, members: dict[str, list], tag: str = "") -> list[dict]:
+        path = self.fed / f"boost{tag}.json"
         if not path.is_file() or self.force:
             return []
         steps = json.loads(path.read_text())
         for s in steps:
-            learner = dict(load_file(str(self.fed / "adapters" / f"boost-{s['step']}.safetensors")))
+            learner = dict(load_file(str(self.fed / "adapters" / f"boost{tag}-{s['step']}.safetensors")))
             members[s["group"]] += [(s["coef"], learner), (-s["coef"], self.theta_star)]
         return steps
 

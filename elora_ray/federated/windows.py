@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..io import write_json, write_parquet
-from .clients import load_clients, select_clients, windows_table
+from .clients import Client, load_clients, select_clients, text_clients, windows_table
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,26 @@ def _require_decoder(cfg: RunConfig) -> None:
             "causal LM: --set model.name_or_path=smollm2 (or tiny-llama), or --config benchmarks/configs/federated_shakespeare_smollm2.yaml")
 
 
+def all_clients(cfg: RunConfig) -> list[Client]:
+    """The play's clients (``include_play``), then each ``federated.sources`` entry's."""
+    from ..tasks.load import load_task
+
+    f = cfg.federated
+    clients = load_clients(f, _source(cfg)) if f.include_play else []
+    for task in f.sources:
+        data = load_task(task, cfg.splits, cfg.resolved_data_root())
+        texts = [e.text + (f"\n{e.text_pair}" if e.text_pair else "") for e in data.splits.get("train", [])]
+        clients += text_clients(task.name, texts, f.client_chars, f.min_client_chars)
+    names = [c.name for c in clients]
+    if len(set(names)) != len(names):
+        clash = sorted({n for n in names if names.count(n) > 1})[:3]
+        raise ConfigError(f"federated.sources: client names {clash} occur twice; rename the source (names are "
+                          "<source>#<k> and <role>#<k>)")
+    if not clients:
+        raise ConfigError("federated: no clients: include_play is false and federated.sources is empty")
+    return clients
+
+
 def prepare_windows(cfg: RunConfig, fed: Path) -> dict:
     """Clients and their token windows (``windows.parquet``, ``clients.json``); reused when present."""
     meta_path = fed / "clients.json"
@@ -40,11 +60,14 @@ def prepare_windows(cfg: RunConfig, fed: Path) -> dict:
     source = _source(cfg)
     tok = AutoTokenizer.from_pretrained(str(resolve_model_dir(cfg.model)), local_files_only=True)
     tok.model_max_length = 10**9  # we tokenise whole clients, then cut windows
-    clients, dropped = select_clients(load_clients(cfg.federated, source), tok, cfg.federated, str(source))
+    clients, dropped = select_clients(all_clients(cfg), tok, cfg.federated,
+                                      str(source) if cfg.federated.include_play else "federated.sources")
     table, counts = windows_table(clients, tok, cfg.federated)
     write_parquet(fed / "windows.parquet", table)
     roles = sorted({c.role for c in clients})
-    meta = {"source": str(source), "clients": [c.name for c in clients], "num_clients": len(clients), "roles": len(roles),
+    meta = {"source": str(source) if cfg.federated.include_play else None,
+            "sources": [t.name for t in cfg.federated.sources], "source_of": {c.name: c.origin for c in clients},
+            "clients": [c.name for c in clients], "num_clients": len(clients), "roles": len(roles),
             "windows": {s: int(sum(v[s] for v in counts.values())) for s in ("train", "validation", "test")},
             "dropped_without_windows": dropped, "per_client": counts}
     write_json(meta_path, meta)

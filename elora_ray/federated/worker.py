@@ -28,7 +28,9 @@ from .model import (
     set_state,
     token_losses,
     train_windows,
+    window_gold_log_odds,
     window_logits,
+    window_targets,
 )
 
 Terms = Sequence[tuple[float, dict]]
@@ -42,9 +44,11 @@ class ClientWorker:
         self.theta_star = get_state(self.peft_model)
         table = pq.read_table(windows_path).to_pandas()
         self.data: dict[str, dict[str, tuple[np.ndarray, np.ndarray, list[str]]]] = {}
+        every = self.cfg.federated.targets == "all"
         for (client, split), df in table.groupby(["client", "split"], sort=False):
             x = np.stack(df["input_ids"].to_numpy()).astype(np.int64)
-            self.data.setdefault(client, {})[split] = (x, df["target"].to_numpy(np.int64), df["sample_id"].tolist())
+            y = window_targets(x, df["target"].to_numpy(np.int64), every)
+            self.data.setdefault(client, {})[split] = (x, y, df["sample_id"].tolist())
         self._featurizer: WindowFeaturizer | None = None
         self._units: dict | None = None
 
@@ -61,6 +65,7 @@ class ClientWorker:
         return x[keep], y[keep], [ids[i] for i in keep]
 
     def _combined_logits(self, x: np.ndarray, terms: Terms) -> torch.Tensor:
+        """Σ coef · logits of the windows ``x`` (all at once: keep ``x`` to one batch)."""
         total = None
         for coef, state in terms:
             if coef == 0:
@@ -71,6 +76,16 @@ class ClientWorker:
         if total is None:
             raise ValueError("a prediction needs at least one adapter with a non-zero coefficient")
         return total
+
+    def _batches(self, n: int):
+        """Window batches small enough that a batch's logits at every position stay in memory."""
+        step = max(1, self.cfg.federated.batch_size * 2)
+        return [slice(i, i + step) for i in range(0, n, step)]
+
+    def _combined_losses(self, x: np.ndarray, y: np.ndarray, terms: Terms) -> np.ndarray:
+        """Per-window mean loss of the combined prediction, computed batch by batch."""
+        return np.concatenate([token_losses(self._combined_logits(x[b], terms), y[b]) for b in self._batches(len(y))]
+                              or [np.zeros(0)])
 
     def _gather(self, clients: Sequence[str], split: str, features: bool = False, skip_missing: bool = False):
         xs, ys, ids, owner = [], [], [], []
@@ -135,7 +150,7 @@ class ClientWorker:
         """Per-client mean next-token loss (and window count) of the combined prediction."""
         with PeakMemory() as mem:
             x, y, _, owner = self._gather(clients, split)
-            losses = token_losses(self._combined_logits(x, terms), y)
+            losses = self._combined_losses(x, y, terms)
         out: dict[str, list[float]] = {}
         for c, v in zip(owner, losses):
             out.setdefault(c, []).append(float(v))
@@ -147,13 +162,13 @@ class ClientWorker:
         with PeakMemory() as mem:
             upd = self.update(client, state, epochs, lr, seed)
             x, y, _ = self._windows(client, "test")
-            set_state(self.peft_model, upd["state"])
-            loss = token_losses(window_logits(self.peft_model, x), y)
+            loss = self._combined_losses(x, y, [(1.0, upd["state"])])
         return {"loss": float(loss.mean()), "n": len(y), "trained_windows": upd["trained_windows"],
                 "peak_rss_mb": mem.megabytes()["peak_rss_mb"]}
 
     def featurize(self, clients: Sequence[str]) -> dict:
-        """Projected gradients g̃ and offsets h0 at θ* for each client's featurisation windows."""
+        """Projected gradients g̃ and offsets h0 at θ* of each client's featurisation (train) windows
+        and of its validation windows (held out: what the paper's f_i(S) scores)."""
         feat = self.featurizer()
         set_state(self.peft_model, self.theta_star)
         out = {}
@@ -163,23 +178,28 @@ class ClientWorker:
                 x, y, ids = self._feature_windows(c)
                 g, h = feat(x, y)
                 out[c] = {"sample_id": ids, "g": g.astype(np.float32), "h0": h.astype(np.float32)}
-                n += len(ids)
+                if "validation" in self.data[c]:
+                    xv, yv, idv = self._windows(c, "validation")
+                    gv, hv = feat(xv, yv)
+                    out[c]["validation"] = {"sample_id": idv, "g": gv.astype(np.float32), "h0": hv.astype(np.float32)}
+                n += len(ids) + len(out[c].get("validation", {}).get("sample_id", []))
         return {"features": out, "windows": n, "peak_rss_mb": mem.megabytes()["peak_rss_mb"]}
 
     def gold_log_odds(self, clients: Sequence[str], terms: Terms) -> dict:
         """(sample ids, h) of the combined prediction on the featurisation windows of ``clients``."""
-        from ..featurize.gradients import gold_log_odds
-
         x, y, ids, _ = self._gather(clients, "train", features=True)
-        h = gold_log_odds(self._combined_logits(x, terms), torch.as_tensor(y)).numpy()
+        h = np.concatenate([window_gold_log_odds(self._combined_logits(x[b], terms), torch.as_tensor(y[b])).numpy()
+                            for b in self._batches(len(y))])
         return {"sample_id": ids, "h": h, "windows": len(ids)}
 
     def line_search(self, clients: Sequence[str], base: Terms, delta: Terms, rhos: Sequence[float]) -> dict:
         """Mean training loss of ``base + ρ·delta`` on the featurisation windows, for each ρ."""
         x, y, _, _ = self._gather(clients, "train", features=True)
-        zb = self._combined_logits(x, base)
-        zd = self._combined_logits(x, delta)
-        losses = [float(token_losses(zb + float(r) * zd, y).mean()) for r in rhos]
+        per = []
+        for b in self._batches(len(y)):
+            zb, zd = self._combined_logits(x[b], base), self._combined_logits(x[b], delta)
+            per.append([token_losses(zb + float(r) * zd, y[b]) for r in rhos])
+        losses = [float(np.concatenate([p[k] for p in per]).mean()) for k in range(len(rhos))]
         return {"losses": losses, "windows": len(y)}
 
     def learner_state(self, w: np.ndarray) -> dict:
@@ -197,26 +217,53 @@ class ClientWorker:
         The objective is convex in α (an affine map inside a log-softmax); we solve it with
         projected-gradient-free L-BFGS on α = softmax(β), which reaches the same optimum."""
         x, y, _, _ = self._gather(clients, "validation", skip_missing=True)  # short clients may have none
-        z = torch.stack([self._combined_logits(x, t) for t in members], dim=1)  # [N, M, V]
-        yt = torch.as_tensor(y)
+        z, yt = self._member_logits_sample(x, y, members)  # [P, M, V] at a seeded sample of P target positions
         beta = torch.zeros(len(members), requires_grad=True)
         opt = torch.optim.LBFGS([beta], lr=0.5, max_iter=iters, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(torch.einsum("m,nmv->nv", torch.softmax(beta, 0), z), yt)
+            loss = torch.nn.functional.cross_entropy(torch.einsum("m,nmv->nv", torch.softmax(beta, 0), z.float()), yt)
             loss.backward()
             return loss
 
         opt.step(closure)
         alpha = torch.softmax(beta.detach(), 0)
         with torch.no_grad():
-            val = float(torch.nn.functional.cross_entropy(torch.einsum("m,nmv->nv", alpha, z), yt))
-            own = [float(torch.nn.functional.cross_entropy(z[:, j], yt)) for j in range(len(members))]
-        return {"alpha": alpha.numpy().astype(float).tolist(), "val_loss": val, "member_val_loss": own, "windows": len(y)}
+            val = float(torch.nn.functional.cross_entropy(torch.einsum("m,nmv->nv", alpha, z.float()), yt))
+            own = [float(torch.nn.functional.cross_entropy(z[:, j].float(), yt)) for j in range(len(members))]
+        return {"alpha": alpha.numpy().astype(float).tolist(), "val_loss": val, "member_val_loss": own, "windows": len(y),
+                "targets": int(len(yt))}
 
-    def fit_subsets(self, chunk, feats: dict, names: list[str], l2: float, max_iter: int = 200) -> list[dict]:
+    def _member_logits_sample(self, x: np.ndarray, y: np.ndarray, members: Sequence[Terms]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's logits at ≤ ``federated.weight_positions`` seeded (window, position) targets.
+
+        Returns ``(z [P, M, V] float16, targets [P])``: the combination-weight objective needs every
+        member's full-vocabulary logits, so they are cached only at a sample of the targets."""
+        per_window = 1 if y.ndim == 1 else y.shape[1]
+        total = len(y) * per_window
+        cap = self.cfg.federated.weight_positions
+        rng = np.random.default_rng(self.cfg.seed)
+        pick = np.sort(rng.choice(total, size=min(cap, total), replace=False))
+        windows = np.unique(pick // per_window)
+        z = []
+        for t in members:
+            parts = []
+            for b in self._batches(len(windows)):
+                w = windows[b]
+                logits = self._combined_logits(x[w], t)
+                flat = logits.reshape(-1, logits.shape[-1])
+                mine = pick[np.isin(pick // per_window, w)]  # the picked targets of these windows, in order
+                local = np.searchsorted(w, mine // per_window) * per_window + mine % per_window
+                parts.append(flat[torch.as_tensor(local)].half())
+            z.append(torch.cat(parts))
+        targets = torch.as_tensor(y.reshape(-1)[pick])
+        return torch.stack(z, dim=1), targets
+
+    def fit_subsets(self, chunk, feats: dict, names: list[str], l2: float, max_iter: int = 200,
+                    halves: dict | None = None) -> dict:
         """Subset regressions of the affinity estimate (run here so they share the pool's CPUs)."""
         from .affinity import fit_subsets
 
-        return fit_subsets(chunk, feats, names, l2, max_iter)
+        rows, gains = fit_subsets(chunk, feats, names, l2, max_iter, halves=halves)
+        return {"rows": rows, "gains": gains}
