@@ -255,6 +255,20 @@ def test_fedavg_weights_client_updates_by_their_training_windows(tmp_path, share
         np.testing.assert_allclose(run.states["all"][k], expected[k], rtol=1e-5, atol=1e-7)
     assert any(not np.allclose(run.states["all"][k], unweighted[k], rtol=1e-5, atol=1e-7) for k in theta)
 
+    # The same round on Ray Train (federated.engine: ray_train): local mode, one worker, and two workers
+    # that each train one client and all-reduce their window-weighted sums — all give the same adapter.
+    from elora_ray.federated.train_fedavg import run_fedavg_ray_train
+
+    (tmp_path / "rt").mkdir()
+    (tmp_path / "rt" / "windows.parquet").symlink_to(path)
+    for workers in (0, 1, 2):
+        c = cfg.model_copy(deep=True)
+        c.federated.engine, c.federated.train_workers = "ray_train", workers
+        rt = run_fedavg_ray_train(c, {"all": ["big", "small"]}, theta, tmp_path / "rt", tmp_path / "rt" / f"ck{workers}")
+        assert rt.client_updates == 2 and rt.trained_windows == run.trained_windows, workers
+        for k in theta:
+            np.testing.assert_allclose(rt.states["all"][k], expected[k], rtol=1e-5, atol=1e-7, err_msg=f"{workers} workers")
+
 
 @pytest.mark.slow
 def test_500_client_federated_run_and_resume(tmp_path, shared_data):
@@ -358,7 +372,8 @@ def test_federated_subset_fits_are_the_estimate_stages_own():
 def test_clients_from_several_sources_and_groups_scored_against_them(tmp_path):
     """federated.sources: clients cut from other texts (here two jsonl files of clearly different text,
     no play), named <source>#<k>; a max_clients cap takes them in turn from each source; the groups
-    are scored against the clients' origins (ARI / NMI in groups.json and report.md)."""
+    are scored against the clients' origins (ARI / NMI in groups.json and report.md). FedAvg on Ray
+    Train (engine: ray_train, the pool handing its CPUs over and back) gives FedAvg's numbers again."""
     from elora_ray.federated.clients import Client, round_robin
     from elora_ray.federated.stage import federated_stage
 
@@ -403,3 +418,10 @@ def test_clients_from_several_sources_and_groups_scored_against_them(tmp_path):
     assert sorted(c for g in rand["groups"] for c in g) == sorted(meta["clients"])
     assert {"fedavg", "ensemble", "random_groups"} <= set(report["methods"])
     assert (fed / "adapters" / "random-0.safetensors").is_file() and (fed / "weights_random.json").is_file()
+    assert report["methods"]["fedavg"]["client_updates"] == 2 * 6  # 2 rounds × 20% of 30 clients
+
+    rt = load_config(tmp_path / "fed.yaml", ["federated.engine=ray_train", "federated.methods=[fedavg]"])
+    again = federated_stage(rt, tmp_path / "run_rt")["methods"]["fedavg"]
+    assert (tmp_path / "run_rt" / "federated" / "checkpoints" / "fedavg-ray_train" / "done.json").is_file()
+    assert again["client_updates"] == report["methods"]["fedavg"]["client_updates"]
+    assert again["test_loss"] == pytest.approx(report["methods"]["fedavg"]["test_loss"], rel=1e-4)

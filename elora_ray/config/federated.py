@@ -83,6 +83,14 @@ class FederatedConfig(_Section):
     methods: list[Literal["fedavg", "mtl_ft", "ensemble", "random_groups"]] = Field(
         default_factory=lambda: ["fedavg", "mtl_ft", "ensemble"])
     """``random_groups``: the ensemble's procedure on random groups of the ensemble's sizes (a control)."""
+    engine: Literal["actors", "ray_train"] = "actors"
+    """Who runs FedAvg's local client training. ``ray_train``: one Ray Train ``TorchTrainer`` per adapter
+    being federated, whose ``train_workers`` workers each train their share of a round's sampled clients
+    and all-reduce the window-weighted adapter sums (``FailureConfig`` restarts resume at the last
+    round). ``actors``: the client actor pool that also serves featurisation and evaluation (each
+    client update is a few optimizer steps; see docs/federated.md for the measured difference)."""
+    train_workers: int = Field(0, ge=0)
+    """``engine: ray_train``: workers per trainer; 0 is Ray Train's local mode (one process per group)."""
     workers: int | None = Field(None, ge=1)
     """Size of the client actor pool (default: the cluster's CPUs)."""
     max_retries: int = Field(1, ge=0)

@@ -122,8 +122,7 @@ class _Run:
         self.clients: list[str] = self.meta["clients"]
         ensure_ray(cfg.ray)
         workers = self.workers = self.fcfg.workers or cluster_cpus()
-        self.pool = ActorPool(ClientWorker, (cfg.model_dump(mode="json"), str(self.fed / "windows.parquet")), workers,
-                              max_retries=self.fcfg.max_retries)
+        self.pool = self._new_pool()
         info = self.pool.broadcast("info")[0]
         self.theta_star: dict[str, np.ndarray] = info["theta_star"]
         self.units: dict[str, float] = info["flops_per_window"]
@@ -131,6 +130,10 @@ class _Run:
         log.info("federated: %d client workers; adapter %s with %d parameters; FLOPs per window: train %.3g, "
                  "forward %.3g, featurize %.3g", self.pool.size, cfg.adapter.type, self.adapter_parameters,
                  self.units["train"], self.units["forward"], self.units["featurize"])
+
+    def _new_pool(self) -> ActorPool:
+        return ActorPool(ClientWorker, (self.cfg.model_dump(mode="json"), str(self.fed / "windows.parquet")), self.workers,
+                         max_retries=self.fcfg.max_retries)
 
     def done(self, name: str) -> dict | None:
         p = self.fed / "methods" / f"{name}.json"
@@ -150,9 +153,27 @@ class _Run:
         return log_round
 
     # ---------------------------------------------------------------- baselines
+    def run_fedavg(self, groups: dict[str, list[str]], init: dict[str, np.ndarray], name: str, desc: str) -> FedAvgRun:
+        """FedAvg of each group from ``init`` on the configured engine (checkpointed per round, resumable)."""
+        if self.fcfg.engine == "actors":
+            return run_fedavg(self.pool, groups, init, self.fcfg, self.cfg.seed, self.fed / "checkpoints" / name,
+                              desc=desc, on_round=self.on_round(name))
+        from .train_fedavg import run_fedavg_ray_train
+
+        done = self.fed / "checkpoints" / f"{name}-ray_train" / "done.json"
+        self.pool.shutdown()  # the trainers need the CPUs the pool's actors hold
+        try:
+            run = run_fedavg_ray_train(self.cfg, groups, init, self.fed, done.parent, desc=desc)
+        finally:
+            self.pool = self._new_pool()
+        if not done.is_file():
+            for entry in run.history:
+                self.on_round(name)(entry)
+            write_json(done, {"rounds": run.rounds})
+        return run
+
     def fedavg_all(self) -> FedAvgRun:
-        return run_fedavg(self.pool, {"all": self.clients}, self.theta_star, self.fcfg, self.cfg.seed,
-                          self.fed / "checkpoints" / "fedavg", desc="fedavg", on_round=self.on_round("fedavg"))
+        return self.run_fedavg({"all": self.clients}, self.theta_star, "fedavg", desc="fedavg")
 
     def base(self) -> dict:
         if (row := self.done("base")) is not None:
@@ -344,8 +365,7 @@ class _Run:
         # member of every group's combination (so an ensemble can always fall back to FedAvg)
         glob = self.fedavg_all() if self.fcfg.warm_start else None
         init = glob.states["all"] if glob is not None else self.theta_star
-        run = run_fedavg(self.pool, dict(zip(gnames, groups)), init, self.fcfg, self.cfg.seed,
-                         self.fed / "checkpoints" / method, desc=f"{method} fedavg", on_round=self.on_round(f"{method}_fedavg"))
+        run = self.run_fedavg(dict(zip(gnames, groups)), init, method, desc=f"{method} fedavg")
         for g in gnames:
             _save_state(self.fed / "adapters" / f"{g}.safetensors", run.states[g])
         extra_forward = 0

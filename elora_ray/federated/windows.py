@@ -71,7 +71,11 @@ def prepare_windows(cfg: RunConfig, fed: Path) -> dict:
             "windows": {s: int(sum(v[s] for v in counts.values())) for s in ("train", "validation", "test")},
             "dropped_without_windows": dropped, "per_client": counts}
     write_json(meta_path, meta)
-    log.info("federated: %d clients from %d roles in %s; windows train %d / validation %d / test %d",
-             len(clients), len(roles), source.name, meta["windows"]["train"], meta["windows"]["validation"],
+    origins: dict[str, int] = {}
+    for c in clients:
+        origins[c.origin] = origins.get(c.origin, 0) + 1
+    where = ", ".join(f"{source.name if o == 'play' else o} {k}" for o, k in origins.items())
+    log.info("federated: %d clients (%s; %d roles/sources); windows train %d / validation %d / test %d",
+             len(clients), where, len(roles), meta["windows"]["train"], meta["windows"]["validation"],
              meta["windows"]["test"])
     return meta
