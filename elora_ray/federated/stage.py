@@ -25,22 +25,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from safetensors.numpy import load_file, save_file
 
-from ..cluster.select import cluster_tasks
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..estimate.subsets import sample_subsets
-from ..io import atomic_path, write_json, write_parquet
+from ..io import atomic_path, write_json
 from ..layout import FED_DIR
 from ..observe import log_metrics, sync_mlflow
 from ..raysession import cluster_cpus, ensure_ray
 from ..train.linearized import fit_residual
-from .affinity import client_halves, federated_l2, first_order, from_gains, paper
+from .affinity import federated_l2
 from .fedavg import FedAvgRun, run_fedavg
+from .grouping import client_features, client_groups
 from .journal import ClientProgress
 from .pool import ActorPool
 from .report import write_report
@@ -121,7 +117,7 @@ class _Run:
         self.meta = prepare_windows(cfg, self.fed)
         self.clients: list[str] = self.meta["clients"]
         ensure_ray(cfg.ray)
-        workers = self.workers = self.fcfg.workers or cluster_cpus()
+        self.workers = self.fcfg.workers or cluster_cpus()
         self.pool = self._new_pool()
         info = self.pool.broadcast("info")[0]
         self.theta_star: dict[str, np.ndarray] = info["theta_star"]
@@ -223,113 +219,10 @@ class _Run:
 
     # ---------------------------------------------------------------- ensemble
     def features(self) -> tuple[dict[str, dict], float, int]:
-        """Per client: the projected gradients of its featurisation (train) windows, and under
-        ``"validation"`` those of its validation windows (held out)."""
-        path = self.fed / "features.parquet"
-        if path.is_file() and not self.force:
-            df = pq.read_table(path).to_pandas()
-        else:
-            items = [(k, (chunk,)) for k, chunk in enumerate(_chunks(self.clients, 10))]
-            res = self.pool.map("featurize", items, desc="featurize clients")
-            if res.failed:
-                raise RuntimeError(f"featurisation failed for client chunks {sorted(res.failed)}")
-            rows: dict[str, list] = {"client": [], "split": [], "sample_id": [], "h0": [], "g": []}
-            for k in sorted(res.results):
-                for c, v in res.results[k]["features"].items():
-                    for split, part in (("train", v), ("validation", v.get("validation"))):
-                        if part is None:
-                            continue
-                        rows["client"] += [c] * len(part["sample_id"])
-                        rows["split"] += [split] * len(part["sample_id"])
-                        rows["sample_id"] += part["sample_id"]
-                        rows["h0"] += part["h0"].tolist()
-                        rows["g"] += list(part["g"])
-            table = pa.table({"client": rows["client"], "split": rows["split"], "sample_id": rows["sample_id"],
-                              "h0": pa.array(rows["h0"], pa.float32()),
-                              "g": pa.array([np.asarray(x, np.float32) for x in rows["g"]], pa.list_(pa.float32()))})
-            write_parquet(path, table)
-            df = table.to_pandas()
-
-        def part(d: pd.DataFrame) -> dict:
-            return {"sample_id": d["sample_id"].tolist(), "g": np.stack(d["g"].to_numpy()).astype(np.float32),
-                    "h0": d["h0"].to_numpy(np.float32)}
-
-        feats = {}
-        for c, d in df.groupby("client", sort=False):
-            feats[c] = part(d[d["split"] == "train"])
-            val = d[d["split"] == "validation"]
-            if len(val):
-                feats[c]["validation"] = part(val)
-        n = len(df)
-        return feats, n * self.units["featurize"], n
-
-    def affinity(self, feats: dict[str, dict]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, dict]:
-        """The client affinity of ``estimate.affinity`` (see :mod:`.affinity`), its two half estimates
-        when the kind has them, and what to report about the estimate."""
-        import ray
-
-        f, kind, names = self.fcfg, self.cfg.estimate.affinity, self.clients
-        if kind == "first_order":
-            full, a, b = first_order(feats, names, self.cfg.seed)
-            return full, (a, b), {"affinity": kind}
-        size = min(f.subset_size, len(names))
-        subsets = sample_subsets(len(names), f.num_subsets, size, self.cfg.seed)
-        if kind == "paper":  # f_i(S) on held-out windows: clients without validation windows are scored on train
-            data = {c: (feats[c]["g"], feats[c]["h0"], feats[c].get("validation", feats[c])["g"],
-                        feats[c].get("validation", feats[c])["h0"]) for c in names}
-            halves = None
-        else:
-            data = {c: (feats[c]["g"], feats[c]["h0"], feats[c]["g"], feats[c]["h0"]) for c in names}
-            halves = client_halves(feats, names, self.cfg.seed)
-        ref = ray.put(data)
-        chunks = _chunks(list(enumerate(subsets)), max(1, len(subsets) // (4 * cluster_cpus())))
-        # on the pool's actors: they hold the CPUs, so separate Ray tasks would wait for them forever
-        res = self.pool.map("fit_subsets", [(k, (ch, ref, names, federated_l2(self.cfg), self.cfg.estimate.max_iter, halves))
-                                             for k, ch in enumerate(chunks)], desc="subset regressions")
-        if res.failed:
-            raise RuntimeError(f"subset regressions failed: {next(iter(res.failed.values()))}")
-        rows = [r for k in sorted(res.results) for r in res.results[k]["rows"]]
-        counts = np.zeros((len(names), len(names)))
-        for s in subsets:
-            counts[np.ix_(s, s)] += 1
-        info = {"affinity": kind, "subsets": len(subsets), "subset_size": size,
-                "pair_coverage": float((counts[~np.eye(len(names), dtype=bool)] > 0).mean())}
-        if kind == "paper":
-            return paper(rows, names), None, info
-        gains = [e for k in sorted(res.results) for e in res.results[k]["gains"]]
-        full, a, b = from_gains(subsets, gains, len(names))
-        return full, (a, b), info
+        return client_features(self)
 
     def groups(self, feats: dict[str, dict]) -> list[list[str]]:
-        path = self.fed / "groups.json"
-        if path.is_file() and not self.force:
-            return json.loads(path.read_text())["groups"]
-        f, names = self.fcfg, self.clients
-        t0 = time.perf_counter()
-        A, halves, info = self.affinity(feats)
-        pd.DataFrame(A, index=names, columns=names).to_csv(self.fed / "affinity.csv")
-        m = f.num_groups if f.num_groups == "auto" else min(f.num_groups, len(names))
-        c = self.cfg.cluster
-        res = cluster_tasks(A, names, num_groups=m, max_groups=c.max_groups, seed=self.cfg.seed, solver=c.solver,
-                            halves=halves, select_m=c.select_m)
-        record = {"groups": res.groups, "m": res.m, "method": res.method, "reason": res.reason,
-                  "average_density": res.score, **info, "estimate_s": time.perf_counter() - t0,
-                  "candidates": res.candidates}
-        truth = self.meta.get("source_of")
-        if truth and len(set(truth.values())) > 1:  # clients of known origin: how well the groups recover it
-            from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-            label = {c: g for g, members in enumerate(res.groups) for c in members}
-            y_true, y_pred = [truth[c] for c in names], [label[c] for c in names]
-            record["agreement_with_sources"] = {"ari": float(adjusted_rand_score(y_true, y_pred)),
-                                                "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
-                                                "sources": len(set(y_true))}
-        write_json(path, record)
-        log.info("federated: %s affinity in %.1f s; %d groups (%s), sizes %s%s", info["affinity"],
-                 time.perf_counter() - t0, res.m, res.method, sorted((len(g) for g in res.groups), reverse=True),
-                 "; ARI %.2f / NMI %.2f against the clients' sources" % (record["agreement_with_sources"]["ari"],
-                 record["agreement_with_sources"]["nmi"]) if "agreement_with_sources" in record else "")
-        return res.groups
+        return client_groups(self, feats)
 
     def ensemble(self) -> dict:
         if (row := self.done("ensemble")) is not None:
