@@ -42,6 +42,9 @@ POINTS: dict[str, dict] = {
     "linear_1e-3": {"lr": 1e-3, "schedule": "linear", "warmup_fraction": 0.1, "validate_at_start": True},
     "linear_3e-4": {"lr": 3e-4, "schedule": "linear", "warmup_fraction": 0.1, "validate_at_start": True},
     "linear_3e-3": {"lr": 3e-3, "schedule": "linear", "warmup_fraction": 0.1, "validate_at_start": True},
+    "linear_1e-4": {"lr": 1e-4, "schedule": "linear", "warmup_fraction": 0.1, "validate_at_start": True},
+    "linear_3e-4_frozen_heads": {"lr": 3e-4, "schedule": "linear", "warmup_fraction": 0.1, "validate_at_start": True,
+                                 "train_heads": False},
 }
 #: what every point shares (the method-level settings that are not being swept)
 SHARED = ["cluster.num_groups=1", "boost.steps=0", "baselines.methods=[]"]

@@ -94,16 +94,17 @@ ENV_OVERRIDES = "ELORA_SET"
 
 
 def _config(args):
-    """The config of ``--config`` with the ``--set`` overrides, then those of ``$ELORA_SET``.
+    """The config of ``--config`` with the overrides of ``$ELORA_SET``, then the command line's ``--set``.
 
     ``ELORA_SET`` holds ``key=value`` overrides separated by ``;`` (e.g. for a Ray job's runtime
-    environment, or to run documented commands on a smaller model); they are applied after the
-    command line's and logged, so they are never silent.
+    environment, or to run documented commands on a smaller model). Like any environment setting
+    they come before the command line's, so an explicit ``--set`` of the same key wins; they are
+    announced on stderr, so they are never silent.
     """
     extra = [o.strip() for o in os.environ.get(ENV_OVERRIDES, "").split(";") if o.strip()]
     if extra:
         print(f"elora: overrides from ${ENV_OVERRIDES}: {' '.join(extra)}", file=sys.stderr)
-    return load_config(args.config, [*args.overrides, *extra])
+    return load_config(args.config, [*extra, *args.overrides])
 
 
 def _cmd_run(args) -> None:

@@ -89,6 +89,45 @@ def test_readme_quickstart_runs_as_written(tmp_path):
     assert all(t in text for t in ("reviews", "tickets", "rte"))
 
 
+#: "Using it" commands that are only parsed here: each runs minutes of real work and has its own test
+#: (tests/test_tune.py, test_fidelity.py, test_analyze_sharpness.py, test_federated.py)
+HEAVY = {"tune", "fidelity", "calibrate", "analyze", "federated"}
+
+
+@pytest.mark.slow
+def test_readme_using_it_commands_run_as_written(tiny_pipeline, tmp_path):
+    """Every "Using it" command on runs/demo, the config commands on the quickstart's my.yaml, suite and
+    formats run as written, in order, on a copy of the session's tiny run ($ELORA_SET holds the tiny
+    settings it was made with, so the commands find it current). Commands on runs/x (a second full
+    run of my.yaml) and the HEAVY ones are parsed only (test_every_documented_command_parses...)."""
+    import shutil
+
+    from conftest import TINY
+
+    _, run, _ = tiny_pipeline
+    shutil.copytree(run, tmp_path / "runs" / "demo", symlinks=True)
+    (tmp_path / "my.yaml").write_text(block_after(README, "## Your own data in five lines", "yaml"))
+    _write_quickstart_data(tmp_path)
+    (tmp_path / ".venv").symlink_to(_venv_bin().parent)
+    env = {**os.environ, "ELORA_DATA_ROOT": str(tmp_path / "shared_data"), "ELORA_SET": ";".join(TINY)}
+    env.pop("RAY_ADDRESS", None)
+    ran = []
+    for cmd in commands(block_after(README, "## Using it", "bash")):
+        words = shlex.split(cmd)
+        if "runs/x" in words or words[1] in HEAVY:
+            continue
+        r = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"`{cmd}` failed:\n{(r.stdout + r.stderr)[-3000:]}"
+        ran.append(words[1])
+        if words[1] == "predict":
+            assert "polarity_movies" in r.stdout or "label" in r.stdout.lower(), r.stdout
+        if words[1] == "cluster":  # the command's own --set wins over $ELORA_SET's cluster.num_groups=2
+            assert len(json.loads((tmp_path / "runs" / "demo" / "groups.json").read_text())["groups"]) == 3
+    assert {"run", "featurize", "estimate", "cluster", "train", "boost", "combine", "baselines", "evaluate",
+            "predict", "validate", "config", "suite", "formats"} <= set(ran), ran
+    assert (tmp_path / "suite" / "config.yaml").is_file()
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
