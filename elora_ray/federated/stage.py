@@ -52,7 +52,7 @@ RHOS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 def _fingerprint(cfg: RunConfig) -> dict:
     return {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
-            "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries"}),
+            "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries", "engine", "train_workers"}),
             "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg),
             "affinity": cfg.estimate.affinity, "cluster": cfg.cluster.model_dump(mode="json", include={"max_groups", "select_m", "solver"}), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
             "ensemble_weights": cfg.ensemble.weights, "seed": cfg.seed, "source": str(_source(cfg))}
