@@ -11,6 +11,7 @@ copied for every setting (their artifacts do not depend on the training settings
 
     python benchmarks/training_sweep.py                       # GLUE/SuperGLUE mix, seed 0
     python benchmarks/training_sweep.py --seeds 0 1 --points current linear_1e-3
+    python benchmarks/training_sweep.py --suite               # the embedded suite (what `make demo` trains)
     python benchmarks/training_sweep.py --quick               # tiny-bert smoke test
 
 Writes ``benchmarks/results/training_sweep_<name>.{json,md,png}``.
@@ -97,7 +98,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     "val_accuracy": stat("val_accuracy"), "test_accuracy": stat("test_accuracy"),
                     "theta_star_accuracy": stat("theta_star_accuracy"), "majority_accuracy": stat("majority_accuracy"),
                     "gain_over_theta_star": stat("gain"), "ci95": rs[0]["test_ci95"] if len(rs) == 1 else None,
-                    "stopped_early": sum(r["stopped_early"] for r in rs), "train_seconds": stat("train_seconds")})
+                    "stopped_early": sum(r["stopped_early"] for r in rs), "train_seconds": stat("train_seconds"),
+                    "kept_start": sum(r["best_step"] == 0 for r in rs)})
     return out
 
 
@@ -105,10 +107,12 @@ def render(data: dict) -> str:
     lines = [f"# Training-settings sweep: {data['name']}", "",
              f"Config `{data['config']}`; one adapter on all {data['tasks']} tasks (`{' '.join(SHARED)}`), "
              f"{data['epochs']} epochs, early stopping on validation loss (patience {data['patience']}); "
-             f"seeds {data['seeds']}. The setting is chosen by validation loss; test accuracy is reported only.", "",
+             f"seeds {data['seeds']}. The setting is chosen by validation loss (ties: the first listed); test accuracy is "
+             "reported only. \"kept θ*\": with `validate_at_start` the starting point (θ*, the probed heads) is "
+             "a checkpoint, and early stopping kept it because no later check had a lower validation loss.", "",
              "| setting | train settings | val loss | val acc | test acc | 95% CI (seed 0) | θ* test acc | test − θ* | "
-             "most common label | stopped early | train s |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "most common label | stopped early | kept θ* | train s |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for a in data["aggregate"]:
         s = POINTS.get(a["point"], {})
         ci = f"{a['ci95'][0]:.3f}–{a['ci95'][1]:.3f}" if a["ci95"] else "—"
@@ -121,7 +125,7 @@ def render(data: dict) -> str:
                      f"{pm(a['val_accuracy'], '.3f')} | {pm(a['test_accuracy'], '.3f')} | {ci} | "
                      f"{pm(a['theta_star_accuracy'], '.3f')} | {pm(a['gain_over_theta_star'], '+.3f')} | "
                      f"{a['majority_accuracy'][0]:.3f} | {a['stopped_early']}/{len(a['seeds'])} | "
-                     f"{a['train_seconds'][0]:.0f} |")
+                     f"{a['kept_start']}/{len(a['seeds'])} | {a['train_seconds'][0]:.0f} |")
     lines += ["", "Per task (test accuracy, first seed):", "",
               "| task | θ* | " + " | ".join(a["point"] for a in data["aggregate"]) + " |",
               "|---|---:|" + "---:|" * len(data["aggregate"])]
@@ -166,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--suite", action="store_true", help="the embedded suite with the default model (what the demo runs)")
     ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert (smoke test)")
     args = ap.parse_args(argv)
     overrides = [*SHARED, *args.overrides]
-    if args.quick:
+    if args.suite:
+        config, name = None, args.name or "suite"
+    elif args.quick:
         config, name = None, args.name or "quick"
         overrides = ["model.name_or_path=tiny-bert", "suite.samples_per_task=48", "suite.tasks_per_group=[2,2]",
                      "featurize.dim=32", *overrides]

@@ -46,9 +46,10 @@ class TrainConfig(_Section):
     """Learning rate after warm-up: ``constant``, or ``linear`` decay to 0 at the last step."""
     warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     """Fraction of the steps over which the learning rate rises linearly from lr/warmup_steps to lr."""
-    validate_at_start: bool = False
-    """Check validation before the first step too, so early stopping can keep the starting point
-    (θ* with the probed heads) when training does not beat it."""
+    validate_at_start: bool = True
+    """Check validation before the first step too, so early stopping keeps the starting point (θ* with
+    the probed heads) when no later check beats it: a trained adapter never ends worse on validation
+    than the untrained model. Chosen by ``benchmarks/training_sweep.py`` (see its results)."""
     evals_per_epoch: int = Field(2, ge=1)
     """Validation checks per epoch (early stopping and checkpoints happen at these points)."""
     patience: int = Field(2, ge=0)
