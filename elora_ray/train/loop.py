@@ -157,7 +157,8 @@ def train_adapter(
         nonlocal best_params
         m = validate() if validate is not None else {}
         m["step"] = state.step
-        m["train_loss"] = float(np.mean(stats.losses[-eval_every:])) if stats.losses else float("nan")
+        if stats.losses:  # none yet at the start check (no NaN into the metric sinks)
+            m["train_loss"] = float(np.mean(stats.losses[-eval_every:]))
         stats.evals.append(m)
         improved = False
         if validate is not None:
