@@ -27,11 +27,14 @@ generated from those files by `python benchmarks/summarize.py`.
 | `estimate_speed.py` | estimation stage time (k subsets as Ray tasks) and planted-group recovery on the embedded suite |
 | `estimation_fidelity.py` | linearised estimate vs real fine-tuning (paper Table 3 / Table 5) |
 | `ensemble_accuracy.py` | the ensemble vs six baselines over seeds: accuracy, FLOPs, memory, time (paper Figure 3 / Table 7) |
-| `federated_shakespeare.py` | FedAvg vs MTL-FT vs the federated ensemble on ≥ 500 Shakespeare clients (paper §3 "Extension") |
+| `federated_shakespeare.py` | FedAvg vs MTL-FT vs the federated ensemble on ≥ 500 clients: Shakespeare roles, or mixed sources with a known truth (`--config benchmarks/configs/federated_mixed_smollm2.yaml`) (paper §3 "Extension") |
 | `scaling.py` | stage wall time vs tasks n (10 → 500 synthetic tasks), subsets k, dimension d, 1 vs 2 CPUs |
 | `affinity_planted.py` | do parts of one real dataset group together? ARI vs the sources, chosen m and true m, per affinity kind |
 | `affinity_scale.py` | grouping quality (ARI) and stage cost at 10 → 500 planted synthetic tasks, default settings |
 | `sharpness.py` | Hessian-trace sharpness and train–test gap vs adapter rank and k-adapter ensembles (paper §4, Figure 4) |
+| `training_sweep.py` | default training settings: one adapter under several lr / schedules vs the untrained probed model, chosen on validation |
+| `demo_time.py` | wall time of `make demo` (the README's figure), fresh run folders |
+| `federated_engines.py` | FedAvg wall time on the client actor pool vs Ray Train (same adapter) |
 | `quick.py` | `make bench-quick`: every script above in its smoke-test mode (< 5 min; CI runs it, results not kept) |
 """
 
