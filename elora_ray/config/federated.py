@@ -88,7 +88,7 @@ class FederatedConfig(_Section):
     being federated, whose ``train_workers`` workers each train their share of a round's sampled clients
     and all-reduce the window-weighted adapter sums (``FailureConfig`` restarts resume at the last
     round). ``actors``: the client actor pool that also serves featurisation and evaluation (each
-    client update is a few optimizer steps; see docs/federated.md for the measured difference)."""
+    client update is a few optimizer steps; `benchmarks/federated_engines.py` compares the two)."""
     train_workers: int = Field(0, ge=0)
     """``engine: ray_train``: workers per trainer; 0 is Ray Train's local mode (one process per group)."""
     workers: int | None = Field(None, ge=1)
