@@ -51,6 +51,17 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Lay out, write atomically (a temporary file renamed into place) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
 def write_results(name: str, data: dict, markdown: str, results_dir: Path | None = None) -> Path:
     """Write ``<name>.json`` and ``<name>.md`` under benchmarks/results; return the json path."""
     out = Path(results_dir or RESULTS)

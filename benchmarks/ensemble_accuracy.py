@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RUNS, machine_info, save_figure, write_results  # noqa: E402,I001
 from elora_ray import load_config  # noqa: E402
 from elora_ray import run_pipeline  # noqa: E402
 from elora_ray.report.plots import METHOD_LABELS  # noqa: E402
@@ -117,11 +117,7 @@ def plot(path: Path, data: dict) -> None:
     ax[1].legend(fontsize=7)
     ax[1].grid(alpha=0.3)
     fig.suptitle(f"Ensemble vs baselines: {data['name']}")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

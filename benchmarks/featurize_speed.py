@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, machine_info, write_results  # noqa: E402
+from benchmarks.common import RESULTS, machine_info, save_figure, write_results  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -227,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(results: list[dict], path: Path, model: str) -> None:
-    import os
 
     import matplotlib
 
@@ -247,11 +246,7 @@ def _plot(results: list[dict], path: Path, model: str) -> None:
     ax.set_ylabel("samples / s")
     ax.set_title(f"featurization throughput, {model}, d={d}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RUNS, machine_info, save_figure, write_results  # noqa: E402,I001
 from elora_ray import load_config, run_pipeline, run_stages  # noqa: E402
 
 DEFAULT_CONFIG = HERE / "configs" / "glue_ensemble_minilm.yaml"
@@ -155,11 +155,7 @@ def plot(path: Path, data: dict) -> None:
     ax.set_ylabel("validation loss (all tasks)")
     ax.set_title(f"{data['name']}: validation loss per check (seed {data['seeds'][0]})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

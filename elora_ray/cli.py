@@ -102,6 +102,9 @@ def _config(args):
     announced on stderr, so they are never silent.
     """
     extra = [o.strip() for o in os.environ.get(ENV_OVERRIDES, "").split(";") if o.strip()]
+    bad = [o for o in extra if "=" not in o]
+    if bad:
+        raise ConfigError(f"${ENV_OVERRIDES}: {bad[0]!r} is not key=value (entries are separated by ';')")
     if extra:
         print(f"elora: overrides from ${ENV_OVERRIDES}: {' '.join(extra)}", file=sys.stderr)
     return load_config(args.config, [*extra, *args.overrides])

@@ -195,3 +195,15 @@ def test_decoder_run_reports_truncation(tmp_path):
     assert model["kind"] == "decoder"
     assert model["truncated"]["qa"] == {"count": 3, "of": 40}
     assert "| qa |" in (out / "report.md").read_text()
+
+
+def test_elora_set_overrides_come_before_the_command_line_and_bad_entries_are_named(monkeypatch, capsys):
+    from elora_ray.cli import main
+
+    monkeypatch.setenv("ELORA_SET", "train.epochs=1; adapter.rank=2")
+    assert main(["config", "--set", "adapter.rank=5"]) == 0
+    out, err = capsys.readouterr()
+    assert "epochs: 1.0" in out and "rank: 5" in out and "overrides from $ELORA_SET" in err
+    monkeypatch.setenv("ELORA_SET", "train.epochs=1;bogus")
+    assert main(["config"]) == 2
+    assert "$ELORA_SET: 'bogus' is not key=value" in capsys.readouterr().err

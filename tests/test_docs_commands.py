@@ -119,8 +119,10 @@ def test_readme_using_it_commands_run_as_written(tiny_pipeline, tmp_path):
         r = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"`{cmd}` failed:\n{(r.stdout + r.stderr)[-3000:]}"
         ran.append(words[1])
-        if words[1] == "predict":
-            assert "polarity_movies" in r.stdout or "label" in r.stdout.lower(), r.stdout
+        if words[1] == "predict":  # one JSON line: the label and every label's probability
+            (out,) = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+            assert out["label"] in out["probabilities"], out
+            assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         if words[1] == "cluster":  # the command's own --set wins over $ELORA_SET's cluster.num_groups=2
             assert len(json.loads((tmp_path / "runs" / "demo" / "groups.json").read_text())["groups"]) == 3
     assert {"run", "featurize", "estimate", "cluster", "train", "boost", "combine", "baselines", "evaluate",
