@@ -49,3 +49,7 @@ class DataError(EloraError):
 
 class ModelError(EloraError):
     """A model could not be resolved or loaded (never falls back to a hub)."""
+
+
+class DeviceError(EloraError):
+    """A model or worker is not where it must run (a reserved GPU it cannot see, modules split across devices)."""

@@ -42,6 +42,31 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def publish_once(target: str | Path) -> Iterator[Path]:
+    """Like :func:`atomic_path` for a directory whose content is the same whoever builds it (a model cache).
+
+    Several processes (featurize actors, DDP ranks, nodes sharing a cache) may build it at once:
+    the first complete copy is renamed into place and kept; a later one is discarded instead of
+    replacing a directory another process may be reading.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staged = tmp / target.name
+    try:
+        yield staged
+        if not staged.is_dir():
+            raise RuntimeError(f"nothing was written for {target}")
+        try:
+            os.rename(staged, target)  # atomic; fails when another process published first
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def fingerprint(obj: Any) -> str:
     """16 hex digits of the SHA-256 of ``obj`` as sorted JSON: the key every stage compares with
     its artifacts' to decide whether they are current (a rerun skips what matches)."""

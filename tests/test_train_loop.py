@@ -75,3 +75,62 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero():
     linear = [lr_factor(s, 10, "linear", 2) for s in range(10)]
     assert linear == pytest.approx([0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
     assert [lr_factor(s, 4, "linear", 0) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+
+
+_TWO_RANKS = r'''
+import json, os, sys, torch, torch.distributed as dist
+from elora_ray.config import load_config
+from elora_ray.featurize.model_at_init import build_model_at_init
+from elora_ray.models.classifier import TaskSpec
+from elora_ray.tasks.load import load_tasks
+from elora_ray.train.loop import train_adapter
+from elora_ray.train.worker import ignore_frozen_for_ddp
+
+def run(rank, world, init, out):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=40", "suite.tasks_per_group=[1,1]"])
+    tasks = load_tasks(cfg)
+    peft_model, model = build_model_at_init(cfg, [TaskSpec.of(t) for t in tasks], train_heads=True)
+    rows = [(t.name, e) for t in tasks for e in t.splits["train"]]
+    # Each rank "measures" a different validation loss: rank 0 improves once then stalls; rank 1 keeps improving.
+    own = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.9] if rank == 0 else [1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+    stats = train_adapter(peft_model, model, {t.name: t for t in tasks}, rows, epochs=3, lr=1e-3, batch_size=8, seed=0,
+                          validate=lambda: {"loss": next(own), "accuracy": 0.5}, evals_per_epoch=2, patience=2,
+                          shard=(rank, world))
+    ignored = ignore_frozen_for_ddp(peft_model)
+    ddp = torch.nn.parallel.DistributedDataParallel(peft_model, find_unused_parameters=True, broadcast_buffers=False)
+    synced = [n for n, p in peft_model.named_parameters() if any(p is q for q in ddp._module_parameters)]
+    frozen = [n for n, p in peft_model.named_parameters() if not p.requires_grad]
+    json.dump({"steps": stats.steps, "best_step": stats.best_step, "stopped": stats.stopped_early,
+               "losses": [e["loss"] for e in stats.evals], "synced_trainable": all(
+                   p.requires_grad for n, p in peft_model.named_parameters() if n in synced),
+               "synced": len(synced), "frozen": len(frozen), "ignored_frozen": set(frozen) <= set(ignored)},
+              open(f"{out}/rank{rank}.json", "w"))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    from elora_ray.config import load_config as _lc
+    from elora_ray.models.registry import resolve_model_dir
+    resolve_model_dir(_lc(None, ["model.name_or_path=tiny-bert"]).model)  # build the cached model once, not per rank
+    torch.multiprocessing.spawn(run, args=(2, f"file://{out}/rendezvous", out), nprocs=2)
+'''
+
+
+def test_distributed_ranks_take_rank0s_early_stopping_decisions(tmp_path):
+    """Two gloo ranks whose own validation numbers disagree stop together, at rank 0's best step; DDP
+    wraps only the trainable parameters (frozen base weights ignored)."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["losses"] == r1["losses"] == [1.0, 0.5, 0.6, 0.7]  # rank 0's numbers everywhere
+    assert r0["stopped"] and r1["stopped"] and r0["steps"] == r1["steps"] and r0["best_step"] == r1["best_step"]
+    for r in (r0, r1):
+        assert r["ignored_frozen"] and r["synced_trainable"] and 0 < r["synced"] and r["frozen"] > 0

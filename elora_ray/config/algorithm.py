@@ -22,8 +22,14 @@ class FeaturizeConfig(_Section):
     batch_size: int = Field(32, ge=1)
     splits: list[Literal["train", "validation", "test"]] = Field(default_factory=lambda: ["train", "validation"])
     actors: int | Literal["auto"] = "auto"
-    """Ray Data actor pool size; ``auto``: one per GPU, else cpus // cpus_per_actor."""
+    """Ray Data actor pool size; ``auto``: one per GPU, else cpus // cpus_per_actor (of the cluster
+    as it is when the stage starts: on an autoscaling cluster give a number)."""
     cpus_per_actor: float = Field(1.0, gt=0.0)
+    gpus_per_actor: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = "auto"
+    """GPU reserved by each actor (a fraction shares one GPU between actors); ``auto``: 1 when the
+    cluster has GPUs when the stage starts, else 0. Give it explicitly on an autoscaling cluster
+    (GPU nodes that do not exist yet are then started for it). An actor that reserved a GPU and
+    cannot see one stops with an error instead of running on the CPU."""
     shard_size: int = Field(1024, ge=1)
     """Samples per output shard (the unit of resume)."""
     probe: bool = True

@@ -39,6 +39,7 @@ class EnsemblePredictor:
         from ..artifacts import heads_path
         from ..featurize.model_at_init import load_heads
         from ..models.build import build_classifier
+        from ..models.placement import place_model
 
         self.run_dir = Path(run_dir)
         cfg_path = self.run_dir / "config.yaml"
@@ -57,7 +58,7 @@ class EnsemblePredictor:
         if self.mixed and not mixable:
             raise ConfigError(f"mixed adapter batches need a LoRA-family adapter, this run uses {adapter_type!r}")
         model = build_classifier(self.cfg.model, self.specs, quantize=needs_quantized_base(self.cfg.adapter),
-                                 quant_type=self.cfg.adapter.quant_type, seed=self.cfg.seed)
+                                 quant_type=self.cfg.adapter.quant_type, seed=self.cfg.seed, device=self.device)
         heads = heads_path(self.run_dir)
         if heads is not None:
             load_heads(model, heads)
@@ -68,8 +69,7 @@ class EnsemblePredictor:
         log.info("ensemble predictor: %d adapters loaded from %s%s (%s)", trained, self.run_dir,
                  " (+ the untrained θ* reference the boosting learners are measured from)" if len(self.adapters) > trained else "",
                  "mixed-adapter batches" if self.mixed else "one pass per adapter")
-        if not needs_quantized_base(self.cfg.adapter):
-            self.peft_model.to(self.device)
+        place_model(self.peft_model, self.device)  # heads and adapters next to the (possibly 4-bit) backbone
         self.peft_model.eval()
 
     def _load_adapters(self, model, ids: Sequence[str]):

@@ -12,6 +12,7 @@ from ..adapters import attach_adapter, needs_quantized_base
 from ..config import RunConfig
 from ..models.build import build_classifier
 from ..models.classifier import MultiTaskClassifier, TaskSpec
+from ..models.placement import place_model
 
 
 def build_model_at_init(
@@ -23,13 +24,13 @@ def build_model_at_init(
 ):
     """(peft_model, classifier) at θ*: seeded adapter init; heads from ``heads_path`` if given."""
     model = build_classifier(
-        cfg.model, specs, quantize=needs_quantized_base(cfg.adapter), quant_type=cfg.adapter.quant_type, seed=cfg.seed
+        cfg.model, specs, quantize=needs_quantized_base(cfg.adapter), quant_type=cfg.adapter.quant_type, seed=cfg.seed,
+        device=device,
     )
     if heads_path is not None:
         load_heads(model, heads_path)
     peft_model = attach_adapter(model, cfg.adapter, seed=cfg.seed, train_heads=train_heads)
-    if not needs_quantized_base(cfg.adapter):
-        peft_model.to(device)
+    place_model(peft_model, device)  # heads and adapters next to the backbone (a 4-bit one is loaded there)
     peft_model.eval()
     return peft_model, model
 

@@ -95,10 +95,11 @@ def map_samples(tables: list[pa.Table], cfg: RunConfig, specs: list[dict], heads
 
     from .worker import SampleFeaturizer
 
-    gpus = cluster_gpus()
     f = cfg.featurize
+    gpus = cluster_gpus() if f.gpus_per_actor == "auto" or f.actors == "auto" else 0
+    per_actor = (1.0 if gpus else 0.0) if f.gpus_per_actor == "auto" else float(f.gpus_per_actor)
     if f.actors == "auto":
-        actors = gpus if gpus else max(1, int(cluster_cpus() // f.cpus_per_actor))
+        actors = int(gpus // per_actor) if per_actor and gpus else max(1, int(cluster_cpus() // f.cpus_per_actor))
     else:
         actors = int(f.actors)
     actors = max(1, min(actors, len(tables)))
@@ -116,9 +117,10 @@ def map_samples(tables: list[pa.Table], cfg: RunConfig, specs: list[dict], heads
         batch_format="numpy",
         compute=ActorPoolStrategy(size=actors),
         num_cpus=f.cpus_per_actor,
-        num_gpus=1 if gpus else 0,
+        num_gpus=per_actor,
     )  # Ray Data restarts dead actors and retries their batches by default
-    log.info("featurize[%s]: %d actor(s), %s per actor", mode, actors, "1 GPU" if gpus else f"{f.cpus_per_actor:g} CPU")
+    log.info("featurize[%s]: %d actor(s), %s per actor", mode, actors,
+             f"{per_actor:g} GPU" if per_actor else f"{f.cpus_per_actor:g} CPU")
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
 

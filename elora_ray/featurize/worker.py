@@ -7,7 +7,6 @@ gradient of h w.r.t. the adapter, one forward + one backward per batch.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -34,7 +33,9 @@ class SampleFeaturizer:
         torch.set_num_threads(max(1, int(threads)))
         self.cfg = RunConfig.model_validate(cfg_data)
         self.mode = mode
-        self.device = torch.device("cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
+        from ..models.placement import reserved_gpu_ids, worker_device
+
+        self.device = worker_device(bool(reserved_gpu_ids()), "a featurize actor")
         task_specs = [TaskSpec(s["name"], tuple(s["labels"]), s.get("verbalizer")) for s in specs]
         t0 = time.perf_counter()
         self.peft_model, self.model = build_model_at_init(self.cfg, task_specs, heads_path, self.device)

@@ -35,11 +35,14 @@ def build_classifier(
     quantize: bool = False,
     quant_type: str = "nf4",
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> MultiTaskClassifier:
     """Load the backbone from a local directory and add task heads (encoder) or verbalizers.
 
     The backbone is frozen; adapters and heads are made trainable by :mod:`elora_ray.adapters`.
-    ``seed`` fixes the initialisation of the task heads.
+    ``seed`` fixes the initialisation of the task heads. ``device``: where a 4-bit backbone is
+    quantised and kept (bitsandbytes places it at load time; the caller moves the rest there with
+    :func:`elora_ray.models.placement.place_model`). Unquantised models are built on the CPU.
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -53,6 +56,9 @@ def build_classifier(
     kwargs = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code, dtype=_DTYPES[cfg.dtype])
     if quantize:
         kwargs["quantization_config"] = quantization_config(kind, quant_type)
+        target = torch.device(device) if device is not None else torch.device("cpu")
+        if target.type != "cpu" or torch.cuda.is_available():  # explicit (else bitsandbytes takes the current GPU)
+            kwargs["device_map"] = {"": str(target) if target.index is not None else f"{target.type}:0"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
         if kind == "decoder":

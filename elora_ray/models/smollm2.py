@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ModelError
-from ..io import atomic_path
+from ..io import publish_once
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def smollm2_dir(cache: Path) -> Path:
         delattr(config, "quantization_config")
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    with atomic_path(target) as tmp:
+    with publish_once(target) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
     return target

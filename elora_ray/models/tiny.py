@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from ..errors import ModelError
-from ..io import atomic_path
+from ..io import publish_once
 
 TINY_HIDDEN = 64
 
@@ -43,7 +43,7 @@ def tiny_model_dir(name: str, cache: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
     model = _build(name, tok.vocab_size)
-    with atomic_path(target) as tmp:
+    with publish_once(target) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
     return target

@@ -155,7 +155,7 @@ def train_adapter(
     def check() -> bool:
         """Validate; returns True to stop."""
         nonlocal best_params
-        m = validate() if validate is not None else {}
+        m = from_rank0(validate() if validate is not None else {}, world)
         m["step"] = state.step
         if stats.losses:  # none yet at the start check (no NaN into the metric sinks)
             m["train_loss"] = float(np.mean(stats.losses[-eval_every:]))
@@ -218,6 +218,22 @@ def train_adapter(
         load_trainable_state(peft_model, best_params)
     peft_model.eval()
     return stats
+
+
+def from_rank0(metrics: dict, world: int) -> dict:
+    """Rank 0's validation metrics on every rank of a distributed run.
+
+    Every rank validates the same weights, but floating-point reductions can differ in the last
+    bits; a rank that decided "improved" or "stop" differently would wait forever in the next
+    collective. Early stopping and the best step are therefore always rank 0's decisions.
+    """
+    import torch.distributed as dist
+
+    if world <= 1 or not dist.is_available() or not dist.is_initialized():
+        return metrics
+    box = [metrics]
+    dist.broadcast_object_list(box, src=0)
+    return dict(box[0])
 
 
 def lr_factor(step: int, total_steps: int, schedule: str, warmup: int) -> float:

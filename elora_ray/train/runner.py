@@ -121,7 +121,11 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     t0 = time.perf_counter()
     threads = max(1, int(cfg.train.cpus_per_worker))
     torch.set_num_threads(threads)
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    from ..models.placement import worker_device
+
+    # Only a local-mode job reserves a GPU itself (num_gpus=1); with Ray Train workers this task is
+    # a 0-resource launcher and exports on the CPU.
+    device = str(worker_device(use_gpu and cfg.train.num_workers == 0, f"training job {job.id}"))
     if job.kind == "reference":
         return export_job(cfg, run, job, None, {}, fingerprint, time.perf_counter() - t0, device)
     if job.kind == "linearized":

@@ -90,6 +90,19 @@ def _quiet_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def ignore_frozen_for_ddp(module: torch.nn.Module) -> list[str]:
+    """Tell DDP to leave the frozen base weights alone: no broadcast at wrap time, no gradient buckets.
+
+    Every rank builds the same base model from the same files, so only the trainable adapter and
+    heads need syncing. Returns the ignored names (the frozen parameters and all buffers).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = [n for n, p in module.named_parameters() if not p.requires_grad] + [n for n, _ in module.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+    return names
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
@@ -101,7 +114,11 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     threads = max(1, int(config.get("threads", 1)))
     torch.set_num_threads(threads)
-    use_gpu = bool(config.get("use_gpu")) and torch.cuda.is_available()
+    use_gpu = bool(config.get("use_gpu"))
+    if use_gpu:
+        from ..models.placement import worker_device
+
+        worker_device(True, f"Ray Train worker {rank} of adapter {config['job'].get('id')}")  # fails loudly if not visible
     if world > 1 or use_gpu:
         import ray.train.torch as rtt
 
@@ -130,9 +147,12 @@ def train_loop_per_worker(config: dict) -> None:
         if t.strategy != "deepspeed" and world > 1:
             import ray.train.torch as rtt
 
-            # A mixed-task batch touches only the heads of the tasks it contains.
+            ignore_frozen_for_ddp(peft_model)
+            # A mixed-task batch touches only the heads of the tasks it contains (find_unused_parameters);
+            # buffers are constants of the base model (no broadcast before every forward).
             forward = rtt.prepare_model(peft_model, parallel_strategy="ddp", move_to_device=False,
-                                        parallel_strategy_kwargs={"find_unused_parameters": True})
+                                        parallel_strategy_kwargs={"find_unused_parameters": True,
+                                                                  "broadcast_buffers": False})
         jcfg_adapter = cfg.adapter if job.adapter_type is None else cfg.adapter.model_copy(update={"type": job.adapter_type})
 
         def regularizer():

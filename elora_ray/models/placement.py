@@ -1,0 +1,122 @@
+"""Where a model runs: one device for all of its modules, chosen explicitly, never by silent fallback.
+
+Two rules (issue: "ready for real clusters"):
+
+* A worker that **reserved** a GPU (a Ray actor or task with ``num_gpus``, a Ray Train worker with
+  ``use_gpu``) and cannot see one is broken (a CPU-only torch build, a driver problem): it fails
+  at once with :class:`DeviceError` instead of running hours on the CPU. A worker that did not
+  reserve one uses the CPU even when a GPU is visible (it would otherwise share a GPU that Ray
+  gave to someone else).
+* After a model is built every parameter and buffer sits on one device. A 4-bit backbone is put
+  on its device when it is loaded (bitsandbytes quantises it there); :func:`place_model` then
+  moves the rest (task heads, adapters, verbaliser tables) next to it, and
+  :func:`assert_one_device` names any module that is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import DeviceError
+
+__all__ = ["DeviceError", "assert_one_device", "devices_of", "is_quantized", "place_model", "reserved_gpu_ids",
+           "worker_device"]
+
+
+def reserved_gpu_ids() -> list:
+    """The GPU ids Ray assigned to the current worker ([] outside Ray or without a reservation)."""
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:  # noqa: BLE001 - not inside a Ray worker
+        return []
+
+
+def worker_device(reserved_gpu: bool, what: str) -> torch.device:
+    """``cuda`` for a worker that reserved a GPU (it must be visible), else ``cpu``.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the reserved GPU(s), so ``cuda`` (index 0) is this
+    worker's own GPU. ``what`` names the worker in the error message.
+    """
+    if not reserved_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        import socket
+
+        raise DeviceError(
+            f"{what} reserved a GPU on {socket.gethostname()} but torch cannot use one "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}). Install a CUDA build of "
+            "torch on every GPU node (see cluster/Dockerfile), or run on CPUs (train.use_gpu=false, "
+            "featurize.num_gpus=0)")
+    return torch.device("cuda")
+
+
+def is_quantized(p: torch.Tensor) -> bool:
+    """A bitsandbytes 4-bit parameter (placed when the model is loaded; never moved after)."""
+    return type(p).__name__ == "Params4bit"
+
+
+def place_model(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """Move every parameter and buffer of ``model`` to ``device``; 4-bit weights must already be there.
+
+    Each module is moved by torch's own ``_apply`` (as ``Module.to`` does), except that 4-bit
+    weights are never touched. Call it before building an optimizer. Returns ``model`` after
+    :func:`assert_one_device`.
+    """
+    device = torch.device(device)
+    move = lambda t: t.to(device)  # noqa: E731
+    for module in model.modules():
+        local = [(n, p) for n, p in module._parameters.items() if p is not None]
+        stray_4bit = [n for n, p in local if is_quantized(p) and not _same(p.device, device)]
+        if stray_4bit:
+            raise DeviceError(f"4-bit weight '{stray_4bit[0]}' of {type(module).__name__} was loaded on "
+                              f"{module._parameters[stray_4bit[0]].device}, not on {device}: build the model with device={device}")
+        if not any(is_quantized(p) for _, p in local):
+            module._apply(move, recurse=False)  # torch's own rules for parameters, their gradients and buffers
+            continue
+        for name, p in local:  # a 4-bit layer: its other parameters (bias) and buffers only
+            if not is_quantized(p) and not _same(p.device, device):
+                p.data = p.data.to(device)
+        for name, b in list(module._buffers.items()):
+            if b is not None and not _same(b.device, device):
+                module._buffers[name] = b.to(device)
+    assert_one_device(model, device)
+    return model
+
+
+def devices_of(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Device → names of the parameters and buffers on it."""
+    out: dict[str, list[str]] = {}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        out.setdefault(str(t.device), []).append(name)
+    return out
+
+
+def assert_one_device(model: torch.nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """The one device all of ``model`` is on; :class:`DeviceError` naming the strays otherwise."""
+    where = devices_of(model)
+    if not where:
+        return torch.device(device) if device is not None else torch.device("cpu")
+    if device is not None:
+        target = str(torch.device(device))
+        target = next((d for d in where if _same(torch.device(d), torch.device(target))), target)
+    else:
+        target = max(where, key=lambda d: len(where[d]))
+    strays = {d: names for d, names in where.items() if d != target}
+    if strays:
+        detail = "; ".join(f"{len(n)} on {d} (e.g. {', '.join(n[:3])})" for d, n in strays.items())
+        raise DeviceError(f"{type(model).__name__} is split across devices: expected everything on {target}, found {detail}")
+    return torch.device(target)
+
+
+def _same(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are the same place when only one GPU is visible (as in a Ray GPU worker)."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        return (a.index or 0) == (b.index or 0) or a.type == "cpu"
+    return a.index == b.index

@@ -1,0 +1,129 @@
+"""Device placement: every built model on one device, and a reserved GPU that is not visible fails loudly."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+import torch
+
+from elora_ray.config import load_config
+from elora_ray.errors import DeviceError
+from elora_ray.featurize.model_at_init import build_model_at_init
+from elora_ray.models.classifier import TaskSpec
+from elora_ray.models.placement import assert_one_device, devices_of, place_model, worker_device
+
+TASKS = [TaskSpec("sent", ("negative", "positive")), TaskSpec("nli", ("entailment", "neutral", "contradiction"))]
+
+
+def _cfg(model: str, adapter: str):
+    return load_config(None, [f"model.name_or_path={model}", "model.max_length=16", f"adapter.type={adapter}"])
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
+@pytest.mark.parametrize("adapter", ["lora", "qlora", "adapter", "qadapter", "mplora"])
+def test_every_built_model_is_on_one_device(model, adapter):
+    peft_model, classifier = build_model_at_init(_cfg(model, adapter), TASKS, device="cpu", train_heads=True)
+    assert assert_one_device(peft_model) == torch.device("cpu")
+    assert set(devices_of(peft_model)) == {"cpu"}
+    # every trainable part (adapter, heads) is among what was checked
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and trainable <= set(devices_of(peft_model)["cpu"])
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
+def test_place_model_moves_heads_adapters_and_buffers_next_to_the_backbone(model):
+    """The 'meta' device stands in for a GPU: after placement nothing is left on the CPU."""
+    peft_model, classifier = build_model_at_init(_cfg(model, "lora"), TASKS, device="cpu", train_heads=True)
+    place_model(peft_model, "meta")
+    where = devices_of(peft_model)
+    assert set(where) == {"meta"}, where
+    assert any(p.requires_grad for p in peft_model.parameters())  # still trainable where it was
+
+
+def test_a_model_split_across_devices_is_named():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    net[1].to("meta")
+    with pytest.raises(DeviceError, match=r"split across devices.*1\.weight"):
+        assert_one_device(net, "cpu")
+
+
+def test_a_4bit_weight_on_another_device_is_not_moved_silently():
+    class Params4bit(torch.nn.Parameter):  # the class name is what bitsandbytes uses
+        pass
+
+    layer = torch.nn.Linear(2, 2)
+    layer.weight = Params4bit(torch.zeros(2, 2, device="meta"), requires_grad=False)
+    with pytest.raises(DeviceError, match="4-bit weight 'weight'.*loaded on meta"):
+        place_model(layer, "cpu")
+
+
+def test_worker_device_without_a_reservation_is_the_cpu():
+    assert worker_device(False, "x") == torch.device("cpu")
+
+
+def test_a_reserved_gpu_that_torch_cannot_see_fails_loudly(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(DeviceError, match=r"a featurize actor reserved a GPU.*CUDA_VISIBLE_DEVICES='0'.*CUDA build"):
+        worker_device(True, "a featurize actor")
+
+
+def test_featurize_actor_that_reserved_a_gpu_it_cannot_see_stops(monkeypatch):
+    """The real actor class, as Ray Data constructs it, with Ray's reservation faked."""
+    import elora_ray.models.placement as placement
+    from elora_ray.featurize.worker import SampleFeaturizer
+
+    monkeypatch.setattr(placement, "reserved_gpu_ids", lambda: [0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _cfg("tiny-bert", "lora")
+    specs = [{"name": t.name, "labels": list(t.labels)} for t in TASKS]
+    with pytest.raises(DeviceError, match="featurize actor reserved a GPU"):
+        SampleFeaturizer(cfg.model_dump(mode="json"), specs, None, "gradients")
+
+
+def test_ray_gpu_reservation_without_a_visible_gpu_fails_in_the_worker():
+    """A Ray instance that believes it has a GPU (declared, none present): the reserving task errors."""
+    script = textwrap.dedent("""
+        import ray
+        from elora_ray.models.placement import reserved_gpu_ids, worker_device
+        ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=%r)
+
+        @ray.remote(num_gpus=1)
+        def reserve():
+            return reserved_gpu_ids(), str(worker_device(bool(reserved_gpu_ids()), "a GPU task"))
+
+        @ray.remote(num_gpus=0)
+        def plain():
+            return reserved_gpu_ids(), str(worker_device(bool(reserved_gpu_ids()), "a CPU task"))
+
+        print("plain", ray.get(plain.remote()))
+        try:
+            print("reserved", ray.get(reserve.remote()))
+        except Exception as exc:
+            print("ERROR", type(exc).__name__, str(exc).splitlines()[-1][:300])
+        ray.shutdown()
+    """ % tempfile.mkdtemp(prefix="rg", dir="/tmp"))  # short: Ray's socket paths must stay under 107 bytes
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
+    assert "plain ([], 'cpu')" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "ERROR" in out.stdout and "a GPU task reserved a GPU" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def test_a_model_cache_built_by_two_processes_at_once_keeps_the_first_copy(tmp_path):
+    """Featurize actors, DDP ranks or nodes sharing a cache may build the same model directory at once:
+    the first complete copy is published, later ones are dropped (a reader never sees it vanish)."""
+    from elora_ray.io import publish_once
+
+    target = tmp_path / "models" / "m"
+    with publish_once(target) as a:
+        a.mkdir()
+        (a / "config.json").write_text("first")
+        with publish_once(target) as b:  # another builder finishes first
+            b.mkdir()
+            (b / "config.json").write_text("second")
+        assert (target / "config.json").read_text() == "second"
+    assert (target / "config.json").read_text() == "second"  # the slower copy was discarded, not swapped in
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m"]  # no temporaries left
