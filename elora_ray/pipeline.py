@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 from .config import RunConfig
 from .io import fingerprint, write_json, write_text
 from .layout import RunLayout
+from .raysession import check_shared_storage, ensure_ray
 from .runlog import setup_logging
 from .stages import PIPELINE, Stage, get_stage, pipeline_names
 
@@ -38,6 +40,7 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
     if until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     init_run_dir(cfg, out)
+    _check_storage_once(cfg, out)
     results: dict = {}
     seconds: dict[str, float] = {}
     last = STAGES.index(until)
@@ -48,6 +51,21 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
     results["_work_seconds"] = {k: work.get(k, {}).get("seconds", v) for k, v in seconds.items()}
     results["_skipped"] = [k for k in seconds if work.get(k, {}).get("skipped_last", False)]
     return results
+
+
+_CHECKED: set[str] = set()
+
+
+def _check_storage_once(cfg: RunConfig, out: Path) -> None:
+    """Connected to a multi-node cluster (``ray.address`` / ``$RAY_ADDRESS``, e.g. under ``ray job
+    submit``): every node must see the run directory, checked once per process and directory."""
+    import ray
+
+    if str(out.resolve()) in _CHECKED or not (ray.is_initialized() or cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        return
+    ensure_ray(cfg.ray)
+    check_shared_storage(out)
+    _CHECKED.add(str(out.resolve()))
 
 
 def run_stage(cfg: RunConfig, out: str | Path, name: str, force: bool = False, **options) -> dict:

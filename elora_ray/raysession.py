@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 from .config import RayConfig
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +83,58 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def _sees_file(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def probe_nodes(path: str, token: str, timeout_s: float = 120.0) -> dict[str, bool]:
+    """Node id → whether a 0-CPU task pinned to that node reads ``token`` from ``path``."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_sees_file)
+    refs = {node: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(path, token)
+            for node in nodes}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    done = set(ready)
+    return {node: (ray.get(ref) if ref in done else False) for node, ref in refs.items()}
+
+
+def check_shared_storage(run_dir: str | Path, probe: Callable[[str, str], dict[str, bool]] | None = None) -> int:
+    """On a multi-node Ray cluster, stop at once unless every node sees ``run_dir``.
+
+    Stages write their artifacts under the run directory from whichever node runs them, so it must
+    be on storage every node mounts at the same path. A marker file is written by the driver and
+    read back on each node by a pinned 0-CPU task. Returns the number of nodes checked (0: one
+    node or no Ray connection, nothing to check).
+    """
+    import ray
+
+    if not ray.is_initialized() or sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
+        return 0
+    import uuid
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    marker = run_dir / f".visible-{token}"
+    marker.write_text(token)
+    try:
+        seen = (probe or probe_nodes)(str(marker), token)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = sorted(node for node, ok in seen.items() if not ok)
+    if blind:
+        addr = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()}
+        where = ", ".join(f"{addr.get(n, '?')} ({n[:8]})" for n in blind)
+        raise ConfigError(f"--out {run_dir} is not visible from {len(blind)} of {len(seen)} Ray nodes: {where}. "
+                          "The run directory must be on storage every node mounts at the same path "
+                          "(NFS, EFS, a ReadWriteMany volume; see docs/operations.md)")
+    log.info("run directory %s is visible from all %d Ray nodes", run_dir, len(seen))
+    return len(seen)

@@ -35,13 +35,16 @@ try:
     cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=120", "featurize.dim=16",
                              "featurize.actors=2", "featurize.batch_size=2",
                              "estimate.num_subsets=20", "train.epochs=1", "cluster.num_groups=4"])
+    from elora_ray.raysession import check_shared_storage
+    checked = check_shared_storage(out)  # all three nodes see it (one machine)
     run_stages(cfg, out, until="train")
     groups = json.loads((out / "groups.json").read_text())["groups"]
     records = [read_job_record(out, f"group-{i}") for i in range(len(groups))]
     manifest = json.loads((out / "features" / "manifest.json").read_text())
     print("RESULT " + json.dumps({
         "workers": [w.node_id for w in workers], "head": cluster.head_node.node_id,
-        "feature_nodes": manifest["samples_per_node"], "train_nodes": [r["node_id"] for r in records]}))
+        "feature_nodes": manifest["samples_per_node"], "train_nodes": [r["node_id"] for r in records],
+        "storage_checked_nodes": checked}))
 finally:
     ray.shutdown()
     cluster.shutdown()
@@ -74,3 +77,28 @@ def test_featurize_and_training_spread_over_two_worker_nodes(tmp_path):
     assert all(n > 0 for n in res["feature_nodes"].values())
     # training: the group adapters were trained on both workers
     assert set(res["train_nodes"]) == workers, res["train_nodes"]
+    assert res["storage_checked_nodes"] == 3  # the shared-storage check ran a probe on every node
+
+
+def test_a_run_directory_some_node_cannot_see_stops_at_once(tmp_path, monkeypatch):
+    """The decision of the shared-storage check, with the per-node probe replaced (on one machine
+    every node sees every path): a blind node is named, and the marker file is removed."""
+    import ray
+
+    from elora_ray.errors import ConfigError
+    from elora_ray.raysession import check_shared_storage
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeID": "a" * 56, "Alive": True, "NodeManagerAddress": "10.0.0.1"},
+                                               {"NodeID": "b" * 56, "Alive": True, "NodeManagerAddress": "10.0.0.2"}])
+    seen_paths = []
+
+    def probe(path, token):
+        seen_paths.append(path)
+        assert Path(path).read_text() == token  # the driver wrote it before asking
+        return {"a" * 56: True, "b" * 56: False}
+
+    with pytest.raises(ConfigError, match=r"--out .* is not visible from 1 of 2 Ray nodes: 10\.0\.0\.2 \(bbbbbbbb\)"):
+        check_shared_storage(tmp_path / "run", probe=probe)
+    assert not Path(seen_paths[0]).exists()
+    assert check_shared_storage(tmp_path / "run", probe=lambda p, t: {"a" * 56: True, "b" * 56: True}) == 2
