@@ -113,7 +113,10 @@ def test_cluster_recipe_of_the_docs_runs_as_written(tmp_path):
                     f"--metrics-export-port={p[2]} --runtime-env-agent-port={p[3]} --num-cpus=2 --temp-dir={temp_dir} "
                     "--disable-usage-stats")
     isolate_worker = (f"--node-ip-address=127.0.0.1 --dashboard-agent-listen-port={p[4]} --dashboard-agent-grpc-port={p[5]} "
-                      f"--metrics-export-port={p[6]} --runtime-env-agent-port={p[7]} --num-cpus=1 --disable-usage-stats")
+                      f"--metrics-export-port={p[6]} --runtime-env-agent-port={p[7]} --num-cpus=1 --disable-usage-stats "
+                      # its own temp dir, as on a separate machine: sharing the head's, the worker node's
+                      # runtime-env agent deletes the unpacked working dir the job's driver runs in
+                      f"--temp-dir={temp_dir}w")
 
     def bash(block: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-e", "-c", block], cwd=REPO, env=env, capture_output=True, text=True,
@@ -170,3 +173,4 @@ def test_cluster_recipe_of_the_docs_runs_as_written(tmp_path):
         _kill_cluster(temp_dir)
         _kill_cluster(f"127.0.0.1:{gcs}")
         shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(f"{temp_dir}w", ignore_errors=True)
