@@ -30,6 +30,7 @@ SMOKE: list[tuple[str, list[str], list[str]]] = [
      ["training_sweep_quick.json", "training_sweep_quick.png"]),
     ("sharpness", ["sharpness.py", "--quick"], ["sharpness_quick.json", "sharpness_quick.png"]),
     ("scaling", ["scaling.py", "--quick"], ["scaling_quick.json", "scaling_quick.png"]),
+    ("gpu_check", ["gpu_check.py", "--quick"], ["gpu_check_quick.json", "gpu_check_quick.md"]),
     ("affinity_planted", ["affinity_planted.py", "--quick"], ["affinity_planted_quick.json", "affinity_planted_quick.md"]),
     ("affinity_scale", ["affinity_scale.py", "--quick"], ["affinity_scale_quick.json", "affinity_scale_quick.md"]),
     ("federated", ["federated_shakespeare.py", "--quick", "--fresh", "--set", "federated.min_clients=24",
