@@ -17,7 +17,7 @@ from .algorithm import AnalyzeConfig, ClusterConfig, EstimateConfig, FeaturizeCo
 from .federated import FederatedConfig, RayConfig
 from .load import apply_override, dump_config, load_config, parse_override
 from .run import RunConfig
-from .sections import GENERIC_FORMATS, AdapterConfig, ModelConfig, SplitConfig, SuiteConfig, TaskConfig
+from .sections import GENERIC_FORMATS, AdapterConfig, ComputeConfig, ModelConfig, SplitConfig, SuiteConfig, TaskConfig
 from .training import (
                        BaselinesConfig,
                        BoostConfig,
@@ -29,7 +29,7 @@ from .training import (
 )
 
 __all__ = [
-    "GENERIC_FORMATS", "AdapterConfig", "AnalyzeConfig", "BaselinesConfig", "BoostConfig", "ClusterConfig", "ConfigError",
+    "GENERIC_FORMATS", "AdapterConfig", "AnalyzeConfig", "ComputeConfig", "BaselinesConfig", "BoostConfig", "ClusterConfig", "ConfigError",
     "DeepSpeedConfig", "EnsembleConfig", "EstimateConfig", "EvaluateConfig", "FeaturizeConfig", "FederatedConfig",
     "FidelityConfig", "ModelConfig", "RayConfig", "RunConfig", "SharpnessConfig", "SplitConfig", "SuiteConfig",
     "TaskConfig", "TrainConfig", "TuneConfig", "apply_override", "dump_config", "load_config", "parse_override",

@@ -10,13 +10,14 @@ from pydantic import Field, field_validator, model_validator
 
 from .algorithm import AnalyzeConfig, ClusterConfig, EstimateConfig, FeaturizeConfig, FidelityConfig
 from .federated import FederatedConfig, RayConfig
-from .sections import AdapterConfig, ModelConfig, SplitConfig, SuiteConfig, TaskConfig, _Section
+from .sections import AdapterConfig, ComputeConfig, ModelConfig, SplitConfig, SuiteConfig, TaskConfig, _Section
 from .training import BaselinesConfig, BoostConfig, EnsembleConfig, EvaluateConfig, TrainConfig, TuneConfig
 
 
 class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
     tasks: list[TaskConfig] = Field(default_factory=list)
     suite: SuiteConfig = Field(default_factory=SuiteConfig)
     splits: SplitConfig = Field(default_factory=SplitConfig)

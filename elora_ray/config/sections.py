@@ -28,6 +28,19 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
+class ComputeConfig(_Section):
+    """Numeric precision of model forward passes (featurisation, training, evaluation)."""
+
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``auto``: bf16 autocast on a GPU that supports it, fp32 elsewhere (so CPU results are the fp32
+    ones); ``bf16``: bf16 autocast everywhere (CPU too, where torch supports it); ``fp32``: never.
+    Weights, optimizer states and per-sample gradients stay fp32; only the forward's matmuls run in
+    bf16. Only an explicit ``bf16`` is part of the artifacts' fingerprints (fp32 and auto keep the
+    fp32 runs' fingerprints), so do not resume an ``auto`` run on other hardware."""
+    tf32: bool = True
+    """Let fp32 matmuls use TF32 tensor cores on GPUs (``torch.backends.cuda.matmul.allow_tf32``)."""
+
+
 class AdapterConfig(_Section):
     type: str = "lora"
     """One of :data:`elora_ray.adapter_types.ADAPTER_TYPES` (lora, qlora, mplora, adapter, qadapter)."""

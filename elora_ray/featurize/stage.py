@@ -32,6 +32,7 @@ from ..artifacts import read_prepared
 from ..config import RunConfig
 from ..errors import DataError
 from ..io import fingerprint, write_json, write_parquet
+from ..models.precision import fingerprint_part
 from ..layout import FEATURE_DIR, RunLayout
 from ..raysession import cluster_cpus, cluster_gpus, ensure_ray
 from ..tasks.schema import TaskData
@@ -49,6 +50,7 @@ def features_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
         "featurize": {k: getattr(f, k) for k in ("dim", "projection", "block_rows", "probe", "probe_samples_per_task", "probe_l2")},
         "seed": cfg.seed,
         "version": 1,
+        **fingerprint_part(cfg.compute.precision),
     }
     return fingerprint(part)
 

@@ -35,7 +35,11 @@ class SampleFeaturizer:
         self.mode = mode
         from ..models.placement import reserved_gpu_ids, worker_device
 
+        from ..models.precision import apply_tf32, resolve_precision
+
         self.device = worker_device(bool(reserved_gpu_ids()), "a featurize actor")
+        self.precision = resolve_precision(self.cfg.compute.precision, self.device)
+        apply_tf32(self.cfg.compute.tf32)
         task_specs = [TaskSpec(s["name"], tuple(s["labels"]), s.get("verbalizer")) for s in specs]
         t0 = time.perf_counter()
         self.peft_model, self.model = build_model_at_init(self.cfg, task_specs, heads_path, self.device)
@@ -90,9 +94,12 @@ class SampleFeaturizer:
         return out
 
     def _gradients(self, enc: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..models.precision import autocast
+
         with PerSampleGradients(self.layers) as psg:
-            logits = self.peft_model(**enc)
-            h = gold_log_odds(logits, labels)
+            with autocast(self.precision, self.device):  # the forward only; gradients come back fp32
+                logits = self.peft_model(**enc)
+            h = gold_log_odds(logits.float(), labels)
             grads = psg.backward(h)
         return h, grads
 

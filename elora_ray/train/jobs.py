@@ -21,6 +21,7 @@ from ..artifacts import read_job_record
 from ..config import RunConfig
 from ..io import fingerprint
 from ..layout import RunLayout
+from ..models.precision import fingerprint_part
 
 
 @dataclass
@@ -69,6 +70,7 @@ class AdapterJob:
             "featurize": cfg.featurize.model_dump(mode="json", include={"probe", "probe_samples_per_task", "probe_l2", "dim", "projection"}),
             "seed": cfg.seed,
             "data": data_fingerprint,
+            **fingerprint_part(cfg.compute.precision),
         }
         return fingerprint(relevant)
 

@@ -102,6 +102,7 @@ def train_adapter(
     schedule: Literal["constant", "linear"] = "constant",
     warmup_fraction: float = 0.0,
     validate_at_start: bool = False,
+    precision: str = "fp32",
     on_eval: Callable[[LoopState, dict, bool, Any], None] | None = None,
     resume: tuple[LoopState, dict] | None = None,
     shard: tuple[int, int] = (0, 1),
@@ -121,6 +122,8 @@ def train_adapter(
     ``schedule``/``warmup_fraction``: the learning rate rises linearly over the first
     ``warmup_fraction`` of the steps, then stays (``constant``) or falls linearly to 0 (``linear``);
     it is a function of the step alone, so a resumed run continues on the same curve.
+    ``precision``: ``bf16`` runs each training forward under bf16 autocast (loss, backward and the
+    optimizer stay fp32); validation is always fp32.
     ``validate_at_start``: check (and checkpoint) the starting point before the first step, so the
     result is never worse on validation than the model it started from.
     """
@@ -195,10 +198,10 @@ def train_adapter(
             from ..models.flops import FlopCounter
 
             with FlopCounter(fwd) as counter:
-                value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer)
+                value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer, precision)
             flops_per_token = counter.total / max(1, padded)
         else:
-            value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer)
+            value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer, precision)
         state.step += 1
         stats.losses.append(value)
         stats.steps += 1
@@ -264,8 +267,12 @@ class _EngineStep:
         self.engine.step()
 
 
-def _step(fwd, opt, enc, labels, loss: str, targets, regularizer) -> float:
-    logits = fwd(**enc)
+def _step(fwd, opt, enc, labels, loss: str, targets, regularizer, precision: str = "fp32") -> float:
+    from ..models.precision import autocast
+
+    with autocast(precision, labels.device):  # the forward only; the loss and the backward in fp32
+        logits = fwd(**enc)
+    logits = logits.float()
     if loss == "ce":
         value = torch.nn.functional.cross_entropy(logits, labels)
     else:

@@ -127,8 +127,11 @@ def train_loop_per_worker(config: dict) -> None:
         device = torch.device("cpu")
 
     from ..adapters import regularization_loss
+    from ..models.precision import apply_tf32, resolve_precision
     from .model import build_job_model, load_training_state, restore_rng, save_training_state
 
+    precision = resolve_precision(cfg.compute.precision, device)
+    apply_tf32(cfg.compute.tf32)
     tasks = read_prepared(run_dir)
     by_name = {t.name: t for t in tasks}
     specs = [TaskSpec.of(t) for t in tasks]
@@ -217,6 +220,7 @@ def train_loop_per_worker(config: dict) -> None:
             validate=validate if val_rows else None,
             evals_per_epoch=t.evals_per_epoch, patience=t.patience,
             schedule=t.schedule, warmup_fraction=t.warmup_fraction, validate_at_start=t.validate_at_start,
+            precision=precision,
             metric="loss" if job.loss != "ce" else t.early_stopping_metric,
             on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward, progress=on_step, engine=engine,
         )

@@ -1,0 +1,75 @@
+"""compute.precision: bf16 autocast of the forward (featurisation and training), fp32 kept where it is today."""
+
+import numpy as np
+import pytest
+import torch
+
+from elora_ray.config import ConfigError, load_config
+from elora_ray.featurize.model_at_init import build_model_at_init
+from elora_ray.featurize.stage import features_fingerprint
+from elora_ray.featurize.worker import SampleFeaturizer
+from elora_ray.models.classifier import TaskSpec
+from elora_ray.models.precision import resolve_precision
+from elora_ray.tasks.load import load_tasks
+from elora_ray.train.jobs import AdapterJob
+from elora_ray.train.loop import train_adapter, trainable_state
+
+TASKS = [TaskSpec("sent", ("negative", "positive")), TaskSpec("nli", ("entailment", "neutral", "contradiction"))]
+bf16_cpu = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no bf16 CPU kernels")
+
+
+def _cfg(*sets: str):
+    return load_config(None, ["model.name_or_path=tiny-bert", "model.max_length=16", *sets])
+
+
+def test_precision_setting_is_validated_and_resolved():
+    with pytest.raises(ConfigError, match="compute.precision"):
+        _cfg("compute.precision=fp16")
+    assert resolve_precision("auto", "cpu") == "fp32"  # CPU runs keep their fp32 results
+    assert resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_fp32_and_auto_keep_the_fingerprints_bf16_changes_them():
+    base = features_fingerprint(_cfg(), "data")
+    assert features_fingerprint(_cfg("compute.precision=fp32"), "data") == base
+    assert features_fingerprint(_cfg("compute.precision=auto", "compute.tf32=false"), "data") == base
+    assert features_fingerprint(_cfg("compute.precision=bf16"), "data") != base
+    job = AdapterJob(id="group-0", method="ensemble", tasks=["sent"])
+    assert job.fingerprint(_cfg("compute.precision=fp32"), "d") == job.fingerprint(_cfg(), "d")
+    assert job.fingerprint(_cfg("compute.precision=bf16"), "d") != job.fingerprint(_cfg(), "d")
+
+
+@bf16_cpu
+def test_bf16_featurisation_is_close_to_fp32_not_equal():
+    specs = [{"name": t.name, "labels": list(t.labels)} for t in TASKS]
+    batch = {"task": np.array(["sent", "nli", "sent", "nli"], dtype=object),
+             "text": np.array(["a good film", "a man sleeps", "dull and long", "two dogs run"], dtype=object),
+             "text_pair": np.array([None, "a person rests", None, "animals move"], dtype=object),
+             "split": np.array(["train"] * 4, dtype=object), "sample_id": np.array(["0", "1", "2", "3"], dtype=object),
+             "label": np.array(["positive", "neutral", "negative", "entailment"], dtype=object),
+             "label_id": np.array([1, 1, 0, 0]), "shard": np.array([0] * 4)}
+    out = {p: SampleFeaturizer(_cfg(f"compute.precision={p}", "featurize.dim=64").model_dump(mode="json"), specs, None,
+                               "gradients")(dict(batch)) for p in ("fp32", "bf16")}
+    a, b = out["fp32"]["grad"].astype(np.float64), out["bf16"]["grad"].astype(np.float64)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98, cos  # the same gradients up to bf16 rounding of the forward
+    assert not np.array_equal(a, b)  # and the forward really ran in bf16
+    np.testing.assert_allclose(out["bf16"]["h0"], out["fp32"]["h0"], atol=0.05)
+
+
+@bf16_cpu
+def test_bf16_training_learns_like_fp32():
+    cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=40", "suite.tasks_per_group=[1,1]"])
+    tasks = load_tasks(cfg)
+    rows = [(t.name, e) for t in tasks for e in t.splits["train"]]
+    final = {}
+    for precision in ("fp32", "bf16"):
+        peft_model, model = build_model_at_init(cfg, [TaskSpec.of(t) for t in tasks], train_heads=True)
+        stats = train_adapter(peft_model, model, {t.name: t for t in tasks}, rows, epochs=3, lr=5e-3, batch_size=8,
+                              seed=0, precision=precision)
+        assert np.mean(stats.losses[-3:]) < np.mean(stats.losses[:3])  # it learns
+        final[precision] = trainable_state(peft_model)
+        assert all(v.dtype == torch.float32 for v in final[precision].values())  # weights stay fp32
+    assert any(not torch.equal(final["fp32"][k], final["bf16"][k]) for k in final["fp32"])
