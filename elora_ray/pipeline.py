@@ -35,7 +35,7 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
     """Run the pipeline stages up to and including ``until``; returns {stage: result, "_seconds": {...}}.
 
     ``force`` redoes every stage, ``force_last`` only ``until``."""
-    out = Path(out)
+    out = Path(out).absolute()  # Ray workers of an existing cluster do not share the driver's working dir
     until = until.replace("-", "_")
     if until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
@@ -70,7 +70,7 @@ def _check_storage_once(cfg: RunConfig, out: Path) -> None:
 
 def run_stage(cfg: RunConfig, out: str | Path, name: str, force: bool = False, **options) -> dict:
     """Run one stage by name (pipeline or side stage), after the stages it needs; returns its result."""
-    stage, out = get_stage(name), Path(out)
+    stage, out = get_stage(name), Path(out).absolute()
     if stage in PIPELINE:
         return run_stages(cfg, out, until=stage.name, force_last=force)[stage.name]
     if stage.after is not None:
@@ -128,7 +128,7 @@ def record_stage_metrics(cfg: RunConfig, out: Path, stage: Stage, result: dict) 
 
 def run_pipeline(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """Every pipeline stage, then ``report.json``, ``report.md`` and the plots; returns the report."""
-    t0, out = time.perf_counter(), Path(out)
+    t0, out = time.perf_counter(), Path(out).absolute()
     res = run_stages(cfg, out, "evaluate", force=force)
     feats, est, groups = res["featurize"], res["estimate"], res["cluster"]
     evaluation = res["evaluate"]

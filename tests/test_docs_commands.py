@@ -11,6 +11,7 @@ The cluster recipe of docs/operations.md runs in tests/test_job_submit.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -110,7 +111,55 @@ def test_readme_using_it_commands_run_as_written(tiny_pipeline, tmp_path):
     _write_quickstart_data(tmp_path)
     (tmp_path / ".venv").symlink_to(_venv_bin().parent)
     env = {**os.environ, "ELORA_DATA_ROOT": str(tmp_path / "shared_data"), "ELORA_SET": ";".join(TINY)}
-    env.pop("RAY_ADDRESS", None)
+    # One local Ray head for all the commands (as on a machine where `ray start --head` runs): each
+    # command connects through $RAY_ADDRESS instead of starting and stopping its own Ray.
+    with _local_ray_head() as address:
+        env["RAY_ADDRESS"] = address
+        ran = _run_using_it(tmp_path, env)
+    assert {"run", "featurize", "estimate", "cluster", "train", "boost", "combine", "baselines", "evaluate",
+            "predict", "validate", "config", "suite", "formats"} <= set(ran), ran
+    assert (tmp_path / "suite" / "config.yaml").is_file()
+
+
+@contextlib.contextmanager
+def _local_ray_head():
+    """A Ray head of its own (ports, temp dir) for the duration; yields its GCS address."""
+    import shutil
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    ports = [_free_port() for _ in range(6)]
+    ray = str(_venv_bin() / "ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start = [ray, "start", "--head", f"--port={ports[0]}", "--num-cpus=2", "--include-dashboard=false",
+             "--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={ports[1]}",
+             f"--dashboard-agent-grpc-port={ports[2]}", f"--metrics-export-port={ports[3]}",
+             f"--runtime-env-agent-port={ports[4]}", f"--temp-dir={temp}", "--disable-usage-stats"]
+    r = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    try:
+        yield f"127.0.0.1:{ports[0]}"
+    finally:  # exactly its processes: `ray stop` would stop every Ray instance on the machine
+        for proc in _processes_using(temp) + _processes_using(f"127.0.0.1:{ports[0]}"):
+            with contextlib.suppress(Exception):
+                proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _processes_using(temp: str) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp in part for part in (proc.info["cmdline"] or [])):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _run_using_it(tmp_path: Path, env: dict) -> list[str]:
     ran = []
     for cmd in commands(block_after(README, "## Using it", "bash")):
         words = shlex.split(cmd)
@@ -125,9 +174,7 @@ def test_readme_using_it_commands_run_as_written(tiny_pipeline, tmp_path):
             assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         if words[1] == "cluster":  # the command's own --set wins over $ELORA_SET's cluster.num_groups=2
             assert len(json.loads((tmp_path / "runs" / "demo" / "groups.json").read_text())["groups"]) == 3
-    assert {"run", "featurize", "estimate", "cluster", "train", "boost", "combine", "baselines", "evaluate",
-            "predict", "validate", "config", "suite", "formats"} <= set(ran), ran
-    assert (tmp_path / "suite" / "config.yaml").is_file()
+    return ran
 
 
 def _free_port() -> int:
