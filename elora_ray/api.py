@@ -11,6 +11,8 @@ def run(config: RunConfig | str | Path | None, out: str | Path, *, overrides: li
         force: bool = False) -> dict:
     """Run every pipeline stage into ``out`` (resumable) and return the report (``report.json``).
 
+    ``out``: a local path, or a bucket URI (``s3://bucket/prefix``; see :mod:`elora_ray.storage`).
+
     ``config``: a :class:`RunConfig`, a YAML path, or None for the embedded default; ``overrides``
     are ``key=value`` strings as with ``--set`` (only with a path or None).
     """
@@ -23,4 +25,7 @@ def run(config: RunConfig | str | Path | None, out: str | Path, *, overrides: li
         cfg = config
     else:
         cfg = load_config(config, list(overrides or []))
-    return run_pipeline(cfg, Path(out), force=force)
+    from .storage import open_run_dir
+
+    with open_run_dir(out if isinstance(out, str) else Path(out)) as local:
+        return run_pipeline(cfg, local, force=force)

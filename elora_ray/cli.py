@@ -28,8 +28,16 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         help="override a config key, e.g. --set adapter.rank=8 (repeatable; value parsed as YAML)",
     )
     if out:
-        p.add_argument("--out", "-o", type=Path, required=True, help="run directory (created; reused to resume)")
+        p.add_argument("--out", "-o", type=_run_location, required=True,
+                       help="run directory (created; reused to resume): a path, or s3://bucket/prefix, gs://…")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def _run_location(text: str) -> str | Path:
+    """A bucket URI stays a string (``Path`` would fold ``s3://b`` into a local ``s3:/b``)."""
+    from .storage import is_remote
+
+    return text if is_remote(text) else Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +121,11 @@ def _config(args):
 def _cmd_run(args) -> None:
     from .pipeline import run_pipeline
 
+    from .storage import open_run_dir
+
     cfg = _config(args)
-    run_pipeline(cfg, args.out, force=args.force)
+    with open_run_dir(args.out) as out:
+        run_pipeline(cfg, out, force=args.force)
 
 
 def _cmd_stage(args) -> None:
@@ -124,9 +135,12 @@ def _cmd_stage(args) -> None:
     stage = get_stage(args.command)
     cfg = _config(args)
     options = {name: getattr(args, name) for name in stage.options}
-    result = run_stage(cfg, args.out, stage.name, force=getattr(args, "force", False), **options)
-    if stage.show is not None:
-        print(stage.show(result, args.out), end="")
+    from .storage import open_run_dir
+
+    with open_run_dir(args.out) as out:
+        result = run_stage(cfg, out, stage.name, force=getattr(args, "force", False), **options)
+        if stage.show is not None:
+            print(stage.show(result, out), end="")
 
 
 def _cmd_predict(args) -> None:

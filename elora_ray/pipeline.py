@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 
 from .config import RunConfig
+from .errors import ConfigError
 from .io import fingerprint, write_json, write_text
 from .layout import RunLayout
 from .raysession import check_shared_storage, ensure_ray
 from .runlog import setup_logging
 from .stages import PIPELINE, Stage, get_stage, pipeline_names
+from .storage import remote_of, sync_up
 
 log = logging.getLogger(__name__)
 STAGES = pipeline_names()
@@ -64,7 +66,17 @@ def _check_storage_once(cfg: RunConfig, out: Path) -> None:
     if str(out.resolve()) in _CHECKED or not (ray.is_initialized() or cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         return
     ensure_ray(cfg.ray)
-    check_shared_storage(out)
+    remote = remote_of(out)
+    if remote is not None:
+        import ray
+
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        if nodes > 1:
+            raise ConfigError(f"--out {remote}: a run directory in a bucket works on one machine for now (the stages "
+                              f"write their artifacts from every node); this Ray cluster has {nodes} nodes. Use storage "
+                              "every node mounts at the same path (NFS, EFS, a ReadWriteMany volume)")
+    else:
+        check_shared_storage(out)
     _CHECKED.add(str(out.resolve()))
 
 
@@ -88,6 +100,7 @@ def _run_one(stage: Stage, cfg: RunConfig, out: Path, force: bool, **options) ->
     seconds = round(time.perf_counter() - t, 2)
     record_stage_metrics(cfg, out, stage, result)
     _record_timing(out, stage.name, result, seconds, force)
+    sync_up(out)  # a run directory in a bucket: this stage's artifacts are uploaded now
     return result, seconds
 
 
