@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, *, keep_existing: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
 
     Works for files and directories. On failure the temporary is removed and any existing
-    ``target`` is left untouched.
+    ``target`` is left untouched. ``keep_existing`` (see :func:`publish_once`): when ``target``
+    already exists, the new copy is discarded instead of replacing it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,13 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield staged
         if not staged.exists():
             raise RuntimeError(f"nothing was written for {target}")
-        if target.is_dir() and staged.is_dir():
+        if keep_existing:
+            try:
+                os.rename(staged, target)  # atomic; fails when another process published first
+            except OSError:
+                if not target.exists():
+                    raise
+        elif target.is_dir() and staged.is_dir():
             backup = target.with_name(f".{target.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
             os.replace(target, backup)
@@ -42,29 +49,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@contextmanager
-def publish_once(target: str | Path) -> Iterator[Path]:
-    """Like :func:`atomic_path` for a directory whose content is the same whoever builds it (a model cache).
+def publish_once(target: str | Path):
+    """:func:`atomic_path` for a directory whose content is the same whoever builds it (a model cache).
 
     Several processes (featurize actors, DDP ranks, nodes sharing a cache) may build it at once:
     the first complete copy is renamed into place and kept; a later one is discarded instead of
     replacing a directory another process may be reading.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    staged = tmp / target.name
-    try:
-        yield staged
-        if not staged.is_dir():
-            raise RuntimeError(f"nothing was written for {target}")
-        try:
-            os.rename(staged, target)  # atomic; fails when another process published first
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return atomic_path(target, keep_existing=True)
 
 
 def fingerprint(obj: Any) -> str:
