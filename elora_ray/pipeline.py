@@ -46,8 +46,10 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
     results: dict = {}
     seconds: dict[str, float] = {}
     last = STAGES.index(until)
+    baselines_follow = last >= STAGES.index("baselines") and not (force or force_last)
     for i, stage in enumerate(PIPELINE[: last + 1]):
-        results[stage.name], seconds[stage.name] = _run_one(stage, cfg, out, force or (force_last and i == last))
+        options = {"with_baselines": True} if stage.name == "train" and baselines_follow else {}
+        results[stage.name], seconds[stage.name] = _run_one(stage, cfg, out, force or (force_last and i == last), **options)
     results["_seconds"] = seconds
     work = _stage_timings(out)
     results["_work_seconds"] = {k: work.get(k, {}).get("seconds", v) for k, v in seconds.items()}

@@ -95,10 +95,17 @@ def _cluster(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     return cluster_stage(cfg, out, force=force)
 
 
-def _train(cfg: RunConfig, out: Path, force: bool = False) -> dict:
+def _train(cfg: RunConfig, out: Path, force: bool = False, with_baselines: bool = False) -> dict:
+    """``with_baselines`` (the pipeline runner sets it when the baselines stage follows in the same
+    invocation, without --force): the baselines that need only the groups train in the same pool."""
     from .train.stage import train_stage
 
-    return train_stage(cfg, out, force=force)
+    also = []
+    if with_baselines and cfg.baselines.methods:
+        from .baselines.stage import first_wave_jobs
+
+        also = first_wave_jobs(cfg, out)
+    return train_stage(cfg, out, force=force, also=also)
 
 
 def _boost(cfg: RunConfig, out: Path, force: bool = False) -> dict:

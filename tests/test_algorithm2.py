@@ -403,3 +403,20 @@ def test_predict_rejects_an_unknown_task_before_loading_anything(run, monkeypatc
     cfg, out, _ = run
     assert main(["predict", "--run", str(out), "--task", "nope", "--text", "x"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_baselines_that_need_only_the_groups_train_next_to_them(run):
+    """`elora run`: the train stage trains the first-wave baselines in its pool (longest first), the
+    baselines stage finds them done and trains only the warm-started MTL-FT jobs after."""
+    from elora_ray.baselines.stage import first_wave_jobs
+
+    cfg, out, _ = run
+    wave = first_wave_jobs(cfg, out)
+    ids = {j.id for j in wave}
+    assert "single" in ids and not any(j.init_from for j in wave)
+    assert not ids & {j.id for j in group_jobs(cfg, [g.tasks for g in load_members(out).groups],
+                                                [t.name for t in read_prepared(out)])}
+    log = (out / "run.log").read_text()
+    assert f"train: also training {len(wave)} baseline adapter(s) in the same pool" in log
+    trained_in_baselines = [line for line in log.splitlines() if "runner: baselines" in line and " trained on " in line]
+    assert trained_in_baselines and all("mtl_ft-" in line for line in trained_in_baselines), trained_in_baselines

@@ -110,6 +110,14 @@ def reuse_ensemble_adapters(plans: list[MethodPlan], ensemble_jobs: list[Adapter
     return len(rename)
 
 
+def planned_baselines(cfg: RunConfig, run_dir: Path, names: list[str], groups: list[list[str]],
+                      ensemble_jobs: list[AdapterJob]) -> tuple[list[MethodPlan], list[AdapterJob], int]:
+    """(plans, their jobs each once with the ensemble's twins reused, how many were reused)."""
+    plans = baseline_plans(cfg, run_dir, names, groups)
+    reused = reuse_ensemble_adapters(plans, ensemble_jobs)
+    return plans, unique_jobs(plans), reused
+
+
 def unique_jobs(plans: list[MethodPlan]) -> list[AdapterJob]:
     """Jobs of all plans, each once, in an order where ``init_from`` comes first."""
     seen: dict[str, AdapterJob] = {}

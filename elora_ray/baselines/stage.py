@@ -1,6 +1,9 @@
 """``elora baselines``: train every baseline's adapters (``baselines.methods``) with the same
 runner as the ensemble, and record which adapter each task is evaluated with
-(``baselines/plans.json``). Jobs warm-started from another (MTL-FT) run in a second wave."""
+(``baselines/plans.json``). Jobs warm-started from another (MTL-FT) run in a second wave.
+
+Under ``elora run`` the first wave usually trained already, next to the ensemble's groups in the
+train stage (:func:`first_wave_jobs`); it is found done here and skipped."""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ from ..artifacts import read_groups, read_prepared
 from ..config import RunConfig
 from ..io import write_json
 from ..layout import RunLayout
+from ..train.jobs import AdapterJob
 from ..train.runner import run_jobs
 from ..train.stage import group_jobs
-from .plans import baseline_plans, reuse_ensemble_adapters, unique_jobs
+from .plans import planned_baselines
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +27,9 @@ def baselines_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress
     run = Path(run_dir)
     names = [t.name for t in read_prepared(run)]
     groups = read_groups(run)
-    plans = baseline_plans(cfg, run, names, groups)
-    reused = reuse_ensemble_adapters(plans, group_jobs(cfg, groups, names))
+    plans, jobs, reused = planned_baselines(cfg, run, names, groups, group_jobs(cfg, groups, names))
     if reused:
         log.info("baselines: %d adapter(s) identical to an ensemble group's reused instead of trained again", reused)
-    jobs = unique_jobs(plans)
     records: dict[str, dict] = {}
     first = [j for j in jobs if j.init_from is None]
     second = [j for j in jobs if j.init_from is not None]
@@ -41,3 +43,14 @@ def baselines_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress
     }
     write_json(RunLayout(run).baseline_plans, {"methods": summary, "jobs": {j.id: asdict(j) for j in jobs}})
     return {"methods": summary, "records": records}
+
+
+def first_wave_jobs(cfg: RunConfig, run_dir: Path) -> list[AdapterJob]:
+    """The baseline jobs that need nothing but the groups (all but the warm-started ones), minus
+    those an ensemble group already trains: what the train stage can run in the same pool."""
+    run = Path(run_dir)
+    names = [t.name for t in read_prepared(run)]
+    groups = read_groups(run)
+    _, jobs, _ = planned_baselines(cfg, run, names, groups, group_jobs(cfg, groups, names))
+    own = {j.id for j in group_jobs(cfg, groups, names)}
+    return [j for j in jobs if j.init_from is None and j.id not in own]

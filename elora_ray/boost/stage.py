@@ -10,7 +10,8 @@ Each step:
    no training (:mod:`.linearized`); ``trained``: fine-tunes an adapter from θ* on the squared
    loss (h_X(s) − (h_θ*(s) + r_s))², heads frozen, early-stopped on the validation residuals;
 4. adds the learner's output change z_X − z_θ* to the group with coefficient η (times the
-   line-search multiplier ρ that minimises the group's training loss, when enabled).
+   line-search multiplier ρ that minimises the group's training loss, when enabled) — the rule
+   of :mod:`.rule`, which the federated ensemble follows too.
 
 Steps are appended to ``ensemble/members.json`` one at a time, so a killed run resumes at
 the next step; ``boost/steps.json`` records each step's losses and fit diagnostics.
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
 from ..artifacts import read_prepared
@@ -38,6 +38,7 @@ from ..layout import BOOST_DIR
 from ..train.jobs import AdapterJob
 from ..train.runner import run_jobs
 from ..train.stage import output_splits, train_seed
+from .rule import step_coefficient, worst_group
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,13 @@ def residual_table(outs: dict[str, TaskOutputs], reference: dict[str, TaskOutput
     return pd.concat(frames, ignore_index=True)
 
 
-def line_search(base: dict[str, TaskOutputs], change: dict[str, np.ndarray], upper: float = 100.0) -> float:
-    """ρ ≥ 0 minimising the log loss of base + ρ·change (bounded scalar search)."""
+def loss_along(base: dict[str, TaskOutputs], change: dict[str, np.ndarray]):
+    """ρ ↦ the log loss of base + ρ·change (what the line search minimises)."""
 
     def loss(rho: float) -> float:
         return log_loss({k: TaskOutputs(o.sample_ids, o.labels, o.logits + rho * change[k]) for k, o in base.items()})
 
-    res = minimize_scalar(loss, bounds=(0.0, upper), method="bounded", options={"xatol": 1e-3})
-    rho = float(res.x)
-    return rho if loss(rho) <= loss(0.0) else 0.0
+    return loss
 
 
 def group_losses(run: Path, members: EnsembleMembers, num_labels: dict[str, int]) -> list[float]:
@@ -95,7 +94,7 @@ def boost_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
         for step in range(done, b.steps):
             t0 = time.perf_counter()
             losses = group_losses(run, members, num_labels)
-            j = int(np.argmax(losses))
+            j = worst_group(losses)
             g = members.groups[j]
             train = group_outputs(run, members, j, "train", num_labels=num_labels)
             val = group_outputs(run, members, j, "validation", num_labels=num_labels)
@@ -117,8 +116,7 @@ def boost_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
             rec = run_jobs(cfg, run, [job], desc=f"boost step {step + 1}", progress=False)[job_id]
             learner_train = read_outputs(run, job_id, "train", g.tasks, num_labels)
             change = {k: learner_train[k].align_to(o.sample_ids).logits - ref_train[k].align_to(o.sample_ids).logits for k, o in train.items()}
-            rho = line_search(train, change) if b.line_search else 1.0
-            coef = b.step_size * rho
+            rho, coef = step_coefficient(b, loss_along(train, change))
             g.learners.append(Learner(job_id=job_id, coef=coef, step=step))
             after = log_loss(group_outputs(run, members, j, "train", num_labels=num_labels))
             val_after = log_loss(group_outputs(run, members, j, "validation", num_labels=num_labels))

@@ -102,9 +102,12 @@ class EnsembleConfig(_Section):
     """Stage 6 — per-task convex weights combining the group ensembles, fit on validation."""
 
     weights: Literal["learned", "uniform", "own_group"] = "learned"
-    """``learned``: minimise the validation log loss over the simplex (cvxpy);
+    """``learned``: minimise the validation log loss over the simplex;
     ``uniform``: equal weights; ``own_group``: each task uses only its own group."""
-    solver: Literal["CLARABEL", "SCS"] = "CLARABEL"
+    solver: Literal["auto", "first_order", "CLARABEL", "SCS"] = "auto"
+    """``learned`` weights' solver (the federated ensemble's too): ``CLARABEL``/``SCS`` through
+    cvxpy (small label sets), ``first_order`` (projected gradient, any vocabulary size), ``auto``:
+    cvxpy's CLARABEL for small problems, ``first_order`` for large ones (same optimum)."""
     shrink: float = Field(0.0, ge=0.0)
     """L2 pull of each task's weights towards its own group (helps tiny validation sets)."""
 

@@ -1,6 +1,6 @@
 """The federated ensemble's client grouping: features of every client's windows, the client
 affinity of ``estimate.affinity`` (:mod:`.affinity`) and the groups, scored against the clients'
-origins when they are known. Functions of a running :class:`~.stage._Run` (its pool, config and folder).
+origins when they are known. Functions of a running :class:`~.stage.FederatedRun` (its pool, config and folder).
 """
 
 from __future__ import annotations

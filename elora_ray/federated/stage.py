@@ -8,7 +8,8 @@ Methods (``federated.methods``), all with the configured adapter (paper: QLoRA):
 - ``ensemble``: projected gradients of every client's windows at θ* → k subset regressions →
   client affinity → m groups → one FedAvg adapter per group (same rounds and client fraction)
   → b linearised boosting learners on the groups with the highest training loss → per-group
-  convex weights over the m group predictors, fit on the validation windows.
+  convex weights over the m group predictors, fit on the validation windows. Boosting and the
+  weights are the main pipeline's rule and solver (:mod:`.ensemble`).
 
 Everything lands in ``<out>/federated/``: ``windows.parquet`` + ``clients.json`` (the client
 rule's result), ``features.parquet``, ``affinity.csv``, ``groups.json``, ``adapters/*.safetensors``,
@@ -25,16 +26,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..io import atomic_path, write_json
+from ..io import write_json
 from ..layout import FED_DIR
 from ..observe import log_metrics, sync_mlflow
 from ..raysession import cluster_cpus, ensure_ray
-from ..train.linearized import fit_residual
 from .affinity import federated_l2
+from .ensemble import grouped
+from .evaluation import evaluate, method_row, save_state
 from .fedavg import FedAvgRun, run_fedavg
 from .grouping import client_features, client_groups
 from .journal import ClientProgress
@@ -44,10 +45,9 @@ from .windows import _require_decoder, _source, prepare_windows
 from .worker import ClientWorker
 
 log = logging.getLogger(__name__)
-FEDERATED_BOOST_KEYS = {"l2", "line_search", "step_size"}
+FEDERATED_BOOST_KEYS = {"method", "l2", "line_search", "step_size"}
 """The ``boost`` settings the federated ensemble uses (its number of steps is ``federated.boost_steps``);
 only these enter its fingerprint, so changing another ``boost`` key does not block a resume."""
-RHOS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def _fingerprint(cfg: RunConfig) -> dict:
@@ -55,46 +55,10 @@ def _fingerprint(cfg: RunConfig) -> dict:
             "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries", "engine", "train_workers"}),
             "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg),
             "affinity": cfg.estimate.affinity, "cluster": cfg.cluster.model_dump(mode="json", include={"max_groups", "select_m", "solver"}), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
-            "ensemble_weights": cfg.ensemble.weights, "seed": cfg.seed, "source": str(_source(cfg))}
+            "ensemble": cfg.ensemble.model_dump(mode="json"), "seed": cfg.seed, "source": str(_source(cfg))}
 
 
-def _chunks(xs: list, n: int) -> list[list]:
-    return [xs[i : i + n] for i in range(0, len(xs), n)]
-
-
-def _save_state(path: Path, state: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
-
-
-def _evaluate(pool: ActorPool, clients: list[str], groups_terms: dict[str, list], assignment: dict[str, str],
-              split: str = "test") -> tuple[dict[str, tuple[float, int]], float, int]:
-    """Per-client (mean loss, windows) of each client's group prediction."""
-    import ray
-
-    items = []
-    for g, terms in groups_terms.items():
-        ref = ray.put(terms)
-        members = [c for c in clients if assignment[c] == g]
-        for k, chunk in enumerate(_chunks(members, 10)):
-            items.append(((g, k), (chunk, split, ref)))
-    res = pool.map("evaluate", items, desc=f"evaluate on {split}")
-    per: dict[str, tuple[float, int]] = {}
-    for v in res.results.values():
-        per.update(v["per_client"])
-    windows = sum(v["windows"] for v in res.results.values())
-    peak = max([v["peak_rss_mb"] for v in res.results.values()] or [0.0])
-    return per, peak, windows
-
-
-def _method_row(per: dict[str, tuple[float, int]], clients: list[str], **extra) -> dict:
-    vals = [per[c][0] for c in clients if c in per]
-    n = [per[c][1] for c in clients if c in per]
-    return {"test_loss": float(np.mean(vals)), "test_loss_pooled": float(np.average(vals, weights=n)),
-            "clients_evaluated": len(vals), "per_client": {c: per[c][0] for c in clients if c in per}, **extra}
-
-
-class _Run:
+class FederatedRun:
     def __init__(self, cfg: RunConfig, run_dir: Path, force: bool) -> None:
         self.cfg, self.fcfg = cfg, cfg.federated
         self.run_dir = Path(run_dir)
@@ -113,6 +77,10 @@ class _Run:
             shutil.rmtree(self.fed)
             self.fed.mkdir(parents=True)
         _require_decoder(cfg)
+        if cfg.boost.method != "linearized" and cfg.federated.boost_steps > 0:
+            raise ConfigError("federated: boosting learners are linearised (boost.method=linearized); "
+                              f"boost.method={cfg.boost.method} is for the main pipeline only — set "
+                              "boost.method=linearized or federated.boost_steps=0")
         write_json(fp_path, fp)
         self.meta = prepare_windows(cfg, self.fed)
         self.clients: list[str] = self.meta["clients"]
@@ -175,8 +143,8 @@ class _Run:
         if (row := self.done("base")) is not None:
             return row
         t0 = time.perf_counter()
-        per, peak, _ = _evaluate(self.pool, self.clients, {"all": [(1.0, self.theta_star)]}, dict.fromkeys(self.clients, "all"))
-        return self.record("base", _method_row(per, self.clients, train_flops=0.0, peak_memory_mb=peak,
+        per, peak, _ = evaluate(self.pool, self.clients, {"all": [(1.0, self.theta_star)]}, dict.fromkeys(self.clients, "all"))
+        return self.record("base", method_row(per, self.clients, train_flops=0.0, peak_memory_mb=peak,
                                                wall_s=time.perf_counter() - t0, adapters=0, adapter_parameters=0))
 
     def fedavg(self) -> dict:
@@ -184,10 +152,10 @@ class _Run:
             return row
         t0 = time.perf_counter()
         run = self.fedavg_all()
-        _save_state(self.fed / "adapters" / "fedavg.safetensors", run.states["all"])
+        save_state(self.fed / "adapters" / "fedavg.safetensors", run.states["all"])
         wall = time.perf_counter() - t0
-        per, peak, _ = _evaluate(self.pool, self.clients, {"all": [(1.0, run.states["all"])]}, dict.fromkeys(self.clients, "all"))
-        return self.record("fedavg", _method_row(
+        per, peak, _ = evaluate(self.pool, self.clients, {"all": [(1.0, run.states["all"])]}, dict.fromkeys(self.clients, "all"))
+        return self.record("fedavg", method_row(
             per, self.clients, train_flops=run.trained_windows * self.units["train"],
             peak_memory_mb=max(run.peak_rss_mb, peak), wall_s=wall, adapters=1,
             adapter_parameters=self.adapter_parameters, client_updates=run.client_updates,
@@ -211,7 +179,7 @@ class _Run:
         per = {c: (v["loss"], v["n"]) for c, v in results.items()}
         windows = run.trained_windows + sum(v["trained_windows"] for v in results.values())
         peak = max([run.peak_rss_mb] + [v["peak_rss_mb"] for v in results.values()])
-        row = self.record("mtl_ft", _method_row(
+        row = self.record("mtl_ft", method_row(
             per, self.clients, train_flops=windows * self.units["train"], peak_memory_mb=peak,
             wall_s=time.perf_counter() - t0 + progress.seconds_before, adapters=1 + len(results),
             adapter_parameters=self.adapter_parameters * (1 + len(results)), excluded_clients=sorted(res.failed)))
@@ -229,7 +197,7 @@ class _Run:
             return row
         t0 = time.perf_counter()
         feats, feat_flops, _ = self.features()
-        return self._grouped("ensemble", self.groups(feats), feats, feat_flops, t0)
+        return grouped(self, "ensemble", self.groups(feats), feats, feat_flops, t0)
 
     def random_groups(self) -> dict:
         """Control: the ensemble's procedure on random groups of the same sizes (seeded)."""
@@ -244,120 +212,13 @@ class _Run:
             groups.append(sorted(order[at : at + k]))
             at += k
         write_json(self.fed / "random_groups.json", {"groups": groups, "sizes": sizes})
-        return self._grouped("random_groups", groups, feats, feat_flops, t0)
-
-    def _grouped(self, method: str, groups: list[list[str]], feats: dict, feat_flops: float, t0: float) -> dict:
-        """One FedAvg adapter per group, boosting, combination weights and evaluation; ``method`` names
-        the artifacts (``ensemble``: adapters/group-*, boost.json, weights.json)."""
-        import ray
-
-        prefix, tag = ("group", "") if method == "ensemble" else ("random", "_random")
-        gnames = [f"{prefix}-{i}" for i in range(len(groups))]
-        assignment = {c: g for g, members in zip(gnames, groups) for c in members}
-        # warm start: every group continues from the global FedAvg adapter, which is also a candidate
-        # member of every group's combination (so an ensemble can always fall back to FedAvg)
-        glob = self.fedavg_all() if self.fcfg.warm_start else None
-        init = glob.states["all"] if glob is not None else self.theta_star
-        run = self.run_fedavg(dict(zip(gnames, groups)), init, method, desc=f"{method} fedavg")
-        for g in gnames:
-            _save_state(self.fed / "adapters" / f"{g}.safetensors", run.states[g])
-        extra_forward = 0
-        # members[g]: the terms of group g's (boosted) predictor
-        members: dict[str, list] = {g: [(1.0, run.states[g])] for g in gnames}
-        boost_log = self._load_boost(members, tag)
-        b = self.cfg.boost
-        for step in range(len(boost_log), self.fcfg.boost_steps):
-            res = self.pool.map("gold_log_odds", [(g, (clients, members[g])) for g, clients in zip(gnames, groups)],
-                                desc=f"boosting step {step + 1}: group training losses")
-            losses = {}
-            for g, r in res.results.items():
-                extra_forward += r["windows"] * len(members[g])
-                losses[g] = (float(np.mean(np.logaddexp(0.0, -r["h"]))), r)
-            worst = max(losses, key=lambda g: losses[g][0])
-            clients = groups[gnames.index(worst)]
-            h = losses[worst][1]
-            g_feat = np.concatenate([feats[c]["g"] for c in clients])
-            order = [s for c in clients for s in feats[c]["sample_id"]]
-            pos = {s: i for i, s in enumerate(h["sample_id"])}
-            if set(pos) != set(order):
-                raise RuntimeError("boosting: residuals and features do not cover the same samples")
-            hv = np.array([h["h"][pos[s]] for s in order])  # aligned by sample id
-            resid = 1.0 - 1.0 / (1.0 + np.exp(-hv))
-            w = fit_residual(g_feat, resid, b.l2)
-            learner = self.pool.map("learner_state", [(0, (w,))]).results[0]
-            delta = [(1.0, learner), (-1.0, self.theta_star)]
-            if b.line_search:
-                ls = self.pool.map("line_search", [(0, (clients, members[worst], delta, list(RHOS)))]).results[0]
-                extra_forward += ls["windows"] * (len(members[worst]) + 2)
-                rho = RHOS[int(np.argmin(ls["losses"]))]
-                loss_after = min(ls["losses"])
-            else:
-                rho, loss_after = 1.0, float("nan")
-            coef = b.step_size * rho
-            k = len(boost_log)
-            _save_state(self.fed / "adapters" / f"boost{tag}-{k}.safetensors", learner)
-            boost_log.append({"step": k, "group": worst, "train_loss_before": losses[worst][0],
-                              "train_loss_after_full_step": loss_after, "rho": rho, "coef": coef,
-                              "fit_residual_mean": float(resid.mean())})
-            write_json(self.fed / f"boost{tag}.json", boost_log)
-            members[worst] += [(coef, learner), (-coef, self.theta_star)]
-            log.info("federated boosting step %d: group %s (train loss %.4f), ρ=%.2f, coefficient %.3f",
-                     k + 1, worst, losses[worst][0], rho, coef)
-        # combination weights per group over the m group predictors (and the global FedAvg adapter when
-        # groups start from it), on validation windows
-        candidates = {**members, **({"fedavg": [(1.0, glob.states["all"])]} if glob is not None else {})}
-        cnames = list(candidates)
-        weights = {}
-        if self.cfg.ensemble.weights == "learned" and len(cnames) > 1:
-            ref = ray.put([candidates[h] for h in cnames])
-            items = [(g, (clients, ref)) for g, clients in zip(gnames, groups)]
-            res = self.pool.map("fit_weights", items, desc="combination weights")
-            for g in gnames:
-                if g in res.results:
-                    weights[g] = res.results[g]["alpha"]
-                    extra_forward += res.results[g]["windows"] * sum(len(t) for t in candidates.values())
-        for g in gnames:
-            weights.setdefault(g, [1.0 if h == g else (1.0 / len(cnames) if self.cfg.ensemble.weights == "uniform" else 0.0)
-                                   for h in cnames])
-        write_json(self.fed / f"weights{tag}.json", {"members": cnames, "weights": weights})
-        terms = {g: [(a * c, s) for a, h in zip(weights[g], cnames) for c, s in candidates[h] if a > 1e-6] for g in gnames}
-        wall = time.perf_counter() - t0
-        if glob is not None and (fed_row := self.done("fedavg")) is not None:
-            wall += fed_row["wall_s"]  # the global adapter was trained (and timed) by the fedavg method
-        per, peak, _ = _evaluate(self.pool, self.clients, terms, assignment)
-        own = {g: [(c, s) for c, s in members[g]] for g in gnames}
-        per_own, _, _ = _evaluate(self.pool, self.clients, own, assignment)
-        global_windows = glob.trained_windows if glob is not None else 0  # the warm start is part of the method
-        flops = (feat_flops + (run.trained_windows + global_windows) * self.units["train"]
-                 + extra_forward * self.units["forward"])
-        n_boost = len(boost_log)
-        return self.record(method, _method_row(
-            per, self.clients, train_flops=flops, peak_memory_mb=max(run.peak_rss_mb, peak), wall_s=wall,
-            adapters=len(cnames) + n_boost, adapter_parameters=self.adapter_parameters * (len(cnames) + n_boost),
-            groups=len(gnames), boost=boost_log, client_updates=run.client_updates,
-            excluded_updates=run.failed_updates,
-            ablation_own_group_test_loss=_method_row(per_own, self.clients)["test_loss"],
-            warm_start=glob is not None,
-            weight_on_fedavg=(float(np.mean([weights[g][-1] for g in gnames])) if glob is not None else 0.0),
-            flops_breakdown={"featurize": feat_flops, "global_fedavg": global_windows * self.units["train"],
-                             "fedavg": run.trained_windows * self.units["train"],
-                             "boost_and_weights_forward": extra_forward * self.units["forward"]}))
-
-    def _load_boost(self, members: dict[str, list], tag: str = "") -> list[dict]:
-        path = self.fed / f"boost{tag}.json"
-        if not path.is_file() or self.force:
-            return []
-        steps = json.loads(path.read_text())
-        for s in steps:
-            learner = dict(load_file(str(self.fed / "adapters" / f"boost{tag}-{s['step']}.safetensors")))
-            members[s["group"]] += [(s["coef"], learner), (-s["coef"], self.theta_star)]
-        return steps
+        return grouped(self, "random_groups", groups, feats, feat_flops, t0)
 
 
 def federated_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
     """Run the configured methods (plus the untrained θ* reference) and write the report."""
     t0 = time.perf_counter()
-    run = _Run(cfg, Path(run_dir), force)
+    run = FederatedRun(cfg, Path(run_dir), force)
     try:
         rows = {"base": run.base()}
         for name in cfg.federated.methods:

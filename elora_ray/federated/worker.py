@@ -16,7 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from ..boost.rule import step_coefficient
 from ..config import RunConfig
+from ..ensemble.weights import fit_task_weights, weights_objective
 from ..models.flops import FlopCounter
 from ..train.worker import PeakMemory
 from .clients import _evenly
@@ -186,21 +188,30 @@ class ClientWorker:
         return {"features": out, "windows": n, "peak_rss_mb": mem.megabytes()["peak_rss_mb"]}
 
     def gold_log_odds(self, clients: Sequence[str], terms: Terms) -> dict:
-        """(sample ids, h) of the combined prediction on the featurisation windows of ``clients``."""
+        """(sample ids, h, loss) of the combined prediction on the featurisation windows of
+        ``clients``: each window's mean gold log-odds and mean next-token loss over its targets."""
         x, y, ids, _ = self._gather(clients, "train", features=True)
-        h = np.concatenate([window_gold_log_odds(self._combined_logits(x[b], terms), torch.as_tensor(y[b])).numpy()
-                            for b in self._batches(len(y))])
-        return {"sample_id": ids, "h": h, "windows": len(ids)}
-
-    def line_search(self, clients: Sequence[str], base: Terms, delta: Terms, rhos: Sequence[float]) -> dict:
-        """Mean training loss of ``base + ρ·delta`` on the featurisation windows, for each ρ."""
-        x, y, _, _ = self._gather(clients, "train", features=True)
-        per = []
+        hs, losses = [], []
         for b in self._batches(len(y)):
-            zb, zd = self._combined_logits(x[b], base), self._combined_logits(x[b], delta)
-            per.append([token_losses(zb + float(r) * zd, y[b]) for r in rhos])
-        losses = [float(np.concatenate([p[k] for p in per]).mean()) for k in range(len(rhos))]
-        return {"losses": losses, "windows": len(y)}
+            z = self._combined_logits(x[b], terms)
+            hs.append(window_gold_log_odds(z, torch.as_tensor(y[b])).numpy())
+            losses.append(token_losses(z, y[b]))
+        return {"sample_id": ids, "h": np.concatenate(hs), "loss": np.concatenate(losses), "windows": len(ids)}
+
+    def line_search(self, clients: Sequence[str], base: Terms, delta: Terms) -> dict:
+        """The boosting rule's ρ (:func:`elora_ray.boost.rule.step_coefficient`) for ``base + ρ·delta``,
+        on the mean next-token loss at ≤ ``federated.weight_positions`` seeded targets of the
+        featurisation windows."""
+        x, y, _, _ = self._gather(clients, "train", features=True)
+        z, yt, forwarded = self._member_logits_sample(x, y, [base, delta])
+        zb, zd = z[:, 0].float(), z[:, 1].float()
+
+        def loss(rho: float) -> float:
+            return float(torch.nn.functional.cross_entropy(zb + float(rho) * zd, yt))
+
+        rho, coef = step_coefficient(self.cfg.boost, loss)
+        return {"rho": rho, "coef": coef, "loss_before": loss(0.0), "loss_after": loss(coef),
+                "loss_full_step": loss(rho), "windows": forwarded, "targets": len(yt)}
 
     def learner_state(self, w: np.ndarray) -> dict:
         """The linearised boosting learner θ* + P w, as an adapter state."""
@@ -211,35 +222,27 @@ class ClientWorker:
         set_state(self.peft_model, self.theta_star)
         return state
 
-    def fit_weights(self, clients: Sequence[str], members: Sequence[Terms], iters: int = 200) -> dict:
-        """Convex weights α on the simplex minimising the validation loss of Σ_j α_j z_j.
-
-        The objective is convex in α (an affine map inside a log-softmax); we solve it with
-        projected-gradient-free L-BFGS on α = softmax(β), which reaches the same optimum."""
+    def fit_weights(self, clients: Sequence[str], members: Sequence[Terms], own: int | None) -> dict:
+        """Combination weights α over ``members`` for these clients: the main pipeline's
+        :func:`elora_ray.ensemble.weights.fit_task_weights` (same objective, ``ensemble.shrink``
+        towards member ``own``, ``ensemble.solver``) on ≤ ``federated.weight_positions`` seeded
+        targets of the clients' validation windows."""
         x, y, _, _ = self._gather(clients, "validation", skip_missing=True)  # short clients may have none
-        z, yt = self._member_logits_sample(x, y, members)  # [P, M, V] at a seeded sample of P target positions
-        beta = torch.zeros(len(members), requires_grad=True)
-        opt = torch.optim.LBFGS([beta], lr=0.5, max_iter=iters, line_search_fn="strong_wolfe")
+        z, yt, forwarded = self._member_logits_sample(x, y, members)  # [P, M, V] float16
+        e = self.cfg.ensemble
+        alpha = fit_task_weights(z, yt, own, e.shrink, e.solver)
+        val = weights_objective(z, yt, alpha)
+        own_losses = [weights_objective(z, yt, np.eye(len(members))[j]) for j in range(len(members))]
+        return {"alpha": alpha.astype(float).tolist(), "val_loss": val, "member_val_loss": own_losses,
+                "windows": forwarded, "targets": len(yt)}
 
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(torch.einsum("m,nmv->nv", torch.softmax(beta, 0), z.float()), yt)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        alpha = torch.softmax(beta.detach(), 0)
-        with torch.no_grad():
-            val = float(torch.nn.functional.cross_entropy(torch.einsum("m,nmv->nv", alpha, z.float()), yt))
-            own = [float(torch.nn.functional.cross_entropy(z[:, j].float(), yt)) for j in range(len(members))]
-        return {"alpha": alpha.numpy().astype(float).tolist(), "val_loss": val, "member_val_loss": own, "windows": len(y),
-                "targets": int(len(yt))}
-
-    def _member_logits_sample(self, x: np.ndarray, y: np.ndarray, members: Sequence[Terms]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _member_logits_sample(self, x: np.ndarray, y: np.ndarray, members: Sequence[Terms]
+                              ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Each member's logits at ≤ ``federated.weight_positions`` seeded (window, position) targets.
 
-        Returns ``(z [P, M, V] float16, targets [P])``: the combination-weight objective needs every
-        member's full-vocabulary logits, so they are cached only at a sample of the targets."""
+        Returns ``(z [P, M, V] float16, targets [P], windows forwarded)``: the combination weights
+        and the line search need every member's full-vocabulary logits, so they are kept only at a
+        sample of the targets."""
         per_window = 1 if y.ndim == 1 else y.shape[1]
         total = len(y) * per_window
         cap = self.cfg.federated.weight_positions
@@ -258,7 +261,7 @@ class ClientWorker:
                 parts.append(flat[torch.as_tensor(local)].half())
             z.append(torch.cat(parts))
         targets = torch.as_tensor(y.reshape(-1)[pick])
-        return torch.stack(z, dim=1), targets
+        return torch.stack(z, dim=1), targets, len(windows)
 
     def fit_subsets(self, chunk, feats: dict, names: list[str], l2: float, max_iter: int = 200,
                     halves: dict | None = None) -> dict:

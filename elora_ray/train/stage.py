@@ -3,11 +3,16 @@
 
 Writes ``ensemble/members.json`` (the groups and their adapters). Re-running with the same
 configuration and groups skips finished adapters and keeps boosting learners already added.
+
+``also``: further jobs trained in the same pool (``elora run`` passes the baselines that need
+only the groups, so that a long baseline adapter runs while the groups train instead of after
+them; the baselines stage then finds them done). All jobs start longest first (training samples).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..artifacts import read_groups, read_prepared
@@ -51,16 +56,24 @@ def group_jobs(cfg: RunConfig, groups: list[list[str]], names: list[str], prefix
     return jobs
 
 
-def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True) -> dict:
+def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool = True,
+                also: Sequence[AdapterJob] = ()) -> dict:
     run = Path(run_dir)
     groups = read_groups(run)
-    names = [t.name for t in read_prepared(run)]
+    prepared = read_prepared(run)
+    names = [t.name for t in prepared]
     unknown = sorted({t for g in groups for t in g} - set(names))
     if unknown:
         raise ConfigError(f"{RunLayout(run).groups}: tasks {unknown} are not in the prepared data; rerun `elora cluster`")
     # θ*'s outputs: the boosting reference, and the "no fine-tuning" row of every evaluation
     jobs = [*group_jobs(cfg, groups, names), reference_job(names)]
-    records = run_jobs(cfg, run, jobs, desc="train groups", progress=progress, force=force)
+    extra = [j for j in also if j.id not in {g.id for g in jobs}]
+    if extra:
+        log.info("train: also training %d baseline adapter(s) in the same pool: %s", len(extra), ", ".join(j.id for j in extra))
+    sizes = {t.name: len(t.splits.get("train", [])) for t in prepared}
+    order = sorted([*jobs, *extra], key=lambda j: -sum(sizes.get(n, 0) for n in j.tasks))  # longest first
+    records = run_jobs(cfg, run, order, desc="train groups" + (" and baselines" if extra else ""), progress=progress,
+                       force=force)
     fp = fingerprint([records[j.id]["fingerprint"] for j in jobs if j.kind != "reference"])
     existing = None
     if RunLayout(run).members.is_file() and not force:
@@ -75,5 +88,5 @@ def train_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
         "adapters": [r["id"] for r in group_records],
         "train_flops": sum(float(r["metrics"].get("train_flops", 0.0)) for r in group_records),
         "seconds": sum(float(r["wall_s"]) for r in group_records),
-        "records": records,
+        "records": {j.id: records[j.id] for j in jobs},
     }
