@@ -80,3 +80,17 @@ def test_tune_with_the_real_validation_objective_trains_in_placement_groups(tmp_
     assert (best["m"], best["b"]) in set(zip(tops["m"].astype(int), tops["b"].astype(int)))
     assert best["val_loss"] == pytest.approx(table["val_loss"].min())
     assert best["estimated_val_loss"] is None
+
+
+def test_validation_trials_reserve_what_a_training_job_asks_for():
+    """Each training slot of a validation trial holds one local-mode job's resources, its GPU included
+    when training uses GPUs (before, CPU-only bundles left GPU jobs waiting forever); Ray Train worker
+    groups, which would reserve outside the trial's placement group, are refused."""
+    from elora_ray.errors import ConfigError
+    from elora_ray.tune.validation import trial_bundles
+
+    cfg = load_config(None, ["tune.train_slots=2", "train.cpus_per_worker=2"])
+    assert trial_bundles(cfg, use_gpu=False) == [{"CPU": 0.01}, {"CPU": 2.0}, {"CPU": 2.0}]
+    assert trial_bundles(cfg, use_gpu=True) == [{"CPU": 0.01}, {"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}]
+    with pytest.raises(ConfigError, match="train.num_workers=0"):
+        trial_bundles(load_config(None, ["train.num_workers=2"]), use_gpu=False)

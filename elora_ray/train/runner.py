@@ -105,10 +105,22 @@ def export_job(
         "job": job.to_dict(), "adapter_parameters": adapter_params,
         "metrics": {k: v for k, v in metrics.items()}, "wall_s": round(wall_s, 3),
         "output_seconds": round(time.perf_counter() - t0, 3), "output_rows": table.num_rows,
-        "node_id": current_node_id(),
+        "node_id": current_node_id(), "export": {"device": str(device), "resources": _assigned_resources()},
     }
     write_json(RunLayout(run_dir).job_record(job.id), record)
     return record
+
+
+def _assigned_resources() -> dict[str, float]:
+    """The Ray resources this process holds (empty outside a Ray task)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    try:
+        return {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}
+    except Exception:  # noqa: BLE001 - the driver, or a Ray without the API: nothing to report
+        return {}
 
 
 def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_gpu: bool) -> dict:
@@ -124,7 +136,8 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     from ..models.placement import worker_device
 
     # Only a local-mode job reserves a GPU itself (num_gpus=1); with Ray Train workers this task is
-    # a 0-resource launcher and exports on the CPU.
+    # a 0-resource launcher (references and linearised learners then run on its CPU; a trained job's
+    # export gets its own task below).
     device = str(worker_device(use_gpu and cfg.train.num_workers == 0, f"training job {job.id}"))
     if job.kind == "reference":
         return export_job(cfg, run, job, None, {}, fingerprint, time.perf_counter() - t0, device)
@@ -174,13 +187,52 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     if result.checkpoint is None:
         raise TrainJobError(f"training job {job.id!r} finished without a checkpoint")
     metrics = dict(result.metrics or {})
+    if t.num_workers > 0:
+        # This launcher holds no resources (it may share a CPU head with everything else): the export,
+        # a forward pass over every requested split, runs in a task reserving what one training worker
+        # had (its GPU when training used GPUs), like the workers, next to the checkpoint's storage.
+        export = ray.remote(export_checkpoint).options(**job_resources(cfg, use_gpu, workers=False), max_retries=0)
+        return ray.get(export.remote(cfg_data, run_dir, job_data, result.checkpoint.path, metrics, fingerprint,
+                                     time.perf_counter() - t0, use_gpu))
     with result.checkpoint.as_directory() as d:
-        evals = Path(d) / "evals.json"
-        if evals.is_file():
-            import json
+        return export_checkpoint(cfg_data, run_dir, job_data, str(d), metrics, fingerprint, time.perf_counter() - t0,
+                                 use_gpu)
 
-            metrics["evals"] = json.loads(evals.read_text())
-        return export_job(cfg, run, job, Path(d), metrics, fingerprint, time.perf_counter() - t0, device)
+
+def job_resources(cfg: RunConfig, use_gpu: bool, workers: bool = True) -> dict:
+    """Ray resources of one adapter job's Ray task. ``workers``: the task that trains (local mode:
+    ``train.cpus_per_worker`` CPUs and a GPU when used; with Ray Train workers a 0-CPU launcher, the
+    worker group reserving the rest). ``workers=False``: the resources of one training worker (what
+    an export after distributed training reserves)."""
+    local = cfg.train.num_workers == 0
+    if workers and not local:
+        return {"num_cpus": 0}
+    return {"num_cpus": cfg.train.cpus_per_worker, **({"num_gpus": 1} if use_gpu else {})}
+
+
+def export_checkpoint(cfg_data: dict, run_dir: str, job_data: dict, checkpoint: str, metrics: dict, fingerprint: str,
+                      seconds_before: float, use_gpu: bool) -> dict:
+    """Export a job from its Ray Train checkpoint folder (on the device this process reserved)."""
+    import json
+
+    from ..models.placement import worker_device
+
+    t0 = time.perf_counter()
+    cfg = RunConfig.model_validate(cfg_data)
+    job = AdapterJob.from_dict(job_data)
+    torch_threads(cfg)
+    device = str(worker_device(use_gpu, f"export of training job {job.id}"))
+    d = Path(checkpoint)
+    metrics = dict(metrics)
+    if (d / "evals.json").is_file():
+        metrics["evals"] = json.loads((d / "evals.json").read_text())
+    return export_job(cfg, Path(run_dir), job, d, metrics, fingerprint, seconds_before + time.perf_counter() - t0, device)
+
+
+def torch_threads(cfg: RunConfig) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
 
 
 def run_jobs(
@@ -216,11 +268,7 @@ def run_jobs(
         return {j.id: records[j.id] for j in jobs}
     ensure_ray(cfg.ray)
     use_gpu = resolve_use_gpu(cfg)
-    local = cfg.train.num_workers == 0
-    options = {"num_cpus": cfg.train.cpus_per_worker if local else 0, "max_retries": 0}
-    if local and use_gpu:
-        options["num_gpus"] = 1
-    remote = ray.remote(run_job).options(**options)
+    remote = ray.remote(run_job).options(**job_resources(cfg, use_gpu), max_retries=0)
     cfg_data = cfg.model_dump(mode="json")
     pending = {remote.remote(cfg_data, str(run_dir), job.to_dict(), fp, use_gpu): job for job, fp in todo}
     bar = tqdm(total=len(jobs), initial=len(records), desc=desc, unit="adapter", disable=not progress)

@@ -103,8 +103,10 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True, runner: Cal
         if runner is None:
             raise ValueError("tune.objective=validation trains the pipeline in every trial: pass runner="
                              "elora_ray.pipeline.run_stages (elora_ray.run_stage('tune', ...) does)")
-        # bundle 0 hosts the (idle) trial; its training tasks are captured into the other bundles
-        pgf = tune.PlacementGroupFactory([{"CPU": 0.01}] + [{"CPU": cfg.train.cpus_per_worker}] * t.train_slots)
+        from ..train.runner import resolve_use_gpu
+        from .validation import trial_bundles
+
+        pgf = tune.PlacementGroupFactory(trial_bundles(cfg, resolve_use_gpu(cfg)))
         trainable = tune.with_resources(
             tune.with_parameters(validation_trial, run_dir=str(run.resolve()), cfg_data=_pinned_calibration(cfg, run),
                                  max_boost_steps=t.max_boost_steps, runner=runner),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..layout import (
     AFFINITY_COUNTS_FILE,
     AFFINITY_FILE,
@@ -32,6 +33,21 @@ from ..layout import (
     HALF_FILES,
     RunLayout,
 )
+
+def trial_bundles(cfg: RunConfig, use_gpu: bool) -> list[dict[str, float]]:
+    """A validation trial's placement group: bundle 0 hosts the (idle) trial; its training tasks are
+    captured into the ``tune.train_slots`` others, each holding what one local-mode adapter job asks
+    for (:func:`elora_ray.train.runner.job_resources`: its CPUs, and its GPU when training uses GPUs)."""
+    from ..train.runner import job_resources
+
+    if cfg.train.num_workers > 0:
+        raise ConfigError("tune.objective=validation trains each trial's adapters inside the trial's placement "
+                          "group, one local-mode job per bundle; set train.num_workers=0 for tuning (Ray Train "
+                          "worker groups would reserve resources outside it and could wait for each other)")
+    job = job_resources(cfg, use_gpu)
+    bundle = {"CPU": float(job["num_cpus"]), **({"GPU": float(job["num_gpus"])} if "num_gpus" in job else {})}
+    return [{"CPU": 0.01}] + [dict(bundle) for _ in range(cfg.tune.train_slots)]
+
 
 #: parent-run artifacts a trial reuses through symlinks
 SHARED = (DATA_DIR, FEATURE_DIR, EST_DIR, "model.json", AFFINITY_FILE, AFFINITY_META_FILE, AFFINITY_RAW_FILE,
