@@ -145,3 +145,24 @@ def test_projection_is_seeded_blockwise_and_preserves_geometry():
     assert (cos - pcos).abs().max() < 0.2
     w = torch.randn(400)
     assert torch.allclose(a.back_project(w), a.dense() @ w, atol=1e-5)
+
+
+def test_projection_is_kept_on_a_gpu_within_a_quarter_of_its_memory(monkeypatch):
+    """``featurize.cache_limit_mb: auto``: a P of p = 200,000 gradient coordinates × d = 400 (305 MiB,
+    the size of a Llama-1B LoRA's) is regenerated per batch under the CPU budget (256 MiB) but kept on
+    an 80 GB GPU; a number is used as given. The matrix is the same either way (CPU generators,
+    seeded per block)."""
+    from elora_ray.featurize.projection import cache_budget_mb
+
+    assert cache_budget_mb("auto", "cpu") == 256.0 and cache_budget_mb(12, "cuda:0") == 12.0
+
+    class Props:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: Props)
+    assert cache_budget_mb("auto", "cuda:0") == 0.25 * 80 * 1024
+    p = 200_000
+    assert not JLProjector(p, 400, seed=0).cached
+    on_gpu = JLProjector(p, 400, seed=0, device="cuda:0")  # nothing is allocated before a block is used
+    assert on_gpu.cached and on_gpu.describe()["cached_on"] == "cuda:0"
+    assert not JLProjector(p, 400, seed=0, cache_limit_mb=0, device="cuda:0").cached

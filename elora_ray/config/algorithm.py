@@ -17,8 +17,10 @@ class FeaturizeConfig(_Section):
     projection: Literal["gaussian", "rademacher"] = "gaussian"
     block_rows: int = Field(4096, ge=1)
     """The projection is generated this many gradient coordinates at a time (memory block_rows·d)."""
-    cache_limit_mb: float = Field(256.0, ge=0.0)
-    """Keep the generated projection in memory when p·d·4 bytes fits this budget (0: regenerate)."""
+    cache_limit_mb: Annotated[float, Field(ge=0.0)] | Literal["auto"] = "auto"
+    """Keep the generated projection on the featurising device when p·d·4 bytes fits this budget
+    (0: regenerate every batch). ``auto``: 256 MB on a CPU; on a GPU, a quarter of its memory
+    (Llama-1B with r = 4 needs 262 MB; regenerating on the CPU per batch would cap the GPU)."""
     batch_size: int = Field(32, ge=1)
     splits: list[Literal["train", "validation", "test"]] = Field(default_factory=lambda: ["train", "validation"])
     actors: int | Literal["auto"] = "auto"
