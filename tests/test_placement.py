@@ -107,12 +107,34 @@ def test_ray_gpu_reservation_without_a_visible_gpu_fails_in_the_worker():
             print("reserved", ray.get(reserve.remote()))
         except Exception as exc:
             print("ERROR", type(exc).__name__, str(exc).splitlines()[-1][:300])
+
+        # the federated client pool: two actors sharing the GPU (federated.gpus_per_worker=0.5)
+        from elora_ray.federated.pool import ActorPool
+        from elora_ray.federated.stage import worker_gpus
+
+        class Probe:
+            def ids(self):
+                return reserved_gpu_ids()
+
+        pool = ActorPool(Probe, (), 2, num_cpus=0.5, num_gpus=worker_gpus("auto", 2, 1))
+        print("pool", sorted(pool.map("ids", [(0, ()), (1, ())]).results.values()))
+        pool.shutdown()
         ray.shutdown()
     """ % tempfile.mkdtemp(prefix="rg", dir="/tmp"))  # short: Ray's socket paths must stay under 107 bytes
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "RAY_ADDRESS")}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
     assert "plain ([], 'cpu')" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "ERROR" in out.stdout and "a GPU task reserved a GPU" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "pool [[0], [0]]" in out.stdout, out.stdout + out.stderr[-3000:]  # each client actor holds half of GPU 0
+
+
+def test_federated_client_workers_share_the_clusters_gpus():
+    from elora_ray.federated.stage import worker_gpus
+
+    assert worker_gpus("auto", 4, 0) == 0.0  # a CPU cluster
+    assert worker_gpus("auto", 4, 2) == 0.5  # 4 actors on 2 GPUs
+    assert worker_gpus("auto", 1, 8) == 1.0  # never more than one GPU per actor
+    assert worker_gpus(0.25, 4, 0) == 0.25  # given: used as is (an autoscaling cluster)
 
 
 def test_a_model_cache_built_by_two_processes_at_once_keeps_the_first_copy(tmp_path):

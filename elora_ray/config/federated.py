@@ -93,6 +93,10 @@ class FederatedConfig(_Section):
     """``engine: ray_train``: workers per trainer; 0 is Ray Train's local mode (one process per group)."""
     workers: int | None = Field(None, ge=1)
     """Size of the client actor pool (default: the cluster's CPUs)."""
+    gpus_per_worker: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = "auto"
+    """GPU share each client actor reserves (its model, training, featurisation and scoring run there;
+    a fraction lets several actors share one GPU). ``auto``: the cluster's GPUs shared evenly by the
+    pool (at most 1 each) when it has any, else 0; give a number on an autoscaling cluster."""
     max_retries: int = Field(1, ge=0)
     """A client call that fails is retried this many times, then excluded with a log line."""
 

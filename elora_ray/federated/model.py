@@ -24,6 +24,7 @@ from ..featurize.gradients import PerSampleGradients, gold_log_odds
 from ..featurize.projection import JLProjector
 from ..featurize.worker import gradient_layers_for, projection_seed
 from ..models.build import _DTYPES, disable_cpu_weight_packing, quantization_config
+from ..models.placement import place_model
 from ..models.registry import detect_kind, load_hf_config, resolve_model_dir
 
 
@@ -61,8 +62,9 @@ def window_gold_log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     return gold_log_odds(z, y).view(targets.shape[0], -1).mean(1)
 
 
-def build_lm(cfg: RunConfig):
-    """(peft_model, tokenizer): the decoder from ``model.name_or_path`` with a fresh seeded adapter."""
+def build_lm(cfg: RunConfig, device: str | torch.device = "cpu"):
+    """(peft_model, tokenizer): the decoder from ``model.name_or_path`` with a fresh seeded adapter,
+    every module on ``device`` (a 4-bit base is loaded there directly)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -73,8 +75,11 @@ def build_lm(cfg: RunConfig):
         raise ModelError(f"federated next-token training needs a causal LM; {path} is an encoder")
     quantize = needs_quantized_base(cfg.adapter)
     kwargs = dict(local_files_only=True, trust_remote_code=cfg.model.trust_remote_code, dtype=_DTYPES[cfg.model.dtype])
+    target = torch.device(device)
     if quantize:
         kwargs["quantization_config"] = quantization_config("decoder", cfg.adapter.quant_type)
+        if target.type != "cpu" or torch.cuda.is_available():  # explicit (else bitsandbytes takes the current GPU)
+            kwargs["device_map"] = {"": str(target) if target.index is not None else f"{target.type}:0"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.model.trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, **kwargs)
@@ -86,8 +91,14 @@ def build_lm(cfg: RunConfig):
     if quantize:
         disable_cpu_weight_packing(model)
     peft_model = attach_adapter(model, cfg.adapter, seed=cfg.seed, train_heads=False)  # type: ignore[arg-type]
+    place_model(peft_model, target)
     peft_model.eval()
     return peft_model, tokenizer
+
+
+def model_device(peft_model: nn.Module) -> torch.device:
+    """Where the model's (adapter) parameters live: inputs go there, results come back to the CPU."""
+    return next(p.device for p in peft_model.parameters())
 
 
 def trainable_names(peft_model: nn.Module) -> list[str]:
@@ -131,8 +142,9 @@ def train_windows(
     rng = np.random.default_rng(seed)
     order: list[int] = []
     opt = torch.optim.AdamW(params, lr=lr)
-    x = torch.as_tensor(inputs, dtype=torch.long)
-    y = torch.as_tensor(targets, dtype=torch.long)
+    dev = model_device(peft_model)
+    x = torch.as_tensor(inputs, dtype=torch.long).to(dev)
+    y = torch.as_tensor(targets, dtype=torch.long).to(dev)
     losses = []
     peft_model.train()
     for _ in range(steps):
@@ -150,9 +162,10 @@ def train_windows(
 
 @torch.no_grad()
 def window_logits(peft_model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-    """float32 logits of the windows' targets: [N, T, vocab] (every position) or [N, vocab]."""
+    """float32 logits of the windows' targets: [N, T, vocab] (every position) or [N, vocab], on the
+    model's device."""
     peft_model.eval()
-    x = torch.as_tensor(inputs, dtype=torch.long)
+    x = torch.as_tensor(inputs, dtype=torch.long).to(model_device(peft_model))
     outs = [peft_model(input_ids=x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.zeros(0, 0)
 
@@ -161,9 +174,9 @@ def token_losses(logits: torch.Tensor, targets: np.ndarray) -> np.ndarray:
     """Per-window mean cross-entropy over its targets (nats)."""
     if len(targets) == 0:
         return np.zeros(0)
-    y = torch.as_tensor(targets, dtype=torch.long)
+    y = torch.as_tensor(targets, dtype=torch.long).to(logits.device)
     ce = nn.functional.cross_entropy(*_flat(logits, y), reduction="none")
-    return ce.view(len(y), -1).mean(1).numpy()
+    return ce.view(len(y), -1).mean(1).cpu().numpy()
 
 
 class WindowFeaturizer:
@@ -174,20 +187,22 @@ class WindowFeaturizer:
         self.layers = gradient_layers_for(peft_model)
         self.p = sum(g.size for g in self.layers)
         f = cfg.featurize
-        self.projector = JLProjector(self.p, f.dim, projection_seed(cfg), f.projection, f.block_rows, f.cache_limit_mb)
+        self.device = model_device(peft_model)
+        self.projector = JLProjector(self.p, f.dim, projection_seed(cfg), f.projection, f.block_rows, f.cache_limit_mb,
+                                     self.device)
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """(g̃ [N, d], h0 [N]) for the windows."""
         gs, hs = [], []
-        x = torch.as_tensor(inputs, dtype=torch.long)
-        y = torch.as_tensor(targets, dtype=torch.long)
+        x = torch.as_tensor(inputs, dtype=torch.long).to(self.device)
+        y = torch.as_tensor(targets, dtype=torch.long).to(self.device)
         for i in range(0, len(x), batch_size):
             with PerSampleGradients(self.layers) as psg:
                 h = window_gold_log_odds(self.peft_model(input_ids=x[i : i + batch_size]), y[i : i + batch_size])
                 grads = psg.backward(h)
             self.peft_model.zero_grad(set_to_none=True)
-            gs.append(self.projector.project(grads).numpy())
-            hs.append(h.detach().numpy())
+            gs.append(self.projector.project(grads).cpu().numpy())
+            hs.append(h.detach().cpu().numpy())
         return np.concatenate(gs), np.concatenate(hs)
 
 
@@ -200,7 +215,7 @@ def apply_projected_step(featurizer: WindowFeaturizer, w: np.ndarray) -> None:
             for p in (g.module.weight, g.module.bias):
                 if p is None:
                     continue
-                p.add_(delta[offset : offset + p.numel()].view_as(p).to(p.dtype))
+                p.add_(delta[offset : offset + p.numel()].view_as(p).to(p.device, p.dtype))
                 offset += p.numel()
 
 

@@ -32,11 +32,11 @@ class ActorPool:
     """``ActorPool(cls, args, workers)``; ``map(method, items)`` with ``items = [(key, args), ...]``."""
 
     def __init__(self, actor_cls, init_args: tuple = (), workers: int = 1, *, num_cpus: float = 1.0,
-                 max_retries: int = 1, depth: int = 2) -> None:
+                 num_gpus: float = 0.0, max_retries: int = 1, depth: int = 2) -> None:
         import ray
 
-        self._remote = ray.remote(num_cpus=num_cpus, max_restarts=0)(actor_cls) if not hasattr(actor_cls, "remote") \
-            else actor_cls.options(num_cpus=num_cpus, max_restarts=0)
+        opts = {"num_cpus": num_cpus, "max_restarts": 0, **({"num_gpus": num_gpus} if num_gpus > 0 else {})}
+        self._remote = ray.remote(**opts)(actor_cls) if not hasattr(actor_cls, "remote") else actor_cls.options(**opts)
         self._init_args = init_args
         self.max_retries = max_retries
         self.depth = max(1, depth)

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..io import write_json
 from ..layout import FED_DIR
 from ..observe import log_metrics, sync_mlflow
-from ..raysession import cluster_cpus, ensure_ray
+from ..raysession import cluster_cpus, cluster_gpus, ensure_ray
 from .affinity import federated_l2
 from .ensemble import grouped
 from .evaluation import evaluate, method_row, save_state
@@ -50,9 +50,18 @@ FEDERATED_BOOST_KEYS = {"method", "l2", "line_search", "step_size"}
 only these enter its fingerprint, so changing another ``boost`` key does not block a resume."""
 
 
+def worker_gpus(setting: float | str, workers: int, gpus: float) -> float:
+    """GPU share of each client actor: ``federated.gpus_per_worker`` as given, or (``auto``) the
+    cluster's ``gpus`` shared evenly by ``workers`` actors, at most one each (0 without GPUs)."""
+    if setting != "auto":
+        return float(setting)
+    return min(1.0, gpus / max(1, workers)) if gpus > 0 else 0.0
+
+
 def _fingerprint(cfg: RunConfig) -> dict:
     return {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
-            "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries", "engine", "train_workers"}),
+            "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries", "engine", "train_workers",
+                                                                         "gpus_per_worker"}),
             "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg),
             "affinity": cfg.estimate.affinity, "cluster": cfg.cluster.model_dump(mode="json", include={"max_groups", "select_m", "solver"}), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
             "ensemble": cfg.ensemble.model_dump(mode="json"), "seed": cfg.seed, "source": str(_source(cfg))}
@@ -97,6 +106,7 @@ class FederatedRun:
 
     def _new_pool(self) -> ActorPool:
         return ActorPool(ClientWorker, (self.cfg.model_dump(mode="json"), str(self.fed / "windows.parquet")), self.workers,
+                         num_gpus=worker_gpus(self.fcfg.gpus_per_worker, self.workers, cluster_gpus()),
                          max_retries=self.fcfg.max_retries)
 
     def done(self, name: str) -> dict | None:

@@ -20,6 +20,7 @@ from ..boost.rule import step_coefficient
 from ..config import RunConfig
 from ..ensemble.weights import fit_task_weights, weights_objective
 from ..models.flops import FlopCounter
+from ..models.placement import reserved_gpu_ids, worker_device
 from ..train.worker import PeakMemory
 from .clients import _evenly
 from .model import (
@@ -42,7 +43,9 @@ class ClientWorker:
     def __init__(self, cfg_data: dict, windows_path: str, threads: int = 1) -> None:
         torch.set_num_threads(max(1, int(threads)))
         self.cfg = RunConfig.model_validate(cfg_data)
-        self.peft_model, _ = build_lm(self.cfg)
+        # a worker that reserved (a share of) a GPU must see it (federated.gpus_per_worker)
+        self.device = worker_device(bool(reserved_gpu_ids()), "a federated client worker")
+        self.peft_model, _ = build_lm(self.cfg, self.device)
         self.theta_star = get_state(self.peft_model)
         table = pq.read_table(windows_path).to_pandas()
         self.data: dict[str, dict[str, tuple[np.ndarray, np.ndarray, list[str]]]] = {}
@@ -194,7 +197,7 @@ class ClientWorker:
         hs, losses = [], []
         for b in self._batches(len(y)):
             z = self._combined_logits(x[b], terms)
-            hs.append(window_gold_log_odds(z, torch.as_tensor(y[b])).numpy())
+            hs.append(window_gold_log_odds(z, torch.as_tensor(y[b]).to(z.device)).cpu().numpy())
             losses.append(token_losses(z, y[b]))
         return {"sample_id": ids, "h": np.concatenate(hs), "loss": np.concatenate(losses), "windows": len(ids)}
 
@@ -258,7 +261,7 @@ class ClientWorker:
                 flat = logits.reshape(-1, logits.shape[-1])
                 mine = pick[np.isin(pick // per_window, w)]  # the picked targets of these windows, in order
                 local = np.searchsorted(w, mine // per_window) * per_window + mine % per_window
-                parts.append(flat[torch.as_tensor(local)].half())
+                parts.append(flat[torch.as_tensor(local).to(flat.device)].half().cpu())
             z.append(torch.cat(parts))
         targets = torch.as_tensor(y.reshape(-1)[pick])
         return torch.stack(z, dim=1), targets, len(windows)
