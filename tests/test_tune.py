@@ -92,5 +92,7 @@ def test_validation_trials_reserve_what_a_training_job_asks_for():
     cfg = load_config(None, ["tune.train_slots=2", "train.cpus_per_worker=2"])
     assert trial_bundles(cfg, use_gpu=False) == [{"CPU": 0.01}, {"CPU": 2.0}, {"CPU": 2.0}]
     assert trial_bundles(cfg, use_gpu=True) == [{"CPU": 0.01}, {"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}]
+    half = load_config(None, ["tune.train_slots=1", "train.gpus_per_worker=0.5"])  # two small jobs per GPU
+    assert trial_bundles(half, use_gpu=True) == [{"CPU": 0.01}, {"CPU": 1.0, "GPU": 0.5}]
     with pytest.raises(ConfigError, match="train.num_workers=0"):
         trial_bundles(load_config(None, ["train.num_workers=2"]), use_gpu=False)

@@ -39,7 +39,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..io import fingerprint, write_json, write_parquet, write_text
 from ..layout import RunLayout
-from ..raysession import cluster_gpus, ensure_ray
+from ..raysession import ensure_ray
 from .sharpness_report import _to_arrow, plot_sharpness, summarize, summary_markdown
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,9 @@ def measure_variant(cfg_data: dict, run_dir: str, task_name: str, k: int, rank: 
     by_name = {t.name: t for t in tasks}
     task = by_name[task_name]
     n_labels = task.num_labels
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ..models.placement import reserved_gpu_ids, worker_device
+
+    device = str(worker_device(bool(reserved_gpu_ids()), "a sharpness measurement task"))  # never a GPU it did not reserve
     specs = [TaskSpec.of(t) for t in tasks]
     train_rows = [(task_name, e) for e in task.splits["train"]]
     val_rows = [(task_name, e) for e in task.splits["validation"]]
@@ -250,7 +252,10 @@ def run_sharpness(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict:
         ensure_ray(cfg.ray)
         import ray
 
-        resources = {"num_gpus": 1} if cluster_gpus() > 0 else {"num_cpus": 1}
+        from ..train.runner import job_resources, resolve_use_gpu
+
+        resources = job_resources(cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 0})}),
+                                  resolve_use_gpu(cfg))  # what one local-mode training job holds
         remote = ray.remote(max_retries=1, **resources)(measure_variant)
         cfg_data = cfg.model_dump(mode="json")
         pending = {remote.remote(cfg_data, str(run_dir), t, v.k, v.rank, seed): (t, v) for t, v in todo}

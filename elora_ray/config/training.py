@@ -60,7 +60,10 @@ class TrainConfig(_Section):
     (adapters train concurrently as CPUs allow); ≥ 1: data-parallel (DDP) workers."""
     cpus_per_worker: float = Field(1.0, gt=0.0)
     use_gpu: bool | Literal["auto"] = "auto"
-    """``auto``: one GPU per worker when the cluster has GPUs."""
+    """``auto``: GPUs when the cluster has them."""
+    gpus_per_worker: float = Field(1.0, gt=0.0, le=1.0)
+    """GPU share of a local-mode job (or of each Ray Train worker) when GPUs are used; a fraction packs
+    several small adapters (and the fidelity fine-tunes) on one GPU."""
     max_failures: int = Field(1, ge=0)
     """Ray Train restarts of a failed run (it resumes from its last checkpoint)."""
     seed: int | None = None

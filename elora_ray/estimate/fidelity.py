@@ -62,13 +62,18 @@ def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int)
     from ..models.classifier import TaskSpec
     from ..train.loop import evaluate_examples, fit_adapter
 
+    from ..models.placement import reserved_gpu_ids, worker_device
+
     torch.set_num_threads(1)
     cfg = RunConfig.model_validate(cfg_data)
     run = Path(run_dir)
     tasks = read_prepared(run)
     by_name = {t.name: t for t in tasks}
     heads = RunLayout(run).heads
-    peft_model, model = build_model_at_init(cfg, [TaskSpec.of(t) for t in tasks], heads if heads.is_file() else None)
+    # a task that reserved (a share of) a GPU (train.use_gpu, train.gpus_per_worker) works there
+    device = worker_device(bool(reserved_gpu_ids()), "a fidelity fine-tuning task")
+    peft_model, model = build_model_at_init(cfg, [TaskSpec.of(t) for t in tasks], heads if heads.is_file() else None,
+                                            device)
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     full_norm = float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in peft_model.parameters())))
     start = {n: p.detach().clone() for n, p in peft_model.named_parameters() if n in trainable}
@@ -80,11 +85,12 @@ def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int)
     for i in range(0, len(val_rows), 32):
         chunk = val_rows[i : i + 32]
         enc = model.tokenize([n for n, _ in chunk], [e.text for _, e in chunk], [e.text_pair for _, e in chunk])
-        labels = torch.tensor([by_name[n].label_id(e.label) for n, e in chunk])
+        enc = {k: v.to(device) for k, v in enc.items()}
+        labels = torch.tensor([by_name[n].label_id(e.label) for n, e in chunk], device=device)
         with PerSampleGradients(layers) as psg:
             h = gold_log_odds(peft_model(**enc), labels)
-            g_full.append(psg.backward(h).numpy())
-        h0.append(h.detach().numpy())
+            g_full.append(psg.backward(h).cpu().numpy())
+        h0.append(h.detach().cpu().numpy())
     g_full_arr, h0_arr = np.concatenate(g_full), np.concatenate(h0)
     layer_params = []
     for g in layers:
@@ -98,9 +104,10 @@ def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int)
 
     train_rows = [(m, e) for m in members for e in by_name[m].splits["train"]]
     f = cfg.fidelity
-    stats = fit_adapter(peft_model, model, by_name, train_rows, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, seed=seed)
-    after = evaluate_examples(peft_model, model, by_name, val_rows)
-    delta = (torch.cat([p.detach().reshape(-1) for p in layer_params]) - theta_star).numpy()
+    stats = fit_adapter(peft_model, model, by_name, train_rows, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, seed=seed,
+                        device=device)
+    after = evaluate_examples(peft_model, model, by_name, val_rows, device=device)
+    delta = (torch.cat([p.detach().reshape(-1) for p in layer_params]) - theta_star).cpu().numpy()
     h_lin = h0_arr + g_full_arr.astype(np.float64) @ delta
     h_true = after["h"].astype(np.float64)
     dist = float(torch.sqrt(sum(((p.detach() - start[n]) ** 2).sum() for n, p in peft_model.named_parameters() if n in trainable)))
@@ -198,7 +205,11 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
     ensure_ray(cfg.ray)
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=1)(finetune_subset)
+    from ..train.runner import resolve_use_gpu
+
+    # one CPU each, and train.gpus_per_worker of a GPU when training uses GPUs
+    gpus = cfg.train.gpus_per_worker if resolve_use_gpu(cfg) else 0.0
+    remote = ray.remote(num_cpus=1, max_retries=1, **({"num_gpus": gpus} if gpus else {}))(finetune_subset)
     cfg_data = cfg.model_dump(mode="json")
     # Each finished subset is kept (keyed by θ*, fine-tuning settings, members, seed), so an
     # interrupted run resumes, and a rerun with another surrogate λ or projection dim d (same θ*)

@@ -169,7 +169,7 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     scaling = ray.train.ScalingConfig(
         num_workers=t.num_workers,
         use_gpu=use_gpu and t.num_workers > 0,
-        resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu and t.num_workers > 0 else {})},
+        resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu and t.num_workers > 0 else {})},
     )
     run_config = ray.train.RunConfig(
         name=f"{job.id}-{fingerprint}",
@@ -203,11 +203,11 @@ def job_resources(cfg: RunConfig, use_gpu: bool, workers: bool = True) -> dict:
     """Ray resources of one adapter job's Ray task. ``workers``: the task that trains (local mode:
     ``train.cpus_per_worker`` CPUs and a GPU when used; with Ray Train workers a 0-CPU launcher, the
     worker group reserving the rest). ``workers=False``: the resources of one training worker (what
-    an export after distributed training reserves)."""
+    an export after distributed training reserves). GPUs: ``train.gpus_per_worker`` of one."""
     local = cfg.train.num_workers == 0
     if workers and not local:
         return {"num_cpus": 0}
-    return {"num_cpus": cfg.train.cpus_per_worker, **({"num_gpus": 1} if use_gpu else {})}
+    return {"num_cpus": cfg.train.cpus_per_worker, **({"num_gpus": cfg.train.gpus_per_worker} if use_gpu else {})}
 
 
 def export_checkpoint(cfg_data: dict, run_dir: str, job_data: dict, checkpoint: str, metrics: dict, fingerprint: str,
