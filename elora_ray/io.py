@@ -15,6 +15,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def cache_dir() -> Path:
+    """``$ELORA_CACHE`` (default ``~/.cache/elora_ray``): converted models, downloaded data, working copies."""
+    return Path(os.environ.get("ELORA_CACHE", "~/.cache/elora_ray")).expanduser()
+
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
+
+
+def is_uri(path: object) -> bool:
+    """Whether ``path`` names object storage (``s3://``, ``gs://``) rather than a local file."""
+    return isinstance(path, str) and path.startswith(REMOTE_SCHEMES)
+
+
 @contextmanager
 def atomic_path(target: str | Path, *, keep_existing: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.

@@ -28,16 +28,24 @@ CARVING_VERSION = 2
 
 def _file_stats(cfg: RunConfig) -> list:
     """(path, size, mtime) of every input file, so edited data is prepared again."""
+    from .io import is_uri
     from .tasks.builtin import builtin_default_dir, canonical_format
+    from .tasks.remote import remote_stats
 
     paths: list[Path] = []
+    stats: list = []
     for t in cfg.tasks:
         fmt = canonical_format(t.format)
-        if fmt is not None:
+        if fmt is not None and t.path and is_uri(t.path):
+            stats.extend(remote_stats(t.path))  # the bucket's own sizes and times: the same on every machine
+        elif fmt is not None:
             folder = Path(t.path) if t.path else builtin_default_dir(fmt, cfg.resolved_data_root())
             paths.extend(sorted(folder.glob("*")) if folder.is_dir() else [])
-        paths.extend(Path(str(f).split("::")[0]) for f in (t.train, t.validation, t.test) if f)
-    stats = []
+        for f in (t.train, t.validation, t.test):
+            if f and is_uri(f):
+                stats.extend(remote_stats(str(f).split("::")[0]))
+            elif f:
+                paths.append(Path(str(f).split("::")[0]))
     for p in paths:
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
         for f in files:

@@ -30,16 +30,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ConfigError
+from .io import is_uri
 
 log = logging.getLogger(__name__)
 
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 MANIFEST = ".remote-manifest.json"  # in the working copy only: what the bucket holds (size, mtime)
 _MIRRORS: dict[str, RemoteRun] = {}
 
 
 def is_remote(out: str | Path) -> bool:
-    return isinstance(out, str) and out.startswith(REMOTE_SCHEMES)
+    """Whether ``--out`` names a bucket (:func:`elora_ray.io.is_uri`)."""
+    return is_uri(out)
 
 
 class RemoteRun:

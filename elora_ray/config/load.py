@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..io import is_uri
 from .run import RunConfig
 
 
@@ -76,8 +77,8 @@ def _list_index(node: list, part: str, where: str) -> int:
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     def fix(p: str | None) -> str | None:
-        if p is None:
-            return None
+        if p is None or is_uri(p):  # object storage: kept as written
+            return p
         q = Path(os.path.expanduser(p))
         return os.path.normpath(q if q.is_absolute() else (base / q))
 

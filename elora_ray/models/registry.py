@@ -11,13 +11,13 @@ Names:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
 from ..config import ModelConfig
 from ..errors import ModelError
+from ..io import cache_dir
 from .minilm import minilm_dir
 
 DECODER_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi", "phi3", "gemma", "gemma2", "smollm3", "olmo"}
@@ -26,7 +26,7 @@ DECODER_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox",
 def cache_root(cfg: ModelConfig | None = None) -> Path:
     if cfg is not None and cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
-    return Path(os.environ.get("ELORA_CACHE", "~/.cache/elora_ray")).expanduser()
+    return cache_dir()
 
 
 def resolve_model_dir(cfg: ModelConfig) -> Path:

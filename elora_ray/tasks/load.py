@@ -11,6 +11,7 @@ from ..config import GENERIC_FORMATS, RunConfig, SplitConfig, TaskConfig
 from ..errors import DataError
 from .builtin import BUILTIN_FORMATS, builtin_default_dir, canonical_format, normalize_label, read_builtin
 from .readers import read_records
+from .remote import localize
 from .schema import SPLITS, Example, TaskData
 
 
@@ -227,7 +228,7 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
                 f"format '{cfg.format}' reads its own files; remove {given} and point path: at the folder instead",
                 task=cfg.name,
             )
-        folder = Path(cfg.path) if cfg.path else builtin_default_dir(builtin, data_root)
+        folder = Path(localize(cfg.path)) if cfg.path else builtin_default_dir(builtin, data_root)
         for split, (path, records) in read_builtin(builtin, folder, cfg.name).items():
             data[split] = [
                 (_make_example(cfg.name, path, line, r["row_id"], r["text"], r["text_pair"], r["label"]), line, path)
@@ -239,7 +240,7 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
         if not files:
             raise DataError("no data files: set at least one of train / validation / test (or a built-in format)", task=cfg.name)
         for split, f in files.items():
-            data[split] = _examples_from_generic(cfg, Path(f))
+            data[split] = _examples_from_generic(cfg, Path(localize(f)))
             sources[split] = str(f)
     if not any(data.values()):
         raise DataError("empty task: no examples in any split", task=cfg.name)
