@@ -185,6 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
             load_trainable_state(peft_model, params)
             resume = (LoopState(**{k: loop[k] for k in ("step", "best_metric", "best_step", "bad_evals")}), opt_state)
             log.info("adapter %s: resuming from its checkpoint at step %d", job.id, resume[0].step)
+        resumed_from_step = float(resume[0].step) if resume is not None else -1.0  # training advances the state
         if t.strategy == "deepspeed":
             from .deepspeed_engine import build_engine
 
@@ -231,7 +232,7 @@ def train_loop_per_worker(config: dict) -> None:
         "train_seconds": stats.seconds, "train_flops": stats.flops * world,
         "best_step": float(stats.best_step if stats.best_step is not None else stats.steps),
         "stopped_early": float(stats.stopped_early), "world_size": float(world),
-        "resumed_from_step": float(resume[0].step) if resume is not None else -1.0,
+        "resumed_from_step": resumed_from_step,
         "first_loss": float(np.mean(stats.losses[:5])) if stats.losses else float("nan"),
         "last_loss": float(np.mean(stats.losses[-5:])) if stats.losses else float("nan"),
         **mem.megabytes(),
