@@ -160,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         who = f"{rep['clients']} clients, {rep['model']} + {rep['adapter']}, {rep['rounds']} rounds"
         lines.append(f"| federated: ensemble test loss vs single FedAvg adapter ({who}) | ≥ 9% lower | "
                      f"{c['ensemble_vs_fedavg_pct']:+.1f}% | {src} |")
-        ratio = c["ensemble_flops_vs_mtl_ft"]
-        lines.append(f"| federated: ensemble computation vs MTL-FT, test loss vs MTL-FT ({who}) | 90% less, comparable | "
-                     f"{_less_or_more(ratio)}, {c['ensemble_vs_mtl_ft_pct']:+.1f}% | {src} |")
+        ratio, vs = c["ensemble_flops_vs_mtl_ft"], c["ensemble_vs_mtl_ft_pct"]
+        if ratio == ratio and vs == vs:  # MTL-FT was run
+            lines.append(f"| federated: ensemble computation vs MTL-FT, test loss vs MTL-FT ({who}) | 90% less, comparable | "
+                         f"{_less_or_more(ratio)}, {vs:+.1f}% | {src} |")
+        else:
+            lines.append(f"| federated: ensemble computation vs MTL-FT, test loss vs MTL-FT ({who}) | 90% less, comparable | "
+                         f"not measured (MTL-FT not in this run) | {src} |")
     for f in sorted(RESULTS.glob("affinity_planted*.json")):
         if _skip(f.name):
             continue
