@@ -85,21 +85,12 @@ def test_federated_worker_follows_the_shared_rules(tmp_path, shared_data):
     from elora_ray.federated.windows import prepare_windows
     from elora_ray.federated.worker import ClientWorker
 
+    from test_federated import TINY
+
     p = tmp_path / "fed.yaml"
-    p.write_text("""
-model: {name_or_path: tiny-llama}
-adapter: {type: lora, rank: 4}
-featurize: {dim: 16}
-federated:
-  context_tokens: 16
-  stride: 16
-  max_windows: {train: 4, validation: 4, test: 2}
-  featurize_windows: 4
-  max_clients: 3
-  min_clients: 3
-  weight_positions: 48
-""")
-    cfg = load_config(p)
+    p.write_text(TINY)  # the federated tests' tiny Llama setting, on 3 clients with more validation windows
+    cfg = load_config(p, ["federated.max_clients=3", "federated.min_clients=3", "federated.weight_positions=48",
+                          "federated.max_windows.validation=4"])
     cfg.data_root = str(shared_data)
     fed = tmp_path / "fed"
     meta = prepare_windows(cfg, fed)
