@@ -77,20 +77,28 @@ def _plot(methods: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    axes[0].bar([LABELS.get(n, n).split(" (")[0] for n in names], [methods[n]["test_loss"] for n in names], color="#4c72b0")
-    axes[0].set_ylabel("test loss (nats / token)")
+    labels = [LABELS.get(n, n).split(" (")[0] for n in names]
+    losses = [methods[n]["test_loss"] for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(names) + 2.2))
+    # Horizontal bars from zero (labels never collide; a cut axis would exaggerate differences), value at the end.
+    ypos = list(range(len(names)))[::-1]
+    axes[0].barh(ypos, losses, color="#4c72b0")
+    axes[0].set_yticks(ypos, labels, fontsize=8)
+    for y, v in zip(ypos, losses):
+        axes[0].text(v, y, f" {v:.3f}", va="center", fontsize=8)
+    axes[0].set_xlim(0, max(losses) * 1.18)
+    axes[0].set_xlabel("test loss (nats / token, lower is better)")
     axes[0].set_title("test loss by method")
-    lo = min(methods[n]["test_loss"] for n in names)
-    axes[0].set_ylim(lo * 0.95, max(methods[n]["test_loss"] for n in names) * 1.02)
-    for n in names:
+    for i, n in enumerate(names):
         if methods[n]["train_flops"] > 0:
-            axes[1].scatter(methods[n]["train_flops"], methods[n]["test_loss"], s=40)
-            axes[1].annotate(LABELS.get(n, n).split(" (")[0], (methods[n]["train_flops"], methods[n]["test_loss"]), fontsize=8)
+            axes[1].scatter(methods[n]["train_flops"], methods[n]["test_loss"], s=40, color=f"C{i}")
+            axes[1].annotate(labels[i], (methods[n]["train_flops"], methods[n]["test_loss"]), fontsize=8,
+                             xytext=(6, 6 - 12 * (i % 2)), textcoords="offset points")
     axes[1].set_xscale("log")
     axes[1].set_xlabel("training FLOPs")
     axes[1].set_ylabel("test loss")
     axes[1].set_title("cost vs loss")
+    axes[1].margins(x=0.25, y=0.15)
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
