@@ -181,12 +181,17 @@ def test_planted_partition_recovered_fixed_and_auto(sizes):
     fixed = cluster_tasks(T, names, num_groups=len(sizes))
     assert fixed.method == "sdp" and fixed.reason is None
     assert adjusted_rand_score(lab, fixed.labels) == 1.0
-    auto = cluster_tasks(T, names)
+    auto = cluster_tasks(T, names)  # no halves: the eigengap chooses m
     assert auto.m == len(sizes)
     assert adjusted_rand_score(lab, auto.labels) == 1.0
     assert [row["m"] for row in auto.candidates] == list(range(2, 9))
-    assert auto.score == pytest.approx(max(row["score"] for row in auto.candidates))
+    assert [row["selected"] for row in auto.candidates].index(True) == len(sizes) - 2
     assert auto.score == pytest.approx(brute_density(T, auto.labels))
+    dens = cluster_tasks(T, names, select_m="density")
+    assert dens.m == len(sizes)
+    assert [row["m"] for row in dens.candidates] == list(range(2, 9))
+    assert dens.score == pytest.approx(max(row["score"] for row in dens.candidates))
+    assert dens.score == pytest.approx(brute_density(T, dens.labels))
 
 
 def test_trace_regularised_mode_recovers_planted():
@@ -255,7 +260,7 @@ def test_fallback_above_max_sdp_tasks(caplog):
     assert "max_sdp_tasks=20" in res.reason
     assert any("max_sdp_tasks" in r.getMessage() for r in caplog.records)
     assert res.m == 4 and adjusted_rand_score(lab, res.labels) == 1.0
-    assert all(row["method"] == "spectral-fallback" for row in res.candidates)
+    assert [row["method"] for row in res.candidates if row["selected"]] == ["spectral-fallback"]
 
 
 def test_fallback_when_solver_is_inaccurate(caplog):

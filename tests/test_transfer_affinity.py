@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.special import expit
+from sklearn.metrics import adjusted_rand_score
 
 from elora_ray.cluster.select import block_means, cluster_tasks, heldout_error
 from elora_ray.estimate.calibration import regularisation, resolve_l2
@@ -152,3 +153,57 @@ def test_heldout_m_selection_does_not_under_split_where_density_does():
     assert dens.m < 4
     assert held.m == 4 and sorted(map(len, held.groups)) == [5, 5, 5, 5]
     assert [c["selected"] for c in held.candidates].index(True) == 3
+
+
+def _cosine_like(truth: np.ndarray, common: float, within: float, rng, noise: float) -> np.ndarray:
+    """A cosine-like affinity: every pair shares ``common``, pairs in one group add ``within``, plus noise."""
+    M = common + within * (truth[:, None] == truth[None, :]) + rng.normal(scale=noise, size=(truth.size,) * 2)
+    M = (M + M.T) / 2
+    np.fill_diagonal(M, 1.0)
+    return M
+
+
+def test_eigengap_spectrum_of_noiseless_blocks_has_m_minus_one_positive_eigenvalues():
+    """With the diagonal set to the nearest neighbour, m constant blocks on a common level are a rank-m
+    matrix; double centring removes the common level, leaving exactly m − 1 non-zero eigenvalues."""
+    from elora_ray.cluster.select import eigengap_choice, eigengap_spectrum
+
+    truth = np.repeat(np.arange(4), [2, 3, 4, 6])
+    T = _cosine_like(truth, 0.7, 0.1, np.random.default_rng(0), 0.0)
+    ev = eigengap_spectrum(T)
+    assert (ev[:3] > 1e-3).all() and np.abs(ev[3:]).max() < 1e-10
+    # brute force: the same matrix built entry by entry, centred with explicit means
+    n = truth.size
+    M = np.array([[0.8 if truth[i] == truth[j] else 0.7 for j in range(n)] for i in range(n)])
+    C = M - M.mean(0, keepdims=True) - M.mean(1, keepdims=True) + M.mean()
+    assert np.allclose(ev, np.sort(np.linalg.eigvalsh(C))[::-1], atol=1e-10)
+    m, rows = eigengap_choice(T, 8)
+    assert m == 4 and [r["m"] for r in rows] == list(range(2, 9)) and rows[2]["selected"]
+
+
+def test_coupled_halves_make_heldout_under_split_and_auto_uses_the_eigengap():
+    """Halves whose noise cancels (A = S + D, B = S − D: what a probe fitted on all samples does to the two
+    halves of every task) punish every split the held-out fit makes; the eigengap, on the full matrix
+    only, still finds the planted groups, and ``auto`` picks it when the halves are not independent."""
+    truth = np.repeat(np.arange(3), 3)
+    names = [f"t{i}" for i in range(truth.size)]
+    under, right = 0, 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        S = _cosine_like(truth, 0.7, 0.08, rng, 0.01)
+        E = rng.normal(scale=0.06, size=S.shape)
+        D = (E + E.T) / 2
+        np.fill_diagonal(D, 0.0)
+        A, B = S + D, S - D
+        held = cluster_tasks(S, names, halves=(A, B), select_m="heldout", max_groups=5)
+        gap = cluster_tasks(S, names, halves=(A, B), select_m="eigengap", max_groups=5)
+        under += held.m < 3
+        right += gap.m == 3 and adjusted_rand_score(truth, gap.labels) == 1.0
+    auto_coupled = cluster_tasks(S, names, halves=(A, B), halves_independent=False, max_groups=5)
+    auto_indep = cluster_tasks(S, names, halves=(A, B), max_groups=5)
+    assert auto_coupled.labels == gap.labels and auto_coupled.m == gap.m
+    assert [c["heldout_error"] for c in auto_indep.candidates] == [c["heldout_error"] for c in held.candidates]
+    assert under >= 5, under  # measured: 7 of these 10 seeds (20 of 30)
+    assert right == 10
+    with pytest.raises(ValueError, match="select_m"):
+        cluster_tasks(S, names, select_m="elbow")

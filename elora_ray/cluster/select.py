@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_SDP_TASKS = 100
 #: Above this many tasks CLARABEL (interior point) needs minutes and many GB; a warning suggests SCS.
 CLARABEL_WARN_TASKS = 60
+#: ``select_m="eigengap"``: eigenvalues below this fraction of the largest count as noise (a drop to them is
+#: capped). Measured on 16 real planted suites (benchmarks/results/affinity_planted.md) and the synthetic
+#: scale suites: 0 (no floor) lets near-zero eigenvalues make spurious drops (real-suite ARI 0.60); 0.02 and
+#: 0.05 tie on the design suites (0.87), 0.02 is better on the held-out ones (0.75 vs 0.66); 0.10 under-splits.
+EIGENGAP_FLOOR = 0.02
 #: SCS iteration cap used when the caller gives none (typical solves need 200-1500 iterations); a solve
 #: that hits it comes back "optimal_inaccurate" and that m falls back to the spectral method.
 DEFAULT_SCS_MAX_ITERS = 5000
@@ -214,6 +219,79 @@ def _heldout_mode(S: np.ndarray, halves: tuple[np.ndarray, np.ndarray], names: S
     return best[0], rows, method, why
 
 
+def eigengap_spectrum(T: np.ndarray) -> np.ndarray:
+    """Eigenvalues (descending) of the double-centred affinity with each diagonal entry set to its row's maximum.
+
+    A task's similarity with itself (1 for a cosine) is not what another sample of the same data would
+    score, which sampling noise lowers; its nearest neighbour is the closest stand-in, so parts of one
+    dataset form a near-constant block. Double centring removes what every task shares (the common
+    direction of all the loss-gradients), so m well-separated groups leave m − 1 large eigenvalues.
+    """
+    S = symmetrize(T)
+    n = S.shape[0]
+    M = S.copy()
+    if n > 1:
+        np.fill_diagonal(M, np.where(~np.eye(n, dtype=bool), S, -np.inf).max(axis=1))
+    J = np.eye(n) - 1.0 / n
+    return np.sort(np.linalg.eigvalsh(J @ M @ J))[::-1]
+
+
+def eigengap_choice(T: np.ndarray, max_groups: int, floor: float = EIGENGAP_FLOOR) -> tuple[int, list[dict]]:
+    """m in 2..max_groups after the largest relative drop λ_{m−1} / λ_m of :func:`eigengap_spectrum`.
+
+    Scale-free (the ratio, not the difference, so a dominant first group does not hide the others);
+    eigenvalues below ``floor``·λ_1 count as noise, so a drop to them is capped at λ / (floor·λ_1).
+    Returns m (1 when there is no positive eigenvalue: no structure beyond what all tasks share) and one
+    row per m with the eigenvalue and ratio that decided it.
+    """
+    n = np.asarray(T).shape[0]
+    top = min(max_groups, n)
+    if top < 2:
+        return 1, [{"m": 1, "selected": True}]
+    ev = eigengap_spectrum(T)
+    if ev[0] <= 0:
+        return 1, [{"m": 1, "eigenvalue": float(ev[0]), "selected": True}]
+    lo = floor * ev[0]
+    ratios = [float(ev[k - 1] / max(ev[k], lo)) for k in range(1, top)]  # ratio for m = k + 1
+    pick = int(np.argmax(ratios)) + 2
+    rows = [{"m": k + 1, "eigenvalue": float(ev[k - 1]), "gap_ratio": ratios[k - 1], "selected": k + 1 == pick}
+            for k in range(1, top)]
+    return pick, rows
+
+
+def _eigengap_mode(S: np.ndarray, *, use_sdp: bool, reason: str | None, solver: str, max_iters: int | None,
+                   max_groups: int, seed: int) -> tuple[np.ndarray, list[dict], str, str | None]:
+    """Choose m by :func:`eigengap_choice`, partition S at that m only."""
+    m, rows = eigengap_choice(S, max_groups)
+    if m == 1:
+        return np.zeros(S.shape[0], dtype=np.int64), rows, "sdp" if use_sdp else "spectral-fallback", reason
+    lab, row, why = _fixed_m(S, m, use_sdp=use_sdp, reason=reason, solver=solver, max_iters=max_iters, seed=seed,
+                             eig=spectral_eig(S, m))
+    for r in rows:
+        if r["m"] == m:
+            r.update({k: v for k, v in row.items() if k != "m"})
+    return lab, rows, row["method"], why or reason
+
+
+def resolve_select_m(select_m: str, halves_independent: bool) -> str:
+    """``auto`` → ``heldout`` when the two affinity halves are independent estimates, else ``eigengap``.
+
+    The held-out criterion needs halves whose noise is independent. Encoder runs fit each task's probed
+    head on all of its training samples, which ties the two halves together (their deviations cancel in
+    the directions the probe fitted): on the real planted suites, parts of one dataset differ by 0.33-0.83
+    of what independent samples would, and the held-out error then grows with m (under-splitting).
+    Decoders (no probe) and federated clients keep independent halves.
+    """
+    if select_m not in SELECT_M_CHOICES:
+        raise ValueError(f"select_m must be one of {SELECT_M_CHOICES}; got {select_m!r}")
+    if select_m == "auto":
+        return "heldout" if halves_independent else "eigengap"
+    return select_m
+
+
+SELECT_M_CHOICES = ("auto", "eigengap", "heldout", "density")
+
+
 @single_threaded  # see rounding.single_threaded for the measurements behind this
 def cluster_tasks(
     T: np.ndarray,
@@ -228,7 +306,8 @@ def cluster_tasks(
     progress: bool = False,
     max_iters: int | None = None,
     halves: tuple[np.ndarray, np.ndarray] | None = None,
-    select_m: str = "heldout",
+    select_m: str = "auto",
+    halves_independent: bool = True,
 ) -> ClusterResult:
     """Partition n tasks into groups maximising the average intra-cluster density of the affinity ``T``.
 
@@ -241,9 +320,16 @@ def cluster_tasks(
     ``select_m="heldout"`` with ``halves`` (two independent estimates of T, e.g. from two halves of every
     task's samples) chooses m in 1..max_groups instead by held-out error: the partition of one half, as a
     block-constant model of its off-diagonal entries, predicts the other half (both ways; see
-    :func:`heldout_errors`); the smallest m within one standard error of the minimum wins. Without halves "auto" falls back to the density criterion.
+    :func:`heldout_errors`); the smallest m within one standard error of the minimum wins. Without halves
+    it falls back to the eigengap criterion. ``select_m="eigengap"`` chooses m in 2..max_groups by the
+    largest relative drop in the spectrum of the double-centred affinity (:func:`eigengap_choice`).
+    ``select_m="auto"`` (default) is ``heldout`` when ``halves`` are given and ``halves_independent``,
+    else ``eigengap`` (see :func:`resolve_select_m`). ``select_m="density"``: the largest average density.
     """
     T = _validate(T, names, num_groups, max_groups, trace_weight, solver, max_sdp_tasks)
+    rule = resolve_select_m(select_m, halves_independent and halves is not None)
+    if rule == "heldout" and halves is None:
+        rule = "eigengap"
     S = symmetrize(T)
     n = S.shape[0]
     if max_iters is None and solver.upper() == "SCS":
@@ -262,10 +348,13 @@ def cluster_tasks(
         lab, rows, method, reason = _trace_mode(S, float(trace_weight), use_sdp=use_sdp, reason=reason,
                                                 solver=solver, max_iters=max_iters, max_groups=max_groups,
                                                 seed=seed, progress=progress)
-    elif num_groups == "auto" and select_m == "heldout" and halves is not None and n > 2:
+    elif num_groups == "auto" and rule == "heldout" and n > 2:
         lab, rows, method, reason = _heldout_mode(S, halves, names, use_sdp=use_sdp, reason=reason, solver=solver,
                                                   max_iters=max_iters, max_groups=max_groups, seed=seed,
                                                   progress=progress)
+    elif num_groups == "auto" and rule == "eigengap" and n > 2:
+        lab, rows, method, reason = _eigengap_mode(S, use_sdp=use_sdp, reason=reason, solver=solver,
+                                                   max_iters=max_iters, max_groups=max_groups, seed=seed)
     else:
         ms = [int(num_groups)] if num_groups != "auto" else list(range(2, min(max_groups, n) + 1)) or [1]
         best: tuple[np.ndarray, dict, str | None] | None = None

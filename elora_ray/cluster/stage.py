@@ -17,7 +17,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..io import fingerprint, write_json
 from .plot import plot_affinity
-from .select import cluster_tasks
+from .select import cluster_tasks, resolve_select_m
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
     if halves is not None:
         for f in HALF_FILES:
             digest.update((run_dir / f).read_bytes())
-    fp_src = {"affinity": digest.hexdigest()[:16], "cluster": c.model_dump(mode="json"), "seed": cfg.seed}
+    # Probed encoder heads are fit on every training sample, which couples the two halves (see resolve_select_m).
+    independent = not RunLayout(run_dir).heads.is_file()
+    fp_src = {"affinity": digest.hexdigest()[:16], "cluster": c.model_dump(mode="json"), "seed": cfg.seed,
+              "halves_independent": independent}
     fp = fingerprint(fp_src)
     out = RunLayout(run_dir).groups
     if out.is_file() and not force:
@@ -47,16 +50,18 @@ def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
     try:
         result = cluster_tasks(
             A, names, num_groups=c.num_groups, max_groups=min(c.max_groups, len(names)), trace_weight=c.trace_weight,
-            solver=c.solver, seed=cfg.seed, progress=progress, halves=halves, select_m=c.select_m, **kwargs,
+            solver=c.solver, seed=cfg.seed, progress=progress, halves=halves, select_m=c.select_m,
+            halves_independent=independent, **kwargs,
         )
     except ValueError as exc:  # bad cluster settings for these tasks (e.g. num_groups > n) or a bad matrix
         raise ConfigError(f"cluster: {exc} (affinity from {RunLayout(run_dir).affinity})") from None
     if c.num_groups == "auto" and c.trace_weight is None and c.select_m == "heldout" and halves is None:
         log.warning("cluster: select_m=heldout needs the affinity halves (estimate.affinity transfer or first_order); "
-                    "chose m by average density instead")
+                    "chose m by the eigengap instead")
     if result.reason:
         log.warning("cluster: %s used: %s", result.method, result.reason)
-    data = {"fingerprint": fp, **result.to_dict()}
+    data = {"fingerprint": fp, **result.to_dict(),
+            "select_m": resolve_select_m(c.select_m, independent and halves is not None) if c.num_groups == "auto" else None}
     if not cfg.tasks:  # the embedded suite knows its answer
         from sklearn.metrics import adjusted_rand_score
 

@@ -90,11 +90,16 @@ class ClusterConfig(_Section):
     max_groups: int = Field(8, ge=1)
     trace_weight: float | None = None
     """Use the paper's trace-regularised SDP with this λ (m comes from the rounding)."""
-    select_m: Literal["heldout", "density"] = "heldout"
-    """How ``num_groups: auto`` picks m in 1..max_groups. ``heldout``: cluster the affinity
-    estimated on one half of every task's samples, and keep the m whose block-constant fit best
-    predicts the other half's (both ways; needs the halves the transfer / first_order affinity
-    writes). ``density``: the largest average density (the paper's; tends to under-split)."""
+    select_m: Literal["auto", "eigengap", "heldout", "density"] = "auto"
+    """How ``num_groups: auto`` picks m. ``eigengap``: m in 2..max_groups after the largest relative
+    drop in the spectrum of the double-centred affinity (diagonal set to each task's nearest
+    neighbour). ``heldout``: cluster the affinity estimated on one half of every task's samples and
+    keep the m in 1..max_groups whose block-constant fit best predicts the other half's (needs the
+    halves the transfer / first_order affinity writes, and halves with independent noise).
+    ``auto``: ``heldout`` when the halves are independent (decoders, federated clients), ``eigengap``
+    when probed encoder heads were fit on all training samples, which couples the halves.
+    ``density``: the largest average density (the paper's; tends to under-split). Measured on real
+    planted suites in ``benchmarks/results/affinity_planted.md``."""
     solver: Literal["SCS", "CLARABEL"] = "SCS"
     max_sdp_tasks: int | None = None
     """Above this many tasks fall back to spectral clustering (default: the module's)."""
