@@ -65,7 +65,7 @@ def run_n(n: int, per_task: int, sets: list[str], kinds: list[str]) -> list[dict
         rows.append({
             "n": n, "affinity": kind, "samples": res["featurize"]["samples"], "featurize_s": sec["featurize"],
             "estimate_s": sec["estimate"], "estimate_warm_s": warm, "cluster_s": sec["cluster"],
-            "cluster_method": res["cluster"]["method"], "m_chosen": res["cluster"]["m"],
+            "cluster_method": res["cluster"]["method"], "m_chosen": res["cluster"]["m"], "select_m": res["cluster"].get("select_m"),
             "ari_chosen_m": float(adjusted_rand_score(y, [lab[t] for t in names])),
             "ari_true_m": float(adjusted_rand_score(y, [lab_m[t] for t in names])), "random_groups_ari": random_ari,
             "num_subsets": est["num_subsets"], "subset_size": est["subset_size"],

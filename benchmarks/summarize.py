@@ -31,6 +31,7 @@ generated from those files by `python benchmarks/summarize.py`.
 | `scaling.py` | stage wall time vs tasks n (10 → 500 synthetic tasks), subsets k, dimension d, 1 vs 2 CPUs |
 | `affinity_planted.py` | do parts of one real dataset group together? ARI vs the sources, chosen m and true m, per affinity kind |
 | `affinity_scale.py` | grouping quality (ARI) and stage cost at 10 → 500 planted synthetic tasks, default settings |
+| `select_m.py` | every `cluster.select_m` rule (auto, eigengap, heldout, density) re-scored on the stored planted runs of the two above (no model runs) |
 | `sharpness.py` | Hessian-trace sharpness and train–test gap vs adapter rank and k-adapter ensembles (paper §4, Figure 4) |
 | `training_sweep.py` | default training settings: one adapter under several lr / schedules vs the untrained probed model, chosen on validation |
 | `demo_time.py` | wall time of `make demo` (the README's figure), fresh run folders |
@@ -172,20 +173,30 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows = _read(f)["rows"]
         for kind in dict.fromkeys(r["affinity"] for r in rows):
-            sub = [r for r in rows if r["affinity"] == kind]
-            hits = sum(r["ari_chosen_m"] >= 0.8 for r in sub)
-            mean = sum(r["ari_chosen_m"] for r in sub) / len(sub)
-            true_m = sum(r["ari_true_m"] for r in sub) / len(sub)
-            lines.append(f"| parts of one real dataset grouped together, affinity `{kind}` ({len(sub)} suite × seed runs; target "
-                         f"ARI ≥ 0.8, m automatic) | – | mean ARI {mean:.2f} ({hits}/{len(sub)} ≥ 0.8); at the true m {true_m:.2f} | "
-                         f"`{f.with_suffix('.md').name}` |")
+            for suite_set in dict.fromkeys(r.get("set", "design") for r in rows):
+                sub = [r for r in rows if r["affinity"] == kind and r.get("set", "design") == suite_set]
+                if not sub:
+                    continue
+                hits = sum(r["ari_chosen_m"] >= 0.8 for r in sub)
+                mean = sum(r["ari_chosen_m"] for r in sub) / len(sub)
+                true_m = sum(r["ari_true_m"] for r in sub) / len(sub)
+                lines.append(f"| parts of one real dataset grouped together, affinity `{kind}`, {suite_set} suites ({len(sub)} "
+                             f"suite × seed runs; target ARI ≥ 0.8, m automatic) | – | mean ARI {mean:.2f} ({hits}/{len(sub)} ≥ 0.8); "
+                             f"at the true m {true_m:.2f} | `{f.with_suffix('.md').name}` |")
+    sm = load("select_m")
+    if sm is not None:
+        for coll in dict.fromkeys(r["collection"] for r in sm["rows"]):
+            sub = [r for r in sm["rows"] if r["collection"] == coll]
+            cells = ", ".join(f"{rule} {sum(r[rule]['ari'] for r in sub) / len(sub):.2f}" for rule in ("auto", "eigengap", "heldout"))
+            lines.append(f"| choosing m, {coll} ({len(sub)} runs): mean ARI per `cluster.select_m` rule | – | {cells} | `select_m.md` |")
     for f in sorted(RESULTS.glob("affinity_scale*.json")):
         if _skip(f.name):
             continue
         d = _read(f)
         for r in d["rows"]:
             if r["n"] >= 100:
-                lines.append(f"| planted families at n={r['n']} ({d['per_task']} samples/task), affinity `{r['affinity']}` | – | "
+                rule = r.get("select_m") or "heldout, the default then"
+                lines.append(f"| planted families at n={r['n']} ({d['per_task']} samples/task), affinity `{r['affinity']}`, m by {rule} | – | "
                              f"m={r['m_chosen']}, ARI {r['ari_chosen_m']:.2f} (at m=4: {r['ari_true_m']:.2f}) | `{f.with_suffix('.md').name}` |")
         for what, e in d["exponents"].items():
             if e is not None:

@@ -32,11 +32,12 @@ def test_planted_parts_are_cut_disjoint_and_labelled(tmp_path, shared_data):
 def test_parts_of_one_dataset_group_together(tmp_path, shared_data):
     tasks, truth = write_planted_suite({"glue/sst2": 2, "glue/cola": 2, "glue/mrpc": 2}, tmp_path / "data", shared_data,
                                        sizes=PartSizes(200, 60, 10), seed=0)
-    # m fixed to the number of sources: with these small parts the automatic m still splits CoLA's two
-    # parts (ARI 0.76 with m = 4); benchmarks/affinity_planted.py reports the automatic m on full-size parts.
-    cfg = load_config(None, ["tasks=" + json.dumps(tasks), "model.max_length=64", "cluster.num_groups=3"])
+    # m chosen automatically (select_m auto: the eigengap for this probed encoder); the held-out rule it
+    # replaced split CoLA's two parts here (m = 4, ARI 0.76). benchmarks/affinity_planted.py covers more suites.
+    cfg = load_config(None, ["tasks=" + json.dumps(tasks), "model.max_length=64"])
     res = run_stages(cfg, tmp_path / "run", until="cluster")
     names = sorted(truth)
     lab = {t: i for i, g in enumerate(res["cluster"]["groups"]) for t in g}
     ari = adjusted_rand_score([truth[t] for t in names], [lab[t] for t in names])
     assert ari == 1.0, res["cluster"]["groups"]
+    assert res["cluster"]["m"] == 3 and res["cluster"]["select_m"] == "eigengap"
