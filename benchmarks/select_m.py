@@ -37,17 +37,19 @@ def collections() -> list[tuple[str, Path]]:
         for run in sorted(RUNS.glob(pattern), key=lambda p: (len(str(p)), str(p))):
             if name == "scale s40" and run.name.endswith("_s100"):
                 continue
+            if name == "planted" and planted_set(run) is None:  # e.g. the --quick smoke test's tiny random model
+                continue
             if (run / "features" / "manifest.json").is_file():
                 out.append((name, run))
     return out
 
 
-def planted_set(run: Path) -> str:
-    """``design`` or ``heldout`` for a real planted run (see affinity_planted.py)."""
-    from benchmarks.affinity_planted import HELDOUT_SUITES
+def planted_set(run: Path) -> str | None:
+    """``design`` or ``heldout`` for a real planted run (see affinity_planted.py); None for other runs."""
+    from benchmarks.affinity_planted import HELDOUT_SUITES, SUITES
 
     suite = run.parent.name.rsplit("_seed", 1)[0]
-    return "heldout" if suite in HELDOUT_SUITES else "design"
+    return "heldout" if suite in HELDOUT_SUITES else "design" if suite in SUITES else None
 
 
 def evaluate(collection: str, run: Path) -> dict:
@@ -115,7 +117,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import numpy as np
 
     groups = sorted({r["collection"] for r in rows}, key=lambda c: [r["collection"] for r in rows].index(c))
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 4.0))
     width = 0.8 / (len(RULES) + 1)
     for k, rule in enumerate([*RULES, "true m"]):
         means = [np.mean([r["ari_true_m"] if rule == "true m" else r[rule]["ari"] for r in rows if r["collection"] == g])
@@ -126,7 +128,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("mean ARI against the truth")
     ax.set_title("m selection rules on stored planted runs (dashed: the 0.8 bar)")
-    ax.legend(fontsize=7, ncol=5, loc="lower center")
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
