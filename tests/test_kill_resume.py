@@ -80,7 +80,9 @@ def kill_once(process_marker: str, when):
 
 
 def _shards(run: Path) -> dict[str, Path]:
-    return {str(p.relative_to(run)): p for p in sorted((run / "features").rglob("part-*.parquet"))}
+    """Published shards, <split>/<task>/part-*.parquet: not a copy staged in a hidden temporary folder beside
+    them, which a process killed while writing leaves behind."""
+    return {str(p.relative_to(run)): p for p in sorted((run / "features").glob("*/*/part-*.parquet"))}
 
 
 def _features(run: Path) -> dict[str, tuple[float, np.ndarray]]:
@@ -146,6 +148,7 @@ def test_featurize_killed_midway_resumes_without_redoing_shards(tmp_path, refere
 
     manifest = featurize(cfg, run, progress=False)  # the rerun
     assert manifest["shards_resumed"] == len(before)
+    assert not list((run / "features").rglob(".part-*.tmp"))  # staged copies of the killed run are cleaned up
     after = _shards(run)
     assert len(after) == manifest["shards"] > len(before)
     assert all(after[k].stat().st_mtime_ns == t for k, t in before.items())  # finished shards untouched

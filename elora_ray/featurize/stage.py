@@ -222,6 +222,9 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
 
     # Plan the shards; skip the ones already written.
     shard_rows: dict[str, int] = {}
+    # A run killed while writing a shard leaves its staged copy in a hidden folder beside it (io.atomic_path).
+    for stale in out_dir.glob("*/*/.part-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     todo: list[pa.Table] = []
     for split in cfg.featurize.splits:
         for t in tasks:
