@@ -428,3 +428,17 @@ def test_clients_from_several_sources_and_groups_scored_against_them(tmp_path):
     assert (tmp_path / "run_rt" / "federated" / "checkpoints" / "fedavg-ray_train" / "done.json").is_file()
     assert again["client_updates"] == report["methods"]["fedavg"]["client_updates"]
     assert again["test_loss"] == pytest.approx(report["methods"]["fedavg"]["test_loss"], rel=1e-4)
+
+
+def test_federated_fingerprint_keeps_a_run_current_across_spellings_of_the_same_m_rule():
+    """Clients have independent affinity halves, so ``cluster.select_m: auto`` is the held-out rule here:
+    a run made with ``heldout`` must stay current under ``auto`` (and not under another rule)."""
+    from elora_ray.federated.stage import _fingerprint
+
+    def fp(*sets: str) -> dict:
+        return _fingerprint(load_config(None, ["model.name_or_path=tiny-llama", *sets]))
+
+    assert fp("cluster.select_m=auto") == fp("cluster.select_m=heldout")
+    assert fp("cluster.select_m=auto") != fp("cluster.select_m=eigengap")
+    # the paper kind has no halves: there auto is the eigengap
+    assert fp("cluster.select_m=auto", "estimate.affinity=paper") == fp("cluster.select_m=eigengap", "estimate.affinity=paper")

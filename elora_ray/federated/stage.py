@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cluster.select import resolve_select_m
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..io import write_json
@@ -58,12 +59,21 @@ def worker_gpus(setting: float | str, workers: int, gpus: float) -> float:
     return min(1.0, gpus / max(1, workers)) if gpus > 0 else 0.0
 
 
+def _cluster_fingerprint(cfg: RunConfig) -> dict:
+    """The clustering settings that shape the groups, with ``select_m`` as the rule it resolves to: clients
+    have independent affinity halves (except the ``paper`` kind, which has none), so ``auto`` is ``heldout``
+    here and a run made with either spelling stays current."""
+    part = cfg.cluster.model_dump(mode="json", include={"max_groups", "select_m", "solver"})
+    part["select_m"] = resolve_select_m(part["select_m"], halves_independent=cfg.estimate.affinity != "paper")
+    return part
+
+
 def _fingerprint(cfg: RunConfig) -> dict:
     return {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
             "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries", "engine", "train_workers",
                                                                          "gpus_per_worker"}),
             "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg),
-            "affinity": cfg.estimate.affinity, "cluster": cfg.cluster.model_dump(mode="json", include={"max_groups", "select_m", "solver"}), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
+            "affinity": cfg.estimate.affinity, "cluster": _cluster_fingerprint(cfg), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
             "ensemble": cfg.ensemble.model_dump(mode="json"), "seed": cfg.seed, "source": str(_source(cfg))}
 
 
