@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.common import RUNS, machine_info, publish  # noqa: E402,I001
 from elora_ray import load_config  # noqa: E402
 from elora_ray.estimate.fidelity import run_fidelity  # noqa: E402
+from elora_ray.featurize import featurize  # noqa: E402
 from elora_ray import run_stages  # noqa: E402
 
 
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, default=None, help="default: benchmarks/runs/<name>")
     ap.add_argument("--dims", default="", help="extra projection dimensions to compare, e.g. 200,800")
     ap.add_argument("--reuse", action="store_true",
-                    help="use the run directory's existing features and fine-tuned subsets as they are "
-                    "(recompute only the summary), even if the code's data preparation changed since")
+                    help="keep the run directory's prepared data and fine-tuned subsets as they are, even if the "
+                    "code's data preparation changed since; features are recomputed on that data only if the "
+                    "featurize settings or code changed (e.g. featurize.gradients), then the summary")
     args = ap.parse_args(argv)
     if args.quick:
         cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "suite.tasks_per_group=[2,2,2]",
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or args.config.stem
     run_dir = args.run_dir or RUNS / f"fidelity_{name}"
     t0 = time.perf_counter()
-    if not (args.reuse and (run_dir / "features" / "manifest.json").is_file()):
+    if args.reuse and (run_dir / "data" / "manifest.json").is_file():
+        featurize(cfg, run_dir)  # current features on the run's own prepared data (a no-op when they are current)
+    else:
         run_stages(cfg, run_dir, until="featurize")
     summary = run_fidelity(cfg, run_dir)
     data = {

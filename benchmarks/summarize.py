@@ -36,6 +36,7 @@ generated from those files by `python benchmarks/summarize.py`.
 | `training_sweep.py` | default training settings: one adapter under several lr / schedules vs the untrained probed model, chosen on validation |
 | `demo_time.py` | wall time of `make demo` (the README's figure), fresh run folders |
 | `federated_engines.py` | FedAvg wall time on the client actor pool vs Ray Train (same adapter) |
+| `fidelity_surrogates.py` | the stored fidelity run's real fine-tunes against the surrogate solved three ways (ridge, early-stopped GD, Adam on the linearised model), no new training |
 | `quick.py` | `make bench-quick`: every script above in its smoke-test mode (< 5 min; CI runs it, results not kept) |
 """
 
@@ -118,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| first-order error of h, Σ(h−ĥ)²/Σh² ({d['name']}) | < 1% (distances 0.05–0.25%) | "
                      f"{100 * s['first_order']['rss_relative']:.2g}% at distance {100 * s['fine_tuning']['mean_relative_distance']:.2f}% | "
                      f"`{f.with_suffix('.md').name}` |")
+    for f in sorted(RESULTS.glob("fidelity_surrogates*.json")):
+        d = _read(f)
+        if _skip(f.name):
+            continue
+        cells = "; ".join(f"{r['kind']} {100 * r['cv_relative_error']:.2f}%" for r in d["results"])
+        lines.append(f"| loss relative error by how the surrogate is solved (2-fold CV of its constant) | – | {cells} "
+                     f"(no change {100 * d['no_change']['relative_error']:.2f}%) | `{f.with_suffix('.md').name}` |")
     for f in sorted(RESULTS.glob("featurize_speed_*.json")):
         d = _read(f)
         if _skip(f.name):
