@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"{cmp('mtl_ft')}; {_less_or_more(ens['train_flops_mean'] / r['train_flops_mean'])} FLOPs | {src} |")
     for f in sorted(RESULTS.glob("federated_*.json")):
         d = _read(f)
+        if f.stem.startswith("federated_engines"):
+            if not _skip(f.name):
+                cells = "; ".join(f"{r['engine']} {r['fedavg_wall_s']:.1f} s" for r in d["rows"])
+                lines.append(f"| FedAvg wall time by engine ({d['rows'][0]['clients']} clients, {d['rows'][0]['rounds']} rounds; "
+                             f"same test loss) | – | {cells} | `{f.with_suffix('.md').name}` |")
+            continue
         if _skip(d["name"]):
             continue
         c, rep = d["claims"], d["report"]
