@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="keep the run directory's prepared data and fine-tuned subsets as they are, even if the "
                     "code's data preparation changed since; features are recomputed on that data only if the "
-                    "featurize settings or code changed (e.g. featurize.gradients), then the summary")
+                    "featurize settings or code changed, then the summary")
     args = ap.parse_args(argv)
     if args.quick:
         cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "suite.tasks_per_group=[2,2,2]",
