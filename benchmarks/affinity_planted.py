@@ -7,13 +7,14 @@ cluster with each affinity kind at default settings, m chosen automatically; rep
 adjusted Rand index against the sources with the chosen m and with m fixed to the true number
 of sources, next to the trivial baseline (random groups of the true sizes, mean over 200 draws).
 For the kinds with half-sample estimates it also reports the m and ARI of each ``cluster.select_m``
-rule (eigengap, heldout) on the same affinity.
+rule (eigengap with and without the default local scaling, heldout) on the same affinity.
 
-Two sets of suites: ``design`` (3 constructions x 3 seeds: the m rules were chosen on these) and
-``heldout`` (7 other constructions, sources, part sizes and seeds, first run after the rules were
-fixed: the honest estimate of how the defaults do on suites nobody tuned them on).
+Three sets of suites: ``design`` (3 constructions x 3 seeds: the m rules and the local scaling were
+chosen on these), ``heldout`` (7 other constructions, sources, part sizes and seeds, first run after
+the m rules were fixed) and ``heldout-2`` (6 more, written and first run after the local scaling was
+fixed): the honest estimate of how the defaults do on suites nobody tuned them on.
 
-    python benchmarks/affinity_planted.py                 # both sets
+    python benchmarks/affinity_planted.py                 # all three sets
     python benchmarks/affinity_planted.py --quick         # one small suite, tiny model (smoke test)
 
 Writes benchmarks/results/affinity_planted[_quick].{json,md}. Part files and runs live under
@@ -51,16 +52,31 @@ HELDOUT_SUITES = {
     "sst2x5_cola2_wnli1": ({"glue/sst2": 5, "glue/cola": 2, "glue/wnli": 1}, 8, (300, 100, 150)),
     "cola3_multirc3_big": ({"glue/cola": 3, "superglue/multirc": 3}, 9, (500, 100, 100)),
 }
+#: Second held-out set: constructions written and run only after the local scaling of the affinity
+#: (``cluster.local_scaling``) and its k were fixed on the design suites (2026-11-30).
+HELDOUT2_SUITES = {
+    "boolq2_mrpc2_cola2_qnli2": ({"superglue/boolq": 2, "glue/mrpc": 2, "glue/cola": 2, "glue/qnli": 2}, 10, (300, 100, 150)),
+    "multirc3_boolq3_qnli3": ({"superglue/multirc": 3, "superglue/boolq": 3, "glue/qnli": 3}, 11, (250, 80, 100)),
+    "cola4_sst2x4": ({"glue/cola": 4, "glue/sst2": 4}, 12, (200, 80, 100)),
+    "mrpc2_cola2_sst2x2_wnli2": ({"glue/mrpc": 2, "glue/cola": 2, "glue/sst2": 2, "glue/wnli": 2}, 13, (150, 50, 60)),
+    "qnli4_multirc2_sst2x2_cola2_mrpc2": ({"glue/qnli": 4, "superglue/multirc": 2, "glue/sst2": 2, "glue/cola": 2,
+                                           "glue/mrpc": 2}, 14, (300, 100, 150)),
+    "rte2_sst2x3_boolq2": ({"superglue/rte": 2, "glue/sst2": 3, "superglue/boolq": 2}, 15, (100, 30, 30)),
+}
 KINDS = ("first_order", "transfer", "paper")
-RULES = ("eigengap", "heldout")
+#: Rule columns: each ``cluster.select_m`` rule on the run's affinity; ``eigengap`` with the default local
+#: scaling (what ``auto`` uses for this probed encoder), ``eigengap_raw`` without it (the ablation).
+RULES = ("eigengap", "eigengap_raw", "heldout")
 
 
-def rule_results(run: Path, y: list, names: list[str], seed: int) -> dict:
+def rule_results(run: Path, y: list, names: list[str], seed: int, kind: str) -> dict:
     """m and ARI of every select_m rule on the run's affinity (and its halves); {} without halves."""
     from sklearn.metrics import adjusted_rand_score
 
     from elora_ray.artifacts import read_affinity, read_affinity_halves
+    from elora_ray.cluster.kernel import scaling_for
     from elora_ray.cluster.select import cluster_tasks
+    from elora_ray.config.algorithm import ClusterConfig
 
     got, A = read_affinity(run)
     halves = read_affinity_halves(run)
@@ -70,8 +86,10 @@ def rule_results(run: Path, y: list, names: list[str], seed: int) -> dict:
     A = A[np.ix_(order, order)]
     halves = tuple(h[np.ix_(order, order)] for h in halves)
     out = {}
+    scaling = scaling_for(kind, ClusterConfig().local_scaling)
     for rule in RULES:
-        res = cluster_tasks(A, names, seed=seed, halves=halves, select_m=rule)
+        res = cluster_tasks(A, names, seed=seed, halves=halves, select_m=rule.removesuffix("_raw"),
+                            local_scaling=None if rule.endswith("_raw") else scaling)
         out[rule] = {"m": res.m, "ari": float(adjusted_rand_score(y, res.labels))}
     return out
 
@@ -102,7 +120,8 @@ def run_suite(name: str, sources: dict, seed: int, data_root: Path, sets: list[s
         lab_m = {t: i for i, g in enumerate(res_m["cluster"]["groups"]) for t in g}
         rows.append({
             "set": suite_set, "suite": name, "seed": seed, "tasks": len(names), "sources": len(set(y)), "affinity": kind,
-            "select_m": res["cluster"].get("select_m"), "rules": rule_results(run, y, names, seed),
+            "select_m": res["cluster"].get("select_m"), "rules": rule_results(run, y, names, seed, kind),
+            "local_scaling": res["cluster"].get("local_scaling"),
             "m_chosen": res["cluster"]["m"],
             "ari_chosen_m": float(adjusted_rand_score(y, [lab[t] for t in names])),
             "ari_true_m": float(adjusted_rand_score(y, [lab_m[t] for t in names])),
@@ -131,19 +150,22 @@ def render(rows: list[dict], info: dict, command: str) -> str:
              f"Command: `{command}`. Machine: {info['cpu']} ({info['cores']} cores), {info['date']}.",
              "Each task is a disjoint part of a real source (300/100/150 train/validation/test rows unless the suite "
              "says otherwise); ARI against the sources. Default settings (model MiniLM; tiny-bert with --quick); "
-             "`m chosen` is `cluster.select_m: auto` (for this probed encoder: the eigengap). The last two columns "
-             "give m / ARI of each rule on the same affinity. `design` suites are the ones the m rules were chosen "
-             "on; `heldout` suites were built and run only after the rules were fixed.", "",
+             "`m chosen` is `cluster.select_m: auto` (for this probed encoder: the eigengap) on the affinity after "
+             "the default local scaling (`cluster.local_scaling: 2`; not for `paper`). The last three columns give "
+             "m / ARI of each rule on the same affinity; `eigengap raw` is the eigengap without local scaling (the "
+             "rule before 2026-11-30). `design` suites are the ones the m rules and the local scaling were chosen "
+             "on; `heldout` suites were built and run only after the m rules were fixed; `heldout-2` suites were "
+             "built and run only after the local scaling was fixed.", "",
              "| set | suite | seed | n | sources | affinity | m chosen | ARI (chosen m) | ARI (true m) | random groups ARI "
-             "| eigengap m / ARI | heldout m / ARI | estimate s |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---|---:|"]
+             "| eigengap m / ARI | eigengap raw m / ARI | heldout m / ARI | estimate s |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---|---|---:|"]
     for r in rows:
         lines.append(f"| {r.get('set', 'design')} | {r['suite']} | {r['seed']} | {r['tasks']} | {r['sources']} | {r['affinity']} | "
                      f"{r['m_chosen']} | {r['ari_chosen_m']:.2f} | {r['ari_true_m']:.2f} | {r['random_groups_ari']:.2f} | "
-                     f"{_rule(r, 'eigengap')} | {_rule(r, 'heldout')} | {r['estimate_s']} |")
+                     f"{_rule(r, 'eigengap')} | {_rule(r, 'eigengap_raw')} | {_rule(r, 'heldout')} | {r['estimate_s']} |")
     lines += ["", "Mean ± std over suites and seeds (ARI ≥ 0.8 counts suites):", "",
-              "| set | affinity | ARI (chosen m) | ARI (true m) | ARI ≥ 0.8 | eigengap ARI | heldout ARI |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "| set | affinity | ARI (chosen m) | ARI (true m) | ARI ≥ 0.8 | eigengap ARI | eigengap raw ARI | heldout ARI |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     if "set" not in t:
         t["set"] = "design"
     for (group, kind), g in list(t.groupby(["set", "affinity"], sort=False)) + [(("all", k), g) for k, g in t.groupby("affinity", sort=False)]:
@@ -153,7 +175,7 @@ def render(rows: list[dict], info: dict, command: str) -> str:
             rule_mean[rule] = f"{np.mean(v):.2f} ± {np.std(v):.2f}" if v else "–"
         lines.append(f"| {group} | {kind} | {g['ari_chosen_m'].mean():.2f} ± {g['ari_chosen_m'].std(ddof=0):.2f} | "
                      f"{g['ari_true_m'].mean():.2f} ± {g['ari_true_m'].std(ddof=0):.2f} | {(g['ari_chosen_m'] >= 0.8).sum()}/{len(g)} | "
-                     f"{rule_mean['eigengap']} | {rule_mean['heldout']} |")
+                     f"{rule_mean['eigengap']} | {rule_mean['eigengap_raw']} | {rule_mean['heldout']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,12 +185,14 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the design suites")
     ap.add_argument("--suites", default=",".join(SUITES), help="design suites to run ('' for none)")
     ap.add_argument("--heldout", default=",".join(HELDOUT_SUITES), help="held-out suites to run ('' for none)")
+    ap.add_argument("--heldout2", default=",".join(HELDOUT2_SUITES), help="second held-out set to run ('' for none)")
     ap.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from elora_ray.tasks.planted import PartSizes
 
     heldout: dict = {}
+    heldout2: dict = {}
     if args.quick:
         sets, sizes, seeds = ["model.name_or_path=tiny-bert", "featurize.dim=32"], PartSizes(60, 30, 10), [0]
         suites = {"quick": {"glue/sst2": 2, "glue/cola": 2}}
@@ -176,12 +200,15 @@ def main() -> None:
         sets, sizes, seeds = [], PartSizes(), [int(s) for s in args.seeds.split(",")]
         suites = {k: SUITES[k] for k in args.suites.split(",") if k}
         heldout = {k: HELDOUT_SUITES[k] for k in args.heldout.split(",") if k}
+        heldout2 = {k: HELDOUT2_SUITES[k] for k in args.heldout2.split(",") if k}
     rows = []
     for name, sources in suites.items():
         for seed in seeds:
             rows += run_suite(name, sources, seed, Path(args.data_root), sets, sizes)
     for name, (sources, seed, part) in heldout.items():
         rows += run_suite(name, sources, seed, Path(args.data_root), sets, PartSizes(*part), suite_set="heldout")
+    for name, (sources, seed, part) in heldout2.items():
+        rows += run_suite(name, sources, seed, Path(args.data_root), sets, PartSizes(*part), suite_set="heldout-2")
     info = machine_info()
     command = "python benchmarks/affinity_planted.py" + (" --quick" if args.quick else "")
     name = "affinity_planted" + ("_quick" if args.quick else "")

@@ -31,7 +31,7 @@ generated from those files by `python benchmarks/summarize.py`.
 | `scaling.py` | stage wall time vs tasks n (10 → 500 synthetic tasks), subsets k, dimension d, 1 vs 2 CPUs |
 | `affinity_planted.py` | do parts of one real dataset group together? ARI vs the sources, chosen m and true m, per affinity kind |
 | `affinity_scale.py` | grouping quality (ARI) and stage cost at 10 → 500 planted synthetic tasks, default settings |
-| `select_m.py` | every `cluster.select_m` rule (auto, eigengap, heldout, density) re-scored on the stored planted runs of the two above (no model runs) |
+| `select_m.py` | every `cluster.select_m` rule (auto, eigengap with and without local scaling, heldout, density) re-scored on the stored planted runs of the two above (no model runs) |
 | `sharpness.py` | Hessian-trace sharpness and train–test gap vs adapter rank and k-adapter ensembles (paper §4, Figure 4) |
 | `training_sweep.py` | default training settings: one adapter under several lr / schedules vs the untrained probed model, chosen on validation |
 | `demo_time.py` | wall time of `make demo` (the README's figure), fresh run folders |
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if sm is not None:
         for coll in dict.fromkeys(r["collection"] for r in sm["rows"]):
             sub = [r for r in sm["rows"] if r["collection"] == coll]
-            cells = ", ".join(f"{rule} {sum(r[rule]['ari'] for r in sub) / len(sub):.2f}" for rule in ("auto", "eigengap", "heldout"))
+            cells = ", ".join(f"{rule} {sum(r[rule]['ari'] for r in sub) / len(sub):.2f}"
+                              for rule in ("auto", "eigengap", "eigengap_raw", "heldout") if all(rule in r for r in sub))
             lines.append(f"| choosing m, {coll} ({len(sub)} runs): mean ARI per `cluster.select_m` rule | – | {cells} | `select_m.md` |")
     for f in sorted(RESULTS.glob("affinity_scale*.json")):
         if _skip(f.name):

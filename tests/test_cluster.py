@@ -236,7 +236,7 @@ def test_result_fields_and_json():
     assert res.labels[0] == 0 and sorted(set(res.labels)) == [0, 1]
     assert sorted(sum(res.groups, [])) == names_for(6)
     d = json.loads(json.dumps(res.to_dict()))
-    assert set(d) == {"labels", "groups", "m", "score", "method", "reason", "candidates"}
+    assert set(d) == {"labels", "groups", "m", "score", "method", "reason", "candidates", "local_scaling"}
     assert {"m", "score", "solve_s", "method", "status"} <= set(d["candidates"][0])
 
 

@@ -18,6 +18,7 @@ def test_embedded_suite_planted_groups_are_recovered(tmp_path):
     assert groups["method"] == "sdp"
     # a probed encoder: its halves are coupled, so m comes from the eigengap, whose values are reported
     assert groups["select_m"] == "eigengap"
+    assert groups["local_scaling"] == 2  # the default neighbour rank of the self-tuning kernel
     chosen = [c for c in groups["candidates"] if c["selected"]]
     assert [c["m"] for c in chosen] == [groups["m"]]
     assert chosen[0]["gap_ratio"] == max(c["gap_ratio"] for c in groups["candidates"])

@@ -28,6 +28,20 @@ def test_planted_parts_are_cut_disjoint_and_labelled(tmp_path, shared_data):
     assert open(again[0]["train"]).read() == open(tasks[0]["train"]).read()
 
 
+def test_rewriting_the_same_suite_leaves_the_files_untouched(tmp_path, shared_data):
+    """A rerun of a planted benchmark must not look like new data to `prepare` (which keys on mtimes)."""
+    import os
+
+    args = ({"glue/sst2": 1, "glue/cola": 1}, tmp_path, shared_data)
+    tasks, _ = write_planted_suite(*args, sizes=PartSizes(20, 10, 5), seed=1)
+    path = tasks[0]["train"]
+    os.utime(path, (1_000_000, 1_000_000))
+    write_planted_suite(*args, sizes=PartSizes(20, 10, 5), seed=1)
+    assert os.stat(path).st_mtime == 1_000_000
+    write_planted_suite(*args, sizes=PartSizes(20, 10, 5), seed=2)  # other rows: written again
+    assert os.stat(path).st_mtime != 1_000_000
+
+
 @pytest.mark.slow
 def test_parts_of_one_dataset_group_together(tmp_path, shared_data):
     tasks, truth = write_planted_suite({"glue/sst2": 2, "glue/cola": 2, "glue/mrpc": 2}, tmp_path / "data", shared_data,

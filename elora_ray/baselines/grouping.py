@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..cluster.kernel import has_unit_diagonal
 from ..cluster.select import cluster_tasks
 from ..featurize.store import read_features
 
@@ -34,10 +35,12 @@ def mean_gradient_cosine(run_dir: Path, names: Sequence[str]) -> np.ndarray:
     return unit @ unit.T
 
 
-def gradient_cosine_groups(run_dir: Path, names: Sequence[str], m: int, seed: int, solver: str = "SCS") -> tuple[list[list[str]], np.ndarray]:
-    """Partition into m groups by the same clustering, on the gradient cosine matrix."""
+def gradient_cosine_groups(run_dir: Path, names: Sequence[str], m: int, seed: int, solver: str = "SCS",
+                           local_scaling: int | None = None) -> tuple[list[list[str]], np.ndarray]:
+    """Partition into m groups by the same clustering (same local scaling), on the gradient cosine matrix."""
     S = mean_gradient_cosine(run_dir, names)
     if m >= len(names):
         return [[n] for n in names], S
-    res = cluster_tasks(S, list(names), num_groups=m, solver=solver, seed=seed)
+    scaling = local_scaling if has_unit_diagonal(S) else None  # a task with a zero mean gradient has no direction
+    res = cluster_tasks(S, list(names), num_groups=m, solver=solver, seed=seed, local_scaling=scaling)
     return res.groups, S

@@ -70,7 +70,8 @@ def baseline_plans(cfg: RunConfig, run_dir: Path, names: list[str], ensemble_gro
                 groups = random_groups(names, [len(g) for g in ensemble_groups], seed + 7919)
                 prefix = "random"
             else:
-                groups, _ = gradient_cosine_groups(run_dir, names, len(ensemble_groups), seed, cfg.cluster.solver)
+                groups, _ = gradient_cosine_groups(run_dir, names, len(ensemble_groups), seed, cfg.cluster.solver,
+                                                   cfg.cluster.local_scaling)
                 prefix = "gradcos"
             groups = [in_task_order(g, names) for g in groups]
             jobs = [

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from .kernel import local_scaling as local_scaling_kernel
 from .objective import (
     average_density,
     canonical_labels,
@@ -53,6 +54,7 @@ class ClusterResult:
     method: str  # "sdp" | "sdp-trace" | "spectral-fallback"
     reason: str | None  # why a fallback was used, else None
     candidates: list[dict] = field(default_factory=list)  # one row per m tried
+    local_scaling: int | None = None  # neighbour rank of the self-tuning kernel the partition used, if any
 
     def to_dict(self) -> dict:
         """Plain-JSON-types dict of every field."""
@@ -308,6 +310,7 @@ def cluster_tasks(
     halves: tuple[np.ndarray, np.ndarray] | None = None,
     select_m: str = "auto",
     halves_independent: bool = True,
+    local_scaling: int | None = None,
 ) -> ClusterResult:
     """Partition n tasks into groups maximising the average intra-cluster density of the affinity ``T``.
 
@@ -332,6 +335,9 @@ def cluster_tasks(
         rule = "eigengap"
     S = symmetrize(T)
     n = S.shape[0]
+    scaled = None
+    if local_scaling is not None and trace_weight is None and not (num_groups == "auto" and rule == "heldout" and n > 2):
+        S, scaled = local_scaling_kernel(S, local_scaling), int(local_scaling)
     if max_iters is None and solver.upper() == "SCS":
         max_iters = DEFAULT_SCS_MAX_ITERS
     use_sdp, reason = True, None
@@ -371,7 +377,7 @@ def cluster_tasks(
     lab = canonical_labels(lab)
     result = ClusterResult(labels=[int(x) for x in lab], groups=labels_to_groups(lab, names),
                            m=int(lab.max()) + 1, score=average_density(S, lab), method=method,
-                           reason=reason, candidates=rows)
+                           reason=reason, candidates=rows, local_scaling=scaled)
     log.info("task clustering: %d tasks -> %d groups (method %s, average density %.4g)",
              n, result.m, method, result.score)
     return result

@@ -17,6 +17,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..io import fingerprint, write_json
 from .plot import plot_affinity
+from .kernel import scaling_for
 from .select import cluster_tasks, resolve_select_m
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
     # Probed encoder heads are fit on every training sample, which couples the two halves (see resolve_select_m).
     independent = not RunLayout(run_dir).heads.is_file()
     fp_src = {"affinity": digest.hexdigest()[:16], "cluster": c.model_dump(mode="json"), "seed": cfg.seed,
-              "halves_independent": independent}
+              "halves_independent": independent, "affinity_kind": cfg.estimate.affinity}
     fp = fingerprint(fp_src)
     out = RunLayout(run_dir).groups
     if out.is_file() and not force:
@@ -51,7 +52,7 @@ def cluster_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
         result = cluster_tasks(
             A, names, num_groups=c.num_groups, max_groups=min(c.max_groups, len(names)), trace_weight=c.trace_weight,
             solver=c.solver, seed=cfg.seed, progress=progress, halves=halves, select_m=c.select_m,
-            halves_independent=independent, **kwargs,
+            halves_independent=independent, local_scaling=scaling_for(cfg.estimate.affinity, c.local_scaling), **kwargs,
         )
     except ValueError as exc:  # bad cluster settings for these tasks (e.g. num_groups > n) or a bad matrix
         raise ConfigError(f"cluster: {exc} (affinity from {RunLayout(run_dir).affinity})") from None

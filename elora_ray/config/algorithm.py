@@ -100,6 +100,14 @@ class ClusterConfig(_Section):
     when probed encoder heads were fit on all training samples, which couples the halves.
     ``density``: the largest average density (the paper's; tends to under-split). Measured on real
     planted suites in ``benchmarks/results/affinity_planted.md``."""
+    local_scaling: int | None = Field(2, ge=1)
+    """Partition the self-tuning kernel exp(−d_ij²/(σ_i σ_j)) of the affinity, σ_i the distance from
+    task i to its k-th nearest task (this k), instead of the affinity itself: each pair is judged
+    against both tasks' own neighbourhoods, so sources whose parts sit close (BoolQ) and sources whose
+    parts sit far apart (CoLA) are both found. Used by the eigengap rule and a fixed ``num_groups``;
+    not by ``heldout`` or ``trace_weight``, nor for ``estimate.affinity: paper`` (not a cosine).
+    ``null``: the affinity as given. k = 2 chosen on the design planted suites
+    (``benchmarks/results/affinity_planted.md``)."""
     solver: Literal["SCS", "CLARABEL"] = "SCS"
     max_sdp_tasks: int | None = None
     """Above this many tasks fall back to spectral clustering (default: the module's)."""

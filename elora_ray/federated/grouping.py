@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..cluster.kernel import scaling_for
 from ..cluster.select import cluster_tasks
 from ..estimate.subsets import sample_subsets
 from ..io import write_json, write_parquet
@@ -116,8 +117,10 @@ def client_groups(run, feats: dict[str, dict]) -> list[list[str]]:
     m = f.num_groups if f.num_groups == "auto" else min(f.num_groups, len(names))
     c = run.cfg.cluster
     res = cluster_tasks(A, names, num_groups=m, max_groups=c.max_groups, seed=run.cfg.seed, solver=c.solver,
-                        halves=halves, select_m=c.select_m)
+                        halves=halves, select_m=c.select_m,
+                        local_scaling=scaling_for(run.cfg.estimate.affinity, c.local_scaling))
     record = {"groups": res.groups, "m": res.m, "method": res.method, "reason": res.reason,
+              "local_scaling": res.local_scaling,
               "average_density": res.score, **info, "estimate_s": time.perf_counter() - t0,
               "candidates": res.candidates}
     truth = run.meta.get("source_of")

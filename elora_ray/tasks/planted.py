@@ -53,11 +53,15 @@ def _pooled_rows(fmt: str, data_root: Path) -> list[dict]:
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    """Write atomically; a file that already holds exactly these rows is left alone (its modification
+    time too, so a run prepared from it is not prepared and featurized again)."""
+    text = "".join(json.dumps({"id": i, **r}) + "\n" for i, r in enumerate(rows))
+    if path.is_file() and path.read_text() == text:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
-        for i, r in enumerate(rows):
-            f.write(json.dumps({"id": i, **r}) + "\n")
+        f.write(text)
     os.replace(tmp, path)
 
 

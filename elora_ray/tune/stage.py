@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..artifacts import read_affinity
+from ..cluster.kernel import scaling_for
 from ..cluster.select import cluster_tasks
 from ..config import RunConfig
 from ..errors import ConfigError
@@ -43,7 +44,8 @@ def estimated_trial(config: dict, names: list[str], affinity: np.ndarray, feats:
     if m == 1:
         groups, density = [list(names)], float("nan")
     else:
-        res = cluster_tasks(affinity, names, num_groups=m, solver=settings["solver"], seed=settings["seed"])
+        res = cluster_tasks(affinity, names, num_groups=m, solver=settings["solver"], seed=settings["seed"],
+                            local_scaling=settings["local_scaling"])
         groups, density = res.groups, float(res.score)
     best = float("inf")
     for snap in iter_estimated_path(
@@ -85,6 +87,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True, runner: Cal
     feats = {k: TaskFeatureArrays(*v) for k, v in raw.items()}
     settings = {
         "solver": cfg.cluster.solver, "seed": cfg.seed, "max_boost_steps": t.max_boost_steps, "l2": l2_rule(cfg, run)[0],
+        "local_scaling": scaling_for(cfg.estimate.affinity, cfg.cluster.local_scaling),
         "boost_l2": cfg.boost.l2, "step_size": cfg.boost.step_size, "line_search": cfg.boost.line_search,
     }
     space: dict = {"m": tune.grid_search(list(range(lo, hi + 1)))}
@@ -143,7 +146,8 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True, runner: Cal
     best_row = table.loc[table["val_loss"].idxmin()]
     m_best = int(best_row["m"])
     groups = [list(names)] if m_best == 1 else cluster_tasks(
-        affinity, names, num_groups=m_best, solver=cfg.cluster.solver, seed=cfg.seed).groups
+        affinity, names, num_groups=m_best, solver=cfg.cluster.solver, seed=cfg.seed,
+        local_scaling=scaling_for(cfg.estimate.affinity, cfg.cluster.local_scaling)).groups
     best = {
         "m": int(best_row["m"]), "b": int(best_row["b"]), "l2": None if pd.isna(best_row["l2"]) else float(best_row["l2"]),
         "val_loss": float(best_row["val_loss"]), "val_accuracy": float(best_row["val_accuracy"]),
