@@ -61,7 +61,7 @@ HELDOUT2_SUITES = {
     "mrpc2_cola2_sst2x2_wnli2": ({"glue/mrpc": 2, "glue/cola": 2, "glue/sst2": 2, "glue/wnli": 2}, 13, (150, 50, 60)),
     "qnli4_multirc2_sst2x2_cola2_mrpc2": ({"glue/qnli": 4, "superglue/multirc": 2, "glue/sst2": 2, "glue/cola": 2,
                                            "glue/mrpc": 2}, 14, (300, 100, 150)),
-    "rte2_sst2x3_boolq2": ({"superglue/rte": 2, "glue/sst2": 3, "superglue/boolq": 2}, 15, (100, 30, 30)),
+    "rte2_sst2x3_boolq2": ({"superglue/rte": 2, "glue/sst2": 3, "superglue/boolq": 2}, 15, (80, 25, 25)),
 }
 KINDS = ("first_order", "transfer", "paper")
 #: Rule columns: each ``cluster.select_m`` rule on the run's affinity; ``eigengap`` with the default local
@@ -201,6 +201,15 @@ def main() -> None:
         suites = {k: SUITES[k] for k in args.suites.split(",") if k}
         heldout = {k: HELDOUT_SUITES[k] for k in args.heldout.split(",") if k}
         heldout2 = {k: HELDOUT2_SUITES[k] for k in args.heldout2.split(",") if k}
+    # Cut every suite's parts before any model work, so a source too small for its parts stops the run at once.
+    from elora_ray.tasks.planted import write_planted_suite
+
+    plan = [(name, sources, seed, sizes, "design") for name, sources in suites.items() for seed in seeds]
+    plan += [(name, sources, seed, PartSizes(*part), "heldout") for name, (sources, seed, part) in heldout.items()]
+    plan += [(name, sources, seed, PartSizes(*part), "heldout-2") for name, (sources, seed, part) in heldout2.items()]
+    for name, sources, seed, part, _ in plan:
+        write_planted_suite(sources, RUNS / "affinity_planted" / f"{name}_seed{seed}" / "data", Path(args.data_root),
+                            sizes=part, seed=seed)
     rows = []
     for name, sources in suites.items():
         for seed in seeds:
