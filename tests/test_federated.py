@@ -442,3 +442,7 @@ def test_federated_fingerprint_keeps_a_run_current_across_spellings_of_the_same_
     assert fp("cluster.select_m=auto") != fp("cluster.select_m=eigengap")
     # the paper kind has no halves: there auto is the eigengap
     assert fp("cluster.select_m=auto", "estimate.affinity=paper") == fp("cluster.select_m=eigengap", "estimate.affinity=paper")
+    # local scaling changes the groups of a fixed m or the eigengap, not those of the held-out rule
+    assert fp("federated.num_groups=auto", "cluster.local_scaling=2") == fp("federated.num_groups=auto", "cluster.local_scaling=null")
+    assert fp("cluster.select_m=eigengap", "cluster.local_scaling=2") != fp("cluster.select_m=eigengap", "cluster.local_scaling=null")
+    assert fp("federated.num_groups=3", "cluster.local_scaling=2") != fp("federated.num_groups=3", "cluster.local_scaling=3")

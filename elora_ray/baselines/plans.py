@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..adapter_types import adapter_type
+from ..cluster.kernel import scaling_for
 from ..config import RunConfig
 from ..train.jobs import AdapterJob
 from ..train.stage import in_task_order, train_seed
@@ -71,7 +72,7 @@ def baseline_plans(cfg: RunConfig, run_dir: Path, names: list[str], ensemble_gro
                 prefix = "random"
             else:
                 groups, _ = gradient_cosine_groups(run_dir, names, len(ensemble_groups), seed, cfg.cluster.solver,
-                                                   cfg.cluster.local_scaling)
+                                                   scaling_for(cfg.estimate.affinity, cfg.cluster.local_scaling))
                 prefix = "gradcos"
             groups = [in_task_order(g, names) for g in groups]
             jobs = [

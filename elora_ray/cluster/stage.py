@@ -16,8 +16,8 @@ from pathlib import Path
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..io import fingerprint, write_json
-from .plot import plot_affinity
 from .kernel import scaling_for
+from .plot import plot_affinity
 from .select import cluster_tasks, resolve_select_m
 
 log = logging.getLogger(__name__)

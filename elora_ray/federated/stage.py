@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cluster.kernel import scaling_for
 from ..cluster.select import resolve_select_m
 from ..config import RunConfig
 from ..errors import ConfigError
@@ -65,6 +66,11 @@ def _cluster_fingerprint(cfg: RunConfig) -> dict:
     here and a run made with either spelling stays current."""
     part = cfg.cluster.model_dump(mode="json", include={"max_groups", "select_m", "solver"})
     part["select_m"] = resolve_select_m(part["select_m"], halves_independent=cfg.estimate.affinity != "paper")
+    # local scaling shapes the groups unless the held-out rule chooses m (it uses the affinity as given);
+    # recorded only when it applies, so held-out runs made before the setting existed stay current
+    scaling = scaling_for(cfg.estimate.affinity, cfg.cluster.local_scaling)
+    if scaling is not None and not (cfg.federated.num_groups == "auto" and part["select_m"] == "heldout"):
+        part["local_scaling"] = scaling
     return part
 
 

@@ -147,7 +147,7 @@ def tune_stage(cfg: RunConfig, run_dir: Path, progress: bool = True, runner: Cal
     m_best = int(best_row["m"])
     groups = [list(names)] if m_best == 1 else cluster_tasks(
         affinity, names, num_groups=m_best, solver=cfg.cluster.solver, seed=cfg.seed,
-        local_scaling=scaling_for(cfg.estimate.affinity, cfg.cluster.local_scaling)).groups
+        local_scaling=settings["local_scaling"]).groups
     best = {
         "m": int(best_row["m"]), "b": int(best_row["b"]), "l2": None if pd.isna(best_row["l2"]) else float(best_row["l2"]),
         "val_loss": float(best_row["val_loss"]), "val_accuracy": float(best_row["val_accuracy"]),
