@@ -94,13 +94,14 @@ def rule_results(run: Path, y: list, names: list[str], seed: int, kind: str) -> 
     return out
 
 
-def run_suite(name: str, sources: dict, seed: int, data_root: Path, sets: list[str], sizes, suite_set: str = "design") -> list[dict]:
+def run_suite(name: str, sources: dict, seed: int, data_root: Path, sets: list[str], sizes, suite_set: str = "design",
+              runs: Path | None = None) -> list[dict]:
     from sklearn.metrics import adjusted_rand_score
 
     from elora_ray import load_config, run_stages
     from elora_ray.tasks.planted import write_planted_suite
 
-    root = RUNS / "affinity_planted" / f"{name}_seed{seed}"
+    root = (runs or RUNS / "affinity_planted") / f"{name}_seed{seed}"
     tasks, truth = write_planted_suite(sources, root / "data", data_root, sizes=sizes, seed=seed)
     names = sorted(truth)
     y = [truth[t] for t in names]
@@ -142,14 +143,15 @@ def _rule(r: dict, rule: str) -> str:
     return f"{x['m']} / {x['ari']:.2f}" if x else "–"
 
 
-def render(rows: list[dict], info: dict, command: str) -> str:
+def render(rows: list[dict], info: dict, command: str, overrides: list[str] = ()) -> str:
     import pandas as pd
 
     t = pd.DataFrame(rows)
     lines = ["# Affinity on real planted suites (parts of one dataset should group together)", "",
              f"Command: `{command}`. Machine: {info['cpu']} ({info['cores']} cores), {info['date']}.",
              "Each task is a disjoint part of a real source (300/100/150 train/validation/test rows unless the suite "
-             "says otherwise); ARI against the sources. Default settings (model MiniLM; tiny-bert with --quick); "
+             "says otherwise); ARI against the sources. Default settings (model MiniLM; tiny-bert with --quick)"
+             + (f" except {', '.join(f'`{o}`' for o in overrides)}" if overrides else "") + "; "
              "`m chosen` is `cluster.select_m: auto` (for this probed encoder: the eigengap) on the affinity after "
              "the default local scaling (`cluster.local_scaling: 2`; not for `paper`). The last three columns give "
              "m / ARI of each rule on the same affinity; `eigengap raw` is the eigengap without local scaling (the "
@@ -187,7 +189,12 @@ def main() -> None:
     ap.add_argument("--heldout", default=",".join(HELDOUT_SUITES), help="held-out suites to run ('' for none)")
     ap.add_argument("--heldout2", default=",".join(HELDOUT2_SUITES), help="second held-out set to run ('' for none)")
     ap.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="a config override applied to every suite (e.g. featurize.gradient=full_rank); needs --name")
+    ap.add_argument("--name", default="", help="suffix of the result and run folder names (affinity_planted_<name>)")
     args = ap.parse_args()
+    if args.overrides and not args.name:
+        ap.error("--set changes the defaults: give the result a --name so it does not replace the default one")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from elora_ray.tasks.planted import PartSizes
 
@@ -197,7 +204,7 @@ def main() -> None:
         sets, sizes, seeds = ["model.name_or_path=tiny-bert", "featurize.dim=32"], PartSizes(60, 30, 10), [0]
         suites = {"quick": {"glue/sst2": 2, "glue/cola": 2}}
     else:
-        sets, sizes, seeds = [], PartSizes(), [int(s) for s in args.seeds.split(",")]
+        sets, sizes, seeds = list(args.overrides), PartSizes(), [int(s) for s in args.seeds.split(",")]
         suites = {k: SUITES[k] for k in args.suites.split(",") if k}
         heldout = {k: HELDOUT_SUITES[k] for k in args.heldout.split(",") if k}
         heldout2 = {k: HELDOUT2_SUITES[k] for k in args.heldout2.split(",") if k}
@@ -207,21 +214,23 @@ def main() -> None:
     plan = [(name, sources, seed, sizes, "design") for name, sources in suites.items() for seed in seeds]
     plan += [(name, sources, seed, PartSizes(*part), "heldout") for name, (sources, seed, part) in heldout.items()]
     plan += [(name, sources, seed, PartSizes(*part), "heldout-2") for name, (sources, seed, part) in heldout2.items()]
+    suffix = "".join(f"_{x}" for x in (args.name, "quick" if args.quick else "") if x)
+    runs = RUNS / f"affinity_planted{'_' + args.name if args.name else ''}"
     for name, sources, seed, part, _ in plan:
-        write_planted_suite(sources, RUNS / "affinity_planted" / f"{name}_seed{seed}" / "data", Path(args.data_root),
-                            sizes=part, seed=seed)
+        write_planted_suite(sources, runs / f"{name}_seed{seed}" / "data", Path(args.data_root), sizes=part, seed=seed)
     rows = []
     for name, sources in suites.items():
         for seed in seeds:
-            rows += run_suite(name, sources, seed, Path(args.data_root), sets, sizes)
+            rows += run_suite(name, sources, seed, Path(args.data_root), sets, sizes, runs=runs)
     for name, (sources, seed, part) in heldout.items():
-        rows += run_suite(name, sources, seed, Path(args.data_root), sets, PartSizes(*part), suite_set="heldout")
+        rows += run_suite(name, sources, seed, Path(args.data_root), sets, PartSizes(*part), suite_set="heldout", runs=runs)
     for name, (sources, seed, part) in heldout2.items():
-        rows += run_suite(name, sources, seed, Path(args.data_root), sets, PartSizes(*part), suite_set="heldout-2")
+        rows += run_suite(name, sources, seed, Path(args.data_root), sets, PartSizes(*part), suite_set="heldout-2", runs=runs)
     info = machine_info()
-    command = "python benchmarks/affinity_planted.py" + (" --quick" if args.quick else "")
-    name = "affinity_planted" + ("_quick" if args.quick else "")
-    write_results(name, {"machine": info, "command": command, "rows": rows}, render(rows, info, command))
+    command = "python benchmarks/affinity_planted.py" + (" --quick" if args.quick else "") + \
+        "".join(f" --set {o}" for o in args.overrides) + (f" --name {args.name}" if args.name else "")
+    name = "affinity_planted" + suffix
+    write_results(name, {"machine": info, "command": command, "rows": rows}, render(rows, info, command, args.overrides))
     print((RESULTS / f"{name}.md").read_text())
 
 

@@ -13,11 +13,18 @@ training FLOPs, peak memory and wall time into
 Each seed changes the adapter initialisation, the projection, the sampled subsets and the
 batch order; the data splits stay fixed. Seeds already finished are reused (the pipeline
 resumes from its run directory).
+
+Each finished seed is also kept as ``benchmarks/results/ensemble_accuracy_<name>_seeds/seed<k>.json``
+(its report, the commit it ran on and a fingerprint of the configuration without the seed), so a
+long multi-seed run can be spread over several sessions or machines: a seed whose record matches
+the configuration is not run again (``--rerun`` forces it); the table names every commit involved.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,8 +34,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RUNS, machine_info, save_figure, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, machine_info, save_figure, write_results  # noqa: E402,I001
 from elora_ray import load_config  # noqa: E402
+from elora_ray.io import fingerprint  # noqa: E402
 from elora_ray import run_pipeline  # noqa: E402
 from elora_ray.report.plots import METHOD_LABELS  # noqa: E402
 
@@ -59,6 +67,49 @@ def aggregate(reports: list[dict]) -> dict:
     return {"methods": out, "ensemble_ablations": abl}
 
 
+REPORT_KEYS = ("methods", "ensemble_ablations", "boosting", "groups", "evaluation_split", "tasks")
+
+
+def config_fingerprint(cfg) -> str:
+    """The configuration without its seed: seeds of one benchmark share it."""
+    return fingerprint({k: v for k, v in cfg.model_dump(mode="json").items() if k != "seed"})
+
+
+def current_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "elora_ray"], cwd=HERE.parent, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return out + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def seed_record_path(name: str, seed: int) -> Path:
+    return RESULTS / f"ensemble_accuracy_{name}_seeds" / f"seed{seed}.json"
+
+
+def load_seed_record(name: str, seed: int, config_fp: str) -> dict | None:
+    """The stored report of ``seed`` if it was made with this configuration, else None."""
+    path = seed_record_path(name, seed)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("config_fingerprint") != config_fp:
+        print(f"{path}: made with another configuration; running seed {seed} again", file=sys.stderr)
+        return None
+    return record
+
+
+def save_seed_record(name: str, seed: int, config_fp: str, report: dict, seconds: float) -> dict:
+    record = {"seed": seed, "config_fingerprint": config_fp, "commit": current_commit(), "machine": machine_info(),
+              "seconds": round(seconds, 1), "report": {k: report[k] for k in REPORT_KEYS}}
+    write_results(f"seed{seed}", record, f"seed {seed}: see seed{seed}.json\n", RESULTS / f"ensemble_accuracy_{name}_seeds")
+    (RESULTS / f"ensemble_accuracy_{name}_seeds" / f"seed{seed}.md").unlink(missing_ok=True)
+    return record
+
+
 def render(name: str, data: dict) -> str:
     agg = data["aggregate"]["methods"]
     ens = agg["ensemble"]
@@ -87,6 +138,9 @@ def render(name: str, data: dict) -> str:
     for k, r in data["aggregate"]["ensemble_ablations"].items():
         lines.append(f"| {k} | {r['avg_accuracy_mean']:.4f} ± {r['avg_accuracy_std']:.4f} |")
     lines += ["", "Groups per seed: " + "; ".join(f"seed {s}: {g}" for s, g in zip(data["seeds"], data["groups"])), ""]
+    if data.get("commits"):
+        lines += ["Code each seed ran on: " + ", ".join(f"seed {s}: {c}" for s, c in zip(data["seeds"], data["commits"]))
+                  + "; seconds per seed: " + ", ".join(f"{x:.0f}" for x in data.get("seconds_per_seed", [])), ""]
     return "\n".join(lines)
 
 
@@ -128,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--suite", action="store_true", help="the embedded suite with the default model")
     ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert (smoke test)")
+    ap.add_argument("--rerun", action="store_true", help="run every seed even if a matching record is stored")
     args = ap.parse_args(argv)
     overrides = list(args.overrides)
     if args.quick:
@@ -139,10 +194,19 @@ def main(argv: list[str] | None = None) -> int:
         config, name = None, args.name or "suite"
     else:
         config, name = args.config, args.name or args.config.stem
-    reports, t0 = [], time.perf_counter()
+    reports, records, t0 = [], [], time.perf_counter()
     for seed in args.seeds:
         cfg = load_config(config, [*overrides, f"seed={seed}"])
-        reports.append(run_pipeline(cfg, RUNS / f"ensemble_{name}" / f"seed{seed}"))
+        config_fp = config_fingerprint(cfg)
+        record = None if args.rerun else load_seed_record(name, seed, config_fp)
+        if record is None:
+            t_seed = time.perf_counter()
+            report = run_pipeline(cfg, RUNS / f"ensemble_{name}" / f"seed{seed}")
+            record = save_seed_record(name, seed, config_fp, report, time.perf_counter() - t_seed)
+        else:
+            print(f"seed {seed}: reusing {seed_record_path(name, seed)} (commit {record['commit']})")
+        records.append(record)
+        reports.append(record["report"])
     data = {
         "name": name,
         "config": str(config.resolve().relative_to(HERE.parent)) if config else "embedded default",
@@ -155,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                       "boosting": r["boosting"]} for s, r in zip(args.seeds, reports)],
         "aggregate": aggregate(reports),
         "seconds": round(time.perf_counter() - t0, 1),
+        "commits": [r["commit"] for r in records],
+        "seconds_per_seed": [r["seconds"] for r in records],
         "machine": machine_info(),
     }
     result = f"ensemble_accuracy_{name}"

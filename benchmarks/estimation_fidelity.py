@@ -51,19 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert + 3 subsets (smoke test)")
     ap.add_argument("--run-dir", type=Path, default=None, help="default: benchmarks/runs/<name>")
     ap.add_argument("--dims", default="", help="extra projection dimensions to compare, e.g. 200,800")
+    ap.add_argument("--variant", dest="variants", action="append", default=[],
+                    help="featurize override(s) to compare on the same fine-tuned subsets, e.g. "
+                    "'featurize.gradient=full_rank' (several: separate with ';'); repeatable")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the run directory's prepared data and fine-tuned subsets as they are, even if the "
                     "code's data preparation changed since; features are recomputed on that data only if the "
                     "featurize settings or code changed, then the summary")
     args = ap.parse_args(argv)
-    if args.quick:
-        cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "suite.tasks_per_group=[2,2,2]",
-                                 "featurize.dim=64",
-                                 "fidelity.num_subsets=3", *args.overrides])
-        name = args.name or "quick"
-    else:
-        cfg = load_config(args.config, args.overrides)
-        name = args.name or args.config.stem
+    quick = ["model.name_or_path=tiny-bert", "suite.samples_per_task=60", "suite.tasks_per_group=[2,2,2]",
+             "featurize.dim=64", "fidelity.num_subsets=3"]
+
+    def load_cfg(extra: list[str]):
+        if args.quick:
+            return load_config(None, [*quick, *args.overrides, *extra])
+        return load_config(args.config, [*args.overrides, *extra])
+
+    cfg = load_cfg([])
+    name = args.name or ("quick" if args.quick else args.config.stem)
     run_dir = args.run_dir or RUNS / f"fidelity_{name}"
     t0 = time.perf_counter()
     if args.reuse and (run_dir / "data" / "manifest.json").is_file():
@@ -97,6 +102,24 @@ def main(argv: list[str] | None = None) -> int:
         run_stages(cfg_d, run_d, until="featurize")
         by_dim.append(_dim_row(d, run_fidelity(cfg_d, run_d)))
     by_dim.sort(key=lambda r: r["dim"])
+    variants = []
+    for i, spec in enumerate(args.variants):
+        overrides = [x.strip() for x in spec.split(";") if x.strip()]
+        bad = [o for o in overrides if not o.startswith("featurize.")]
+        if bad:
+            ap.error(f"--variant changes the features only (featurize.*), not {bad[0]!r}: fine-tuning is shared")
+        run_v = run_dir.with_name(f"{run_dir.name}_v{i + 1}")
+        run_v.mkdir(parents=True, exist_ok=True)
+        for sub in ("data", "fidelity/real"):
+            if not (run_v / sub).exists():
+                shutil.copytree(run_dir / sub, run_v / sub)
+        cfg_v = load_cfg(overrides)
+        run_stages(cfg_v, run_v, until="featurize")
+        sv = run_fidelity(cfg_v, run_v)
+        variants.append({"variant": "; ".join(overrides), **_dim_row(cfg_v.featurize.dim, sv),
+                         "accuracy_relative_error": sv["accuracy_relative_error"],
+                         "summary": sv})
+    data["variants"] = variants
     data["by_dim"] = by_dim
     md = (run_dir / "fidelity" / "summary.md").read_text()
     if len(by_dim) > 1:
@@ -106,6 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         for r in by_dim:
             md += (f"| {r['dim']} | {_num(r['relative_error'], 100, '.1f')}% | λ={r['best_l2']:g}: "
                    f"{_num(r['best_relative_error'], 100, '.1f')}% | {_num(r['spearman'], 1, '.2f')} | "
+                   f"{_num(r['spearman_within_task'], 1, '.2f')} |\n")
+    if variants:
+        md += ("\n## The same fine-tuned subsets with other features\n\n"
+               "| features | loss relative error (λ as configured) | best λ in sweep: relative error | accuracy relative error | "
+               "Spearman overall | Spearman within task |\n|---|---:|---:|---:|---:|---:|\n")
+        md += (f"| as configured | {_num(summary['loss']['relative_error'], 100, '.2f')}% | "
+               f"λ={by_dim[0]['best_l2']:g}: {_num(by_dim[0]['best_relative_error'], 100, '.2f')}% | "
+               f"{_num(summary['accuracy_relative_error'], 100, '.2f')}% | "
+               f"{_num(summary['loss']['spearman'], 1, '.3f')} | {_num(summary['loss']['spearman_within_task'], 1, '.2f')} |\n")
+        for r in variants:
+            md += (f"| `{r['variant']}` | {_num(r['relative_error'], 100, '.2f')}% | λ={r['best_l2']:g}: "
+                   f"{_num(r['best_relative_error'], 100, '.2f')}% | {_num(r['accuracy_relative_error'], 100, '.2f')}% | "
+                   f"{_num(r['spearman'], 1, '.3f')} | "
                    f"{_num(r['spearman_within_task'], 1, '.2f')} |\n")
     publish(f"estimation_fidelity_{name}", data, md, run_dir / "plots" / "fidelity.png")
     return 0

@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, default=DEFAULT_RUN, help="a run folder with fidelity/results.parquet")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: make a tiny fidelity run (estimation_fidelity.py --quick) in its own folder and score it")
+    ap.add_argument("--name", default="", help="suffix of the result name (fidelity_surrogates_<name>)")
     args = ap.parse_args(argv)
-    name = "fidelity_surrogates_quick" if args.quick else "fidelity_surrogates"
+    name = "fidelity_surrogates" + "".join(f"_{x}" for x in (args.name, "quick" if args.quick else "") if x)
     if args.quick:
         from benchmarks.estimation_fidelity import main as fidelity_main
 

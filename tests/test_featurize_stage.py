@@ -166,3 +166,30 @@ def test_estimate_stage_affinity_equals_the_cosine_of_mean_loss_gradients(run, t
     # and the two half-sample estimates are written for m selection, from disjoint halves of the samples
     half_a = pd.read_csv(copy / "affinity_half_a.csv", index_col=0).to_numpy()
     assert half_a.shape == cos.shape and not np.allclose(half_a, cos)
+
+
+def test_full_rank_features_align_with_a_direct_sketch_and_recompute_on_change(run, tmp_path):
+    from elora_ray.featurize.update_sketch import PerSampleUpdateSketch, lora_sites
+
+    cfg, out, _ = run
+    other = tmp_path / "full_rank"
+    shutil.copytree(out / "data", other / "data")
+    full = load_config(None, [*SETS, "featurize.gradient=full_rank"])
+    manifest = featurize(full, other, progress=False)
+    assert manifest["gradient_parameters"] > 0
+    tasks = read_prepared(other)
+    specs = [TaskSpec.of(t) for t in tasks]
+    peft_model, model = build_model_at_init(full, specs, other / "features" / "heads.safetensors")
+    gradient_layers_for(peft_model)
+    sites = lora_sites(peft_model)
+    assert manifest["gradient_parameters"] == sum(s.size for s in sites)
+    t = tasks[0]
+    ex = t.splits["train"][2]
+    enc = model.tokenize([t.name], [ex.text], [ex.text_pair])
+    with PerSampleUpdateSketch(sites, 24, projection_seed(full)) as sk:
+        g = sk.backward(gold_log_odds(peft_model(**enc), torch.tensor([t.label_id(ex.label)])))
+    feats = read_features(other, "train")
+    row = list(feats[t.name].sample_ids).index(ex.sample_id)
+    np.testing.assert_allclose(feats[t.name].grad[row], g[0].detach().numpy(), rtol=1e-4, atol=1e-6)
+    adapter_feats = read_features(out, "train")[t.name].grad
+    assert not np.allclose(feats[t.name].grad, adapter_feats[: len(feats[t.name].grad)])

@@ -46,6 +46,13 @@ def test_fidelity_small_steps_are_first_order_exact(tmp_path, capsys):
                         for a, b in zip(json.loads((out / "fidelity" / "real" / f"subset-000{k}.json").read_text())["rows"],
                                         json.loads((out / "fidelity" / "real" / f"subset-000{k}-repeat1.json").read_text())["rows"])])
     assert nc["pairs"] == 4 and abs(nc["relative_difference"] - expected) < 1e-12
+    expected_acc = np.mean([abs(a["true_accuracy"] - b["true_accuracy"]) / a["true_accuracy"] for k in range(2)
+                            for a, b in zip(json.loads((out / "fidelity" / "real" / f"subset-000{k}.json").read_text())["rows"],
+                                            json.loads((out / "fidelity" / "real" / f"subset-000{k}-repeat1.json").read_text())["rows"])])
+    assert abs(nc["accuracy_relative_difference"] - expected_acc) < 1e-12
+    # Every λ of the sweep reports its accuracy error too; the headline's is the summary's.
+    assert all("accuracy_relative_error" in a for a in s2["by_l2"].values())
+    assert abs(s2["by_l2"]["0.01"]["accuracy_relative_error"] - s2["accuracy_relative_error"]) < 1e-12
     assert s["noise_ceiling"] is None and "no change" in (out / "fidelity" / "summary.md").read_text()
 
 

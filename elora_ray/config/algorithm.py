@@ -15,6 +15,15 @@ class FeaturizeConfig(_Section):
     dim: int = Field(400, ge=1, le=100_000)
     """Projection dimension d (JL)."""
     projection: Literal["gaussian", "rademacher"] = "gaussian"
+    gradient: Literal["auto", "adapter", "full_rank"] = "auto"
+    """What h is differentiated against. ``adapter``: the adapter's parameters at θ* (LoRA's B,
+    the bottleneck's up), JL-projected. ``full_rank`` (LoRA family only): LoRA's update matrix
+    M = B A at any rank, sketched per site as it is formed (:mod:`elora_ray.featurize.update_sketch`),
+    so the linearisation does not see the input through A's r random directions only; on the
+    GLUE/SuperGLUE fidelity runs it predicts real fine-tuning better (loss relative error 2.6% vs
+    3.6% at each one's best λ). ``auto``: ``full_rank`` for the LoRA family, ``adapter`` for
+    bottleneck adapters. The federated stage always uses ``adapter`` features (it moves the
+    adapter by P w); an explicit ``full_rank`` there is an error."""
     block_rows: int = Field(4096, ge=1)
     """The projection is generated this many gradient coordinates at a time (memory block_rows·d)."""
     cache_limit_mb: Annotated[float, Field(ge=0.0)] | Literal["auto"] = "auto"

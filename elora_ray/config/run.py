@@ -74,6 +74,25 @@ class RunConfig(_Section):
             seen.add(t.name)
         return self
 
+    @model_validator(mode="after")
+    def _full_rank_needs_lora(self) -> RunConfig:
+        if self.featurize.gradient == "full_rank" and not self._lora_family():
+            raise ValueError(f"featurize.gradient: full_rank differentiates LoRA's update matrix B A; adapter.type "
+                             f"{self.adapter.type!r} has none (use featurize.gradient: adapter)")
+        return self
+
+    def _lora_family(self) -> bool:
+        from ..adapter_types import adapter_type
+
+        return adapter_type(self.adapter.type).family in ("lora", "mplora")
+
+    def feature_gradient(self) -> Literal["adapter", "full_rank"]:
+        """``featurize.gradient`` resolved: ``auto`` is ``full_rank`` for the LoRA family, else ``adapter``."""
+        g = self.featurize.gradient
+        if g == "auto":
+            return "full_rank" if self._lora_family() else "adapter"
+        return g
+
     def resolved_data_root(self) -> Path:
         root = self.data_root or os.environ.get("ELORA_DATA_ROOT") or "../shared/data"
         return Path(root)

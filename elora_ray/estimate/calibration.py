@@ -8,7 +8,7 @@ So the surrogate fitted on a subset of N samples uses
     λ_S = c · B / (2 · η · epochs · N)        (mean loss; i.e. c·B/(2η·epochs) on the summed loss)
 
 with one dimensionless constant c that absorbs the optimizer (AdamW), the projection and the
-feature scale. ``DEFAULT_CONSTANT`` was fitted on the GLUE/SuperGLUE mix with MiniLM + LoRA:
+feature scale. ``DEFAULT_CONSTANT`` (adapter features) was fitted on the GLUE/SuperGLUE mix with MiniLM + LoRA:
 the best fixed λ of the fidelity sweeps was 0.01 at η = 1e-3 and 0.1 at η = 1e-4 (epochs 1,
 B 16, subsets of 3 tasks × 300 = 900 training samples), both giving c ≈ 0.0011; the c sweep of
 ``benchmarks/results/estimation_fidelity_glue_fidelity_minilm_auto.md`` agrees (best 0.0006–0.0013). ``elora calibrate`` refits c from
@@ -30,6 +30,14 @@ from ..layout import RunLayout
 log = logging.getLogger(__name__)
 
 DEFAULT_CONSTANT = 0.0011
+#: The default constant for each feature space (``featurize.gradient`` resolved). ``full_rank``: the
+#: same GLUE/SuperGLUE fine-tunes scored on update-matrix features (best c 0.0003–0.0006, 2-fold CV
+#: of the ridge constant 2.84%: ``benchmarks/results/fidelity_surrogates_full_rank.md``).
+DEFAULT_CONSTANTS = {"adapter": DEFAULT_CONSTANT, "full_rank": 0.0004}
+
+
+def default_constant(cfg: RunConfig) -> float:
+    return DEFAULT_CONSTANTS[cfg.feature_gradient()]
 
 
 def regularisation(constant: float, n_samples: int, lr: float, epochs: float, batch_size: int) -> float:
@@ -43,6 +51,8 @@ def cache_key(cfg: RunConfig) -> str:
     """Model + adapter (+ projection dim) identify a calibration; training settings do not (λ follows them)."""
     part = {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
             "dim": cfg.featurize.dim, "probe": [cfg.featurize.probe, cfg.featurize.probe_l2]}
+    if cfg.feature_gradient() != "adapter":  # another feature space, another constant (older keys unchanged)
+        part["gradient"] = cfg.feature_gradient()
     return fingerprint(part)
 
 
@@ -69,7 +79,7 @@ def calibration_constant(cfg: RunConfig, run_dir: Path | None = None) -> tuple[f
                 continue
             if data.get("key") == key and isinstance(data.get("constant"), (int, float)):
                 return float(data["constant"]), str(path)
-    return DEFAULT_CONSTANT, "default"
+    return default_constant(cfg), "default"
 
 
 def keep_in_run(cfg: RunConfig, run_dir: Path, source: str) -> None:

@@ -141,13 +141,17 @@ def noise_ceiling(table: pd.DataFrame, repeats: dict[tuple[int, int], dict]) -> 
 
     Compares the first run's validation losses with repeat 1's: Spearman overall and within each
     task across subsets (the ceiling for the estimate's within-task Spearman), and the mean
-    relative difference of the loss (the floor for its relative error). None without repeats.
+    relative differences of the loss and of the accuracy (the floors for the estimate's relative
+    errors: one real run predicts another of the same subset no better). None without repeats.
     """
-    other = {(sid, row["task"]): row["true_loss"] for (sid, r), data in repeats.items() if r == 1 for row in data["rows"]}
+    other = {(sid, row["task"]): (row["true_loss"], row["true_accuracy"])
+             for (sid, r), data in repeats.items() if r == 1 for row in data["rows"]}
     if not other:
         return None
-    t = table[["subset_id", "task", "true_loss"]].copy()
-    t["repeat_loss"] = [other.get((sid, task), np.nan) for sid, task in zip(t["subset_id"], t["task"])]
+    t = table[["subset_id", "task", "true_loss", "true_accuracy"]].copy()
+    pairs = [other.get((sid, task), (np.nan, np.nan)) for sid, task in zip(t["subset_id"], t["task"])]
+    t["repeat_loss"] = [p[0] for p in pairs]
+    t["repeat_accuracy"] = [p[1] for p in pairs]
     t = t.dropna()
     within = [spearmanr(g["true_loss"], g["repeat_loss"]).statistic for _, g in t.groupby("task")
               if len(g) >= 3 and g["true_loss"].nunique() > 1 and g["repeat_loss"].nunique() > 1]
@@ -156,6 +160,8 @@ def noise_ceiling(table: pd.DataFrame, repeats: dict[tuple[int, int], dict]) -> 
         "spearman": float(spearmanr(t["true_loss"], t["repeat_loss"]).statistic) if len(t) > 2 else None,
         "spearman_within_task": float(np.nanmean(within)) if within else None,
         "relative_difference": float(((t["true_loss"] - t["repeat_loss"]).abs() / t["true_loss"]).mean()),
+        "accuracy_relative_difference": float(((t["true_accuracy"] - t["repeat_accuracy"]).abs()
+                                               / t["true_accuracy"].clip(lower=1e-9)).mean()),
     }
 
 
@@ -276,12 +282,15 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
 
     def agreement(col: str) -> dict:
         rel = ((table[col] - table["true_loss"]).abs() / table["true_loss"]).mean()
+        acc_col = col.replace("est_loss@", "est_accuracy@")
+        acc = ((table[acc_col] - table["true_accuracy"]).abs() / table["true_accuracy"].clip(lower=1e-9)).mean()
         rho = spearmanr(table[col], table["true_loss"]).statistic
         within = [spearmanr(g[col], g["true_loss"]).statistic for _, g in table.groupby("task") if len(g) >= 3 and g["true_loss"].nunique() > 1]
         d_est = table[col] - table["true_loss0"]
         d_true = table["true_loss"] - table["true_loss0"]
         return {
             "relative_error": float(rel),
+            "accuracy_relative_error": float(acc),
             "spearman": float(rho),
             "spearman_within_task": float(np.nanmean(within)) if within else None,
             "spearman_of_changes": float(spearmanr(d_est, d_true).statistic),

@@ -35,13 +35,14 @@ def render_summary(s: dict) -> str:
         "",
         "Surrogate λ sweep (same fine-tuning runs): fixed λ, then `l2: auto` with calibration constant c:",
         "",
-        "| λ | relative error | Spearman | within task | of changes |",
-        "|---:|---:|---:|---:|---:|",
+        "| λ | relative error | accuracy relative error | Spearman | within task | of changes |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     rows = list(s["by_l2"].items()) + list(s.get("by_calibration_constant", {}).items())
     for l2, a in rows:
         w = "–" if a["spearman_within_task"] is None else f"{a['spearman_within_task']:.3f}"
-        lines.append(f"| {l2} | {100 * a['relative_error']:.2f}% | {a['spearman']:.3f} | {w} | {a['spearman_of_changes']:.3f} |")
+        acc = f"{100 * a['accuracy_relative_error']:.2f}%" if "accuracy_relative_error" in a else "–"
+        lines.append(f"| {l2} | {100 * a['relative_error']:.2f}% | {acc} | {a['spearman']:.3f} | {w} | {a['spearman_of_changes']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -51,6 +52,8 @@ def _ceiling_lines(nc: dict) -> list[str]:
         f"| noise ceiling: Spearman within task, real run vs a repeat with another seed ({nc['pairs']} pairs) | {w} |",
         f"| noise ceiling: Spearman overall, real vs repeat | {nc['spearman']:.3f} |" if nc["spearman"] is not None else "",
         f"| noise floor: relative difference of the loss between repeats | {100 * nc['relative_difference']:.2f}% |",
+        f"| noise floor: relative difference of the accuracy between repeats | {100 * nc['accuracy_relative_difference']:.2f}% |"
+        if "accuracy_relative_difference" in nc else "",
     ]
 
 

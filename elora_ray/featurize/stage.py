@@ -48,6 +48,7 @@ def features_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
         "model": cfg.model.model_dump(mode="json"),
         "adapter": cfg.adapter.model_dump(mode="json"),
         "featurize": {k: getattr(f, k) for k in ("dim", "projection", "block_rows", "probe", "probe_samples_per_task", "probe_l2")},
+        **({"gradient": cfg.feature_gradient()} if cfg.feature_gradient() != "adapter" else {}),
         "seed": cfg.seed,
         "version": 1,
         **fingerprint_part(cfg.compute.precision),

@@ -2,7 +2,8 @@
 
 ``mode="pooled"``: frozen pooled encoder features (input of the linear probe).
 ``mode="gradients"``: h0 = gold-class log-odds at θ* and the JL-projected per-sample
-gradient of h w.r.t. the adapter, one forward + one backward per batch.
+gradient of h w.r.t. the adapter (or, ``featurize.gradient: full_rank``, the sketched gradient
+w.r.t. LoRA's update matrix), one forward + one backward per batch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..models.classifier import TaskSpec
 from .gradients import INPUT_SIDE, OUTPUT_SIDE, PerSampleGradients, gold_log_odds, gradient_layers
 from .model_at_init import build_model_at_init
 from .projection import JLProjector
+from .update_sketch import PerSampleUpdateSketch, lora_sites
 
 PROJECTION_SALT = 0x9E3779B9  # P's seed differs from the adapter-init seed
 
@@ -46,13 +48,18 @@ class SampleFeaturizer:
         self.load_s = time.perf_counter() - t0
         for name, p in self.peft_model.named_parameters():
             p.requires_grad_(False)
+        self.sketch: PerSampleUpdateSketch | None = None
         if mode == "gradients":
             self.layers = gradient_layers_for(self.peft_model)
-            self.projector = JLProjector(
-                sum(g.size for g in self.layers), self.cfg.featurize.dim, projection_seed(self.cfg),
-                self.cfg.featurize.projection, self.cfg.featurize.block_rows, self.cfg.featurize.cache_limit_mb,
-                self.device,
-            )
+            if self.cfg.feature_gradient() == "full_rank":
+                self.sketch = PerSampleUpdateSketch(lora_sites(self.peft_model), self.cfg.featurize.dim,
+                                                    projection_seed(self.cfg), self.device)
+            else:
+                self.projector = JLProjector(
+                    sum(g.size for g in self.layers), self.cfg.featurize.dim, projection_seed(self.cfg),
+                    self.cfg.featurize.projection, self.cfg.featurize.block_rows, self.cfg.featurize.cache_limit_mb,
+                    self.device,
+                )
         self.flops_per_token: float | None = None
         from ..raysession import current_node_id
 
@@ -84,23 +91,25 @@ class SampleFeaturizer:
             self.flops_per_token = counter.total / max(1, padded)
         else:
             h, grads = self._gradients(enc, labels)
-        proj = self.projector.project(grads)
+        proj = grads if self.sketch is not None else self.projector.project(grads)
         width = enc["input_ids"].shape[1]
         out["h0"] = h.detach().float().cpu().numpy()
         out["grad"] = proj.cpu().numpy()
         out["flops"] = np.full(len(tokens), self.flops_per_token * width, dtype=np.float64)
-        out["grad_params"] = np.full(len(tokens), self.projector.p, dtype=np.int64)
+        p = self.sketch.p if self.sketch is not None else self.projector.p
+        out["grad_params"] = np.full(len(tokens), p, dtype=np.int64)
         out["node"] = np.full(len(tokens), self.node_id, dtype=object)
         return out
 
     def _gradients(self, enc: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from ..models.precision import autocast
 
-        with PerSampleGradients(self.layers) as psg:
+        capture = self.sketch if self.sketch is not None else PerSampleGradients(self.layers)
+        with capture as psg:
             with autocast(self.precision, self.device):  # the forward only; gradients come back fp32
                 logits = self.peft_model(**enc)
             h = gold_log_odds(logits.float(), labels)
-            grads = psg.backward(h)
+            grads = psg.backward(h)  # [B, d] sketch (full_rank) or [B, p] adapter gradients
         return h, grads
 
 

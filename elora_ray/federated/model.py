@@ -183,6 +183,9 @@ class WindowFeaturizer:
     """Projected per-window gradients of the targets' mean log-odds at the current adapter (θ*)."""
 
     def __init__(self, cfg: RunConfig, peft_model: nn.Module) -> None:
+        if cfg.featurize.gradient == "full_rank":  # ``auto`` means adapter features here
+            raise ValueError("the federated stage moves the adapter by P w, so it needs featurize.gradient=adapter "
+                             "or auto (got full_rank)")
         self.peft_model = peft_model
         self.layers = gradient_layers_for(peft_model)
         self.p = sum(g.size for g in self.layers)

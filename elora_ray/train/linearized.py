@@ -24,6 +24,7 @@ from ..config import RunConfig
 from ..errors import DataError
 from ..featurize.projection import JLProjector
 from ..featurize.store import read_features, read_manifest
+from ..featurize.update_sketch import PerSampleUpdateSketch, lora_sites, set_low_rank_update
 from ..featurize.worker import gradient_layers_for, projection_seed
 
 
@@ -55,7 +56,13 @@ def residual_features(run_dir: Path, tasks: list[str], residuals: pd.DataFrame) 
 
 
 def apply_linearized_step(cfg: RunConfig, peft_model: torch.nn.Module, w: np.ndarray, gradient_parameters: int) -> float:
-    """Add P w to the differentiated adapter layers (in featurisation order); returns ‖P w‖."""
+    """Add P w to the differentiated adapter layers (in featurisation order); returns ‖P w‖.
+
+    With ``featurize.gradient: full_rank`` w lives in the update-matrix sketch: each LoRA site's
+    update ΔM (the sketch's adjoint) is set as its best rank-r approximation B A (see
+    :func:`apply_full_rank_step`)."""
+    if cfg.feature_gradient() == "full_rank":
+        return apply_full_rank_step(cfg, peft_model, w, gradient_parameters)["step_norm"]
     layers = gradient_layers_for(peft_model)
     p = sum(g.size for g in layers)
     if p != gradient_parameters:
@@ -84,14 +91,46 @@ def apply_linearized_step(cfg: RunConfig, peft_model: torch.nn.Module, w: np.nda
     return float(delta.norm())
 
 
+def apply_full_rank_step(cfg: RunConfig, peft_model: torch.nn.Module, w: np.ndarray, gradient_parameters: int) -> dict:
+    """Move each LoRA site (B = 0 at θ*) to the rank-r part of ΔM = R W Qᵀ/√d; report ‖ΔM‖ and the share kept."""
+    sites = lora_sites(peft_model)
+    p = sum(s.size for s in sites)
+    if p != gradient_parameters:
+        raise DataError(
+            f"the adapter has {p} update-matrix entries but the features were computed for "
+            f"{gradient_parameters}: rerun `elora featurize` for this configuration"
+        )
+    sketch = PerSampleUpdateSketch(sites, cfg.featurize.dim, projection_seed(cfg))
+    deltas = sketch.update_matrices(torch.from_numpy(np.asarray(w, np.float32)))
+    sq, kept_sq = 0.0, 0.0
+    for site, delta in zip(sites, deltas):
+        share = set_low_rank_update(site, delta.to(site.output_side.weight.device))
+        n2 = float((delta.double() ** 2).sum())
+        sq += n2
+        kept_sq += share * n2
+    for p_ in peft_model.parameters():
+        p_.requires_grad_(False)
+    for site in sites:  # what the saved adapter counts as trainable
+        for p_ in (*site.input_side.parameters(), *site.output_side.parameters()):
+            p_.requires_grad_(True)
+    return {"step_norm": sq**0.5, "rank_r_share": kept_sq / sq if sq > 0 else 1.0}
+
+
 def linearized_learner(cfg: RunConfig, run_dir: Path, tasks: list[str], residuals: pd.DataFrame, peft_model) -> dict:
     """Fit ŵ on the group's training residuals and move ``peft_model`` (at θ*) to θ* + P ŵ."""
     g, r = residual_features(run_dir, tasks, residuals)
     w = fit_residual(g, r, cfg.boost.l2)
     pred = g.astype(np.float64) @ w
     ss = float((r**2).sum()) or 1.0  # uncentred: the fit has no intercept
-    norm = apply_linearized_step(cfg, peft_model, w, int(read_manifest(run_dir)["gradient_parameters"]))
+    params = int(read_manifest(run_dir)["gradient_parameters"])
+    extra: dict = {}
+    if cfg.feature_gradient() == "full_rank":
+        extra = apply_full_rank_step(cfg, peft_model, w, params)
+        norm = extra.pop("step_norm")
+    else:
+        norm = apply_linearized_step(cfg, peft_model, w, params)
     return {
+        **extra,
         "samples": float(len(r)),
         "residual_mean": float(r.mean()),
         "fit_r2_uncentered": 1.0 - float(((r - pred) ** 2).sum()) / ss,
