@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                 hits = sum(r["ari_chosen_m"] >= 0.8 for r in sub)
                 mean = sum(r["ari_chosen_m"] for r in sub) / len(sub)
                 true_m = sum(r["ari_true_m"] for r in sub) / len(sub)
-                lines.append(f"| parts of one real dataset grouped together, affinity `{kind}`, {suite_set} suites ({len(sub)} "
+                feats = "adapter" if f.stem.endswith("_adapter") else "full_rank" if f.stem.endswith("_full_rank") else "default"
+                lines.append(f"| parts of one real dataset grouped together, affinity `{kind}`, features `{feats}`, {suite_set} suites ({len(sub)} "
                              f"suite × seed runs; target ARI ≥ 0.8, m automatic) | – | mean ARI {mean:.2f} ({hits}/{len(sub)} ≥ 0.8); "
                              f"at the true m {true_m:.2f} | `{f.with_suffix('.md').name}` |")
     sm = load("select_m")

@@ -16,7 +16,7 @@ def test_summary_renders_every_committed_result_and_matches_the_committed_page(t
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     # every result family has its row (the engines file once broke the federated loop)
-    for source in ("federated_engines.md", "fidelity_surrogates.md", "select_m.md", "affinity_planted.md"):
+    for source in ("federated_engines.md", "fidelity_surrogates.md", "select_m.md", "affinity_planted_full_rank.md"):
         assert f"`{source}`" in text, source
     assert text == (ROOT / "benchmarks" / "README.md").read_text(), \
         "benchmarks/README.md is stale: run `python benchmarks/summarize.py`"

@@ -20,7 +20,7 @@ from elora_ray.models.classifier import TaskSpec
 from elora_ray.prepare import prepare
 
 SETS = ["model.name_or_path=tiny-bert", "suite.samples_per_task=40", "suite.tasks_per_group=[2,1]",
-        "featurize.dim=24", "featurize.shard_size=8", "featurize.batch_size=5"]
+        "featurize.dim=24", "featurize.shard_size=8", "featurize.batch_size=5", "featurize.gradient=adapter"]
 
 
 @pytest.fixture(scope="module")
@@ -168,13 +168,14 @@ def test_estimate_stage_affinity_equals_the_cosine_of_mean_loss_gradients(run, t
     assert half_a.shape == cos.shape and not np.allclose(half_a, cos)
 
 
-def test_full_rank_features_align_with_a_direct_sketch_and_recompute_on_change(run, tmp_path):
+def test_full_rank_features_align_with_a_direct_sketch(run, tmp_path):
     from elora_ray.featurize.update_sketch import PerSampleUpdateSketch, lora_sites
 
     cfg, out, _ = run
     other = tmp_path / "full_rank"
     shutil.copytree(out / "data", other / "data")
-    full = load_config(None, [*SETS, "featurize.gradient=full_rank"])
+    full = load_config(None, [*SETS[:-1], "featurize.gradient=auto"])  # auto: full_rank for LoRA
+    assert full.feature_gradient() == "full_rank"
     manifest = featurize(full, other, progress=False)
     assert manifest["gradient_parameters"] > 0
     tasks = read_prepared(other)
