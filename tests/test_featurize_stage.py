@@ -192,5 +192,3 @@ def test_full_rank_features_align_with_a_direct_sketch(run, tmp_path):
     feats = read_features(other, "train")
     row = list(feats[t.name].sample_ids).index(ex.sample_id)
     np.testing.assert_allclose(feats[t.name].grad[row], g[0].detach().numpy(), rtol=1e-4, atol=1e-6)
-    adapter_feats = read_features(out, "train")[t.name].grad
-    assert not np.allclose(feats[t.name].grad, adapter_feats[: len(feats[t.name].grad)])
