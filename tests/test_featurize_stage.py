@@ -177,7 +177,7 @@ def test_full_rank_features_align_with_a_direct_sketch(run, tmp_path):
     full = load_config(None, [*SETS[:-1], "featurize.gradient=auto"])  # auto: full_rank for LoRA
     assert full.feature_gradient() == "full_rank"
     manifest = featurize(full, other, progress=False)
-    assert manifest["gradient_parameters"] > 0
+    assert manifest["gradient_parameters"] > 0 and manifest["gradient"] == "full_rank"
     tasks = read_prepared(other)
     specs = [TaskSpec.of(t) for t in tasks]
     peft_model, model = build_model_at_init(full, specs, other / "features" / "heads.safetensors")

@@ -269,7 +269,8 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
     manifest = {
         "fingerprint": fp,
         "dim": cfg.featurize.dim,
-        "projection": cfg.featurize.projection,
+        "projection": cfg.featurize.projection if cfg.feature_gradient() == "adapter" else "kronecker-gaussian",
+        "gradient": cfg.feature_gradient(),
         "kind": kind,
         "probe": probe_info,
         "splits": summary["splits"],
