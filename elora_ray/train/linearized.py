@@ -55,21 +55,20 @@ def residual_features(run_dir: Path, tasks: list[str], residuals: pd.DataFrame) 
     return np.concatenate(gs), np.concatenate(rs)
 
 
-def apply_linearized_step(cfg: RunConfig, peft_model: torch.nn.Module, w: np.ndarray, gradient_parameters: int) -> float:
-    """Add P w to the differentiated adapter layers (in featurisation order); returns ‖P w‖.
-
-    With ``featurize.gradient: full_rank`` w lives in the update-matrix sketch: each LoRA site's
-    update ΔM (the sketch's adjoint) is set as its best rank-r approximation B A (see
-    :func:`apply_full_rank_step`)."""
-    if cfg.feature_gradient() == "full_rank":
-        return apply_full_rank_step(cfg, peft_model, w, gradient_parameters)["step_norm"]
-    layers = gradient_layers_for(peft_model)
-    p = sum(g.size for g in layers)
+def _check_feature_size(p: int, gradient_parameters: int, what: str) -> None:
     if p != gradient_parameters:
         raise DataError(
-            f"the adapter has {p} differentiated parameters but the features were computed for "
+            f"the adapter has {p} {what} but the features were computed for "
             f"{gradient_parameters}: rerun `elora featurize` for this configuration"
         )
+
+
+def apply_linearized_step(cfg: RunConfig, peft_model: torch.nn.Module, w: np.ndarray, gradient_parameters: int) -> float:
+    """Add P w to the differentiated adapter layers (in featurisation order); returns ‖P w‖.
+    (``featurize.gradient: full_rank`` features: :func:`apply_full_rank_step`.)"""
+    layers = gradient_layers_for(peft_model)
+    p = sum(g.size for g in layers)
+    _check_feature_size(p, gradient_parameters, "differentiated parameters")
     f = cfg.featurize
     proj = JLProjector(p, f.dim, projection_seed(cfg), f.projection, f.block_rows, f.cache_limit_mb)
     delta = proj.back_project(torch.from_numpy(np.asarray(w, np.float32)))
@@ -94,12 +93,7 @@ def apply_linearized_step(cfg: RunConfig, peft_model: torch.nn.Module, w: np.nda
 def apply_full_rank_step(cfg: RunConfig, peft_model: torch.nn.Module, w: np.ndarray, gradient_parameters: int) -> dict:
     """Move each LoRA site (B = 0 at θ*) to the rank-r part of ΔM = R W Qᵀ/√d; report ‖ΔM‖ and the share kept."""
     sites = lora_sites(peft_model)
-    p = sum(s.size for s in sites)
-    if p != gradient_parameters:
-        raise DataError(
-            f"the adapter has {p} update-matrix entries but the features were computed for "
-            f"{gradient_parameters}: rerun `elora featurize` for this configuration"
-        )
+    _check_feature_size(sum(s.size for s in sites), gradient_parameters, "update-matrix entries")
     sketch = PerSampleUpdateSketch(sites, cfg.featurize.dim, projection_seed(cfg))
     deltas = sketch.update_matrices(torch.from_numpy(np.asarray(w, np.float32)))
     sq, kept_sq = 0.0, 0.0
