@@ -16,6 +16,7 @@ fidelity keys it by θ*), the features are recomputed at d, and the estimate is 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -70,6 +71,23 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_cfg([])
     name = args.name or ("quick" if args.quick else args.config.stem)
     run_dir = args.run_dir or RUNS / f"fidelity_{name}"
+    def featurize_sibling(cfg_s, main: Path, sibling: Path) -> None:
+        """Features of another setting on the main run's own prepared data and fine-tunes: the sibling run
+        directory gets copies of both (its data replaced when it differs, e.g. prepared by older code), so
+        the fine-tunes' θ* matches and none is run again."""
+        sibling.mkdir(parents=True, exist_ok=True)
+        manifest = lambda r: json.loads((r / "data" / "manifest.json").read_text()).get("fingerprint")  # noqa: E731
+        if (sibling / "data").exists() and (not (sibling / "data" / "manifest.json").is_file()
+                                            or manifest(sibling) != manifest(main)):
+            shutil.rmtree(sibling / "data")
+        for sub in ("data", "fidelity/real"):
+            if not (sibling / sub).exists():
+                shutil.copytree(main / sub, sibling / sub)
+        if args.reuse:
+            featurize(cfg_s, sibling)
+        else:
+            run_stages(cfg_s, sibling, until="featurize")
+
     t0 = time.perf_counter()
     if args.reuse and (run_dir / "data" / "manifest.json").is_file():
         featurize(cfg, run_dir)  # current features on the run's own prepared data (a no-op when they are current)
@@ -94,12 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if d == cfg.featurize.dim:
             continue
         run_d = run_dir.with_name(f"{run_dir.name}_d{d}")
-        run_d.mkdir(parents=True, exist_ok=True)
-        for sub in ("data", "fidelity/real"):
-            if not (run_d / sub).exists():
-                shutil.copytree(run_dir / sub, run_d / sub)
         cfg_d = cfg.model_copy(update={"featurize": cfg.featurize.model_copy(update={"dim": d})})
-        run_stages(cfg_d, run_d, until="featurize")
+        featurize_sibling(cfg_d, run_dir, run_d)
         by_dim.append(_dim_row(d, run_fidelity(cfg_d, run_d)))
     by_dim.sort(key=lambda r: r["dim"])
     variants = []
@@ -109,12 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             ap.error(f"--variant changes the features only (featurize.*), not {bad[0]!r}: fine-tuning is shared")
         run_v = run_dir.with_name(f"{run_dir.name}_v{i + 1}")
-        run_v.mkdir(parents=True, exist_ok=True)
-        for sub in ("data", "fidelity/real"):
-            if not (run_v / sub).exists():
-                shutil.copytree(run_dir / sub, run_v / sub)
         cfg_v = load_cfg(overrides)
-        run_stages(cfg_v, run_v, until="featurize")
+        featurize_sibling(cfg_v, run_dir, run_v)
         sv = run_fidelity(cfg_v, run_v)
         variants.append({"variant": "; ".join(overrides), **_dim_row(cfg_v.featurize.dim, sv),
                          "accuracy_relative_error": sv["accuracy_relative_error"],

@@ -111,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
                          f"within 9%, < 5% for d ≥ 400 | "
                          + "; ".join(f"d={r['dim']}: {100 * r['relative_error']:.1f}% (best λ {100 * r['best_relative_error']:.1f}%), "
                                      f"Spearman {r['spearman']:.2f}" for r in d["by_dim"]) + f" | `{f.with_suffix('.md').name}` |")
+        if "accuracy_relative_error" in s:
+            nc = s.get("noise_ceiling") or {}
+            floor = (f"; two fine-tunes differ by {100 * nc['accuracy_relative_difference']:.1f}%"
+                     if "accuracy_relative_difference" in nc else "")
+            base = s.get("no_change_baseline_accuracy_relative_error")
+            context = (f"(predicting no change: {100 * base:.1f}%{floor})" if base is not None
+                       else "(an older run: share of ĥ > 0, no baseline recorded)")
+            lines.append(f"| accuracy relative error ({d['name']}) | 4.3–4.8% | {100 * s['accuracy_relative_error']:.1f}% {context} "
+                         f"| `{f.with_suffix('.md').name}` |")
         lines.append(f"| Spearman, estimated vs true ({d['name']}) | up to 0.6 | {s['loss']['spearman']:.2f} overall; "
                      f"{s['loss']['spearman_within_task']:.2f} within task | `{f.with_suffix('.md').name}` |")
         lines.append(f"| FLOPs speed-up of estimation vs fine-tuning ({d['name']}) | 105× | "

@@ -99,3 +99,21 @@ def test_solve_subsets_recovers_planted_transfer():
     fam = np.array([n[0] for n in names])
     same = (fam[:, None] == fam[None, :]) & ~np.eye(6, dtype=bool)
     assert aff[same].min() > aff[~same & ~np.eye(6, dtype=bool)].max()
+
+
+def test_expected_accuracy_under_margin_noise_matches_monte_carlo():
+    """evaluate(margin_noise=σ) is the accuracy expected when each margin is off by N(0, σ²): checked by
+    sampling that noise; σ = 0 is the share of positive margins."""
+    rng = np.random.default_rng(0)
+    g, h0, w = rng.normal(size=(300, 6)), rng.normal(0.5, 1.0, size=300), rng.normal(scale=0.3, size=6)
+    margin = h0 + g @ w
+    loss_hard, acc_hard = evaluate(g, h0, w)
+    assert acc_hard == float((margin > 0).mean())
+    for sigma in (0.1, 0.5, 2.0):
+        loss, acc = evaluate(g, h0, w, margin_noise=sigma)
+        sampled = float(((margin[None, :] + sigma * rng.normal(size=(4000, len(margin)))) > 0).mean())
+        assert abs(acc - sampled) < 3e-3, (sigma, acc, sampled)
+        assert loss == loss_hard  # the loss does not depend on σ
+    assert abs(evaluate(g, h0, w, margin_noise=1e-9)[1] - acc_hard) < 1e-12
+    with pytest.raises(ValueError, match="margin_noise"):
+        evaluate(g, h0, w, margin_noise=-0.1)

@@ -53,6 +53,24 @@ def test_fidelity_small_steps_are_first_order_exact(tmp_path, capsys):
     # Every λ of the sweep reports its accuracy error too; the headline's is the summary's.
     assert all("accuracy_relative_error" in a for a in s2["by_l2"].values())
     assert abs(s2["by_l2"]["0.01"]["accuracy_relative_error"] - s2["accuracy_relative_error"]) < 1e-12
+    # The headline accuracy is the expected accuracy under the default margin noise; σ = 0 is the share
+    # of ĥ > 0. Against the repeat and the mean of both runs, recomputed from the saved fine-tunes.
+    import pandas as pd
+
+    from elora_ray.estimate.calibration import DEFAULT_MARGIN_NOISE
+    assert s2["margin_noise"] == {"value": DEFAULT_MARGIN_NOISE["full_rank"], "source": "default"}
+    sweep = s2["by_l2"]["0.01"]["accuracy_relative_error_by_margin_noise"]
+    assert sweep[f"{DEFAULT_MARGIN_NOISE['full_rank']:g}"] == s2["accuracy_relative_error"]
+    assert sweep["0"] == s2["accuracy_relative_error_hard"]
+    table = pd.read_parquet(out / "fidelity" / "results.parquet")
+    reps = {(k, r["task"]): r["true_accuracy"] for k in range(2)
+            for r in json.loads((out / "fidelity" / "real" / f"subset-000{k}-repeat1.json").read_text())["rows"]}
+    rep_acc = np.array([reps[(k, t)] for k, t in zip(table["subset_id"], table["task"])])
+    mean_acc = (rep_acc + table["true_accuracy"].to_numpy()) / 2
+    est_acc = table["est_accuracy"].to_numpy()
+    assert abs(nc["accuracy_relative_error_vs_repeat"] - np.mean(np.abs(est_acc - rep_acc) / rep_acc)) < 1e-12
+    assert abs(nc["accuracy_relative_error_vs_mean"] - np.mean(np.abs(est_acc - mean_acc) / mean_acc)) < 1e-12
+    assert "against the mean of both runs" in (out / "fidelity" / "summary.md").read_text()
     assert s["noise_ceiling"] is None and "no change" in (out / "fidelity" / "summary.md").read_text()
 
 
@@ -61,7 +79,10 @@ def test_calibrate_picks_the_constant_that_predicts_fine_tuning_and_estimate_use
     from scipy.special import log_expit
 
     from elora_ray.config import load_config
-    from elora_ray.estimate.calibration import CALIBRATION_GRID, calibration_constant, regularisation
+    from scipy.stats import norm
+
+    from elora_ray.estimate.calibration import (CALIBRATION_GRID, MARGIN_NOISE_GRID, calibration_constant, margin_noise,
+                                                regularisation)
     from elora_ray.estimate.stage import load_estimation_features
     from elora_ray.estimate.surrogate import fit_surrogate
 
@@ -75,24 +96,35 @@ def test_calibrate_picks_the_constant_that_predicts_fine_tuning_and_estimate_use
     real = [json.loads(p.read_text()) for p in sorted((out / "calibrate" / "real").glob("subset-*.json"))]
     assert len(real) == 2 and all(r["steps"] > 0 for r in real)
 
-    def rel_error(c: float) -> float:
-        errs = []
+    def rel_errors(c: float) -> tuple[float, dict[float, float]]:
+        """(loss relative error, accuracy relative error per σ) of constant c over the saved fine-tunes."""
+        errs, acc_errs = [], {sg: [] for sg in MARGIN_NOISE_GRID}
         for r in real:
             g = np.concatenate([feats[m][0] for m in r["members"]])
             h = np.concatenate([feats[m][1] for m in r["members"]])
             w = fit_surrogate(g, h, l2=regularisation(c, len(h), 1e-3, 1.0, 8)).w
             for row in r["rows"]:
-                est = float(-log_expit(feats[row["task"]][3].astype(float) + feats[row["task"]][2].astype(float) @ w).mean())
+                margin = feats[row["task"]][3].astype(float) + feats[row["task"]][2].astype(float) @ w
+                est = float(-log_expit(margin).mean())
                 errs.append(abs(est - row["true_loss"]) / row["true_loss"])
-        return float(np.mean(errs))
+                for sg in MARGIN_NOISE_GRID:
+                    acc = float((margin > 0).mean()) if sg == 0 else float(norm.cdf(margin / sg).mean())
+                    acc_errs[sg].append(abs(acc - row["true_accuracy"]) / row["true_accuracy"])
+        return float(np.mean(errs)), {sg: float(np.mean(v)) for sg, v in acc_errs.items()}
 
-    errors = {c: rel_error(c) for c in CALIBRATION_GRID}
-    assert data["constant"] == min(errors, key=errors.get)
-    assert abs(data["loss_relative_error"] - errors[data["constant"]]) < 1e-9
+    errors = {c: rel_errors(c) for c in CALIBRATION_GRID}
+    assert data["constant"] == min(errors, key=lambda c: errors[c][0])
+    assert abs(data["loss_relative_error"] - errors[data["constant"]][0]) < 1e-9
+    # At that c, σ is the grid value with the smallest accuracy error (ties: the smaller σ).
+    by_sigma = errors[data["constant"]][1]
+    best = min(by_sigma.values())
+    assert data["margin_noise"] == min(sg for sg, e in by_sigma.items() if e - best < 1e-12)
+    assert abs(data["accuracy_relative_error"] - best) < 1e-9
     # A later run of the same model + adapter finds it (run directory first, then the user cache).
     cfg = load_config(None, [s for s in sets if s != "--set"])
     assert calibration_constant(cfg, out) == (data["constant"], str(out / "calibration.json"))
     assert calibration_constant(cfg, tmp_path / "elsewhere")[0] == data["constant"]
+    assert margin_noise(cfg, out) == (data["margin_noise"], str(out / "calibration.json"))
     assert main(["estimate", "--out", str(out), *sets]) == 0
     summary = json.loads((out / "estimate" / "summary.json").read_text())
     assert f"c from {out / 'calibration.json'}" in summary["l2"]

@@ -106,3 +106,41 @@ def test_combine_interrupted_leaves_the_previous_weights_and_reruns_identically(
     old = json.loads(before)
     for name, t in redone["tasks"].items():
         np.testing.assert_allclose(t["weights"], old["tasks"][name]["weights"], atol=1e-6)
+
+
+def test_estimate_accuracy_uses_the_calibrated_margin_noise_and_reruns_when_it_changes(tiny_pipeline, copy_run):
+    """affinity: paper with metric: accuracy scores subsets by the expected accuracy under σ (default, or
+    calibration.json's); a new σ changes the fingerprint, so the stage recomputes rather than reusing."""
+    from scipy.stats import norm
+
+    from elora_ray.estimate import stage as est
+    from elora_ray.estimate.calibration import DEFAULT_MARGIN_NOISE, cache_key, calibration_constant, resolve_l2
+    from elora_ray.estimate.surrogate import fit_surrogate
+    from elora_ray.io import write_json
+    from elora_ray.layout import RunLayout
+
+    _, shared, _ = tiny_pipeline
+    cfg = load_config(None, [*TINY, "estimate.affinity=paper", "estimate.metric=accuracy", "estimate.num_subsets=6"])
+    run = copy_run(shared)
+    RunLayout(run).calibration.unlink(missing_ok=True)
+
+    def check(sigma: float) -> None:
+        summary = est.estimate(cfg, run, progress=False)
+        assert summary["margin_noise"] == sigma
+        names, feats = est.load_estimation_features(run)
+        rows = pd.read_parquet(run / "estimate" / "results.parquet")
+        l2 = est.l2_rule(cfg, run)[0]
+        for sid, group in rows.groupby("subset_id"):
+            members = list(group["members"].iloc[0])
+            g = np.concatenate([feats[m][0] for m in members])
+            h = np.concatenate([feats[m][1] for m in members])
+            w = fit_surrogate(g, h, l2=resolve_l2(l2, len(h)), max_iter=cfg.estimate.max_iter).w
+            for task, acc in zip(group["task"], group["accuracy"]):
+                margin = feats[task][3].astype(float) + feats[task][2].astype(float) @ w
+                want = norm.cdf(margin / sigma).mean() if sigma else (margin > 0).mean()
+                assert abs(acc - want) < 1e-6, (sid, task, acc, want)
+
+    check(DEFAULT_MARGIN_NOISE[cfg.feature_gradient()])
+    write_json(RunLayout(run).calibration, {"key": cache_key(cfg), "constant": calibration_constant(cfg, run)[0],
+                                            "margin_noise": 0.0})
+    check(0.0)

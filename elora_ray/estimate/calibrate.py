@@ -24,10 +24,11 @@ def calibrate(cfg: RunConfig, run_dir: Path, num_subsets: int = 6, progress: boo
 
     The subsets are fine-tuned with the *train* settings (lr, epochs, batch size: the fine-tuning the
     estimate predicts), by the fidelity machinery (one Ray task each, cached under ``calibrate/real``);
-    c is the grid value with the smallest mean relative error of the validation loss. Writes
+    c is the grid value with the smallest mean relative error of the validation loss; at that c, the
+    margin noise σ of the accuracy estimate is the grid value with the smallest accuracy relative error
+    (ties: the smaller σ). Writes
     ``calibration.json`` in the run directory and in the user cache (keyed by model + adapter).
     """
-    import pandas as pd
 
     t = cfg.train
     fid = cfg.fidelity.model_copy(update={"lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size,
@@ -36,14 +37,16 @@ def calibrate(cfg: RunConfig, run_dir: Path, num_subsets: int = 6, progress: boo
                            constants=list(CALIBRATION_GRID))
     by_c = summary["by_calibration_constant"]
     best = min(by_c, key=lambda k: by_c[k]["relative_error"])
-    table = pd.read_parquet(Path(run_dir) / "calibrate" / "results.parquet")
-    acc = table[f"est_accuracy@{best}"]
+    by_sigma = by_c[best]["accuracy_relative_error_by_margin_noise"]
+    sigma = min(by_sigma, key=lambda k: (round(by_sigma[k], 12), float(k)))
     data = {
         "key": cache_key(cfg),
         "constant": float(best.split("=", 1)[1]),
         "loss_relative_error": by_c[best]["relative_error"],
         "no_change_loss_relative_error": summary["no_change_baseline_relative_error"],
-        "accuracy_relative_error": float(((acc - table["true_accuracy"]).abs() / table["true_accuracy"].clip(lower=1e-9)).mean()),
+        "margin_noise": float(sigma),
+        "accuracy_relative_error": by_sigma[sigma],
+        "accuracy_relative_error_by_margin_noise": by_sigma,
         "no_change_accuracy_relative_error": summary["no_change_baseline_accuracy_relative_error"],
         "spearman": by_c[best]["spearman"],
         "subsets": summary["subsets"], "subset_size": summary["subset_size"],
@@ -56,8 +59,8 @@ def calibrate(cfg: RunConfig, run_dir: Path, num_subsets: int = 6, progress: boo
         write_json(user_cache_dir() / f"{data['key']}.json", data)
     except OSError as exc:  # a read-only home must not fail the command
         log.warning("calibration: could not write the user cache (%s); the run's calibration.json is kept", exc)
-    log.info("calibration: c = %g (loss relative error %.1f%%, no change %.1f%%; accuracy %.1f%%, no change %.1f%%)",
-             data["constant"], 100 * data["loss_relative_error"], 100 * data["no_change_loss_relative_error"],
+    log.info("calibration: c = %g, σ = %g (loss relative error %.1f%%, no change %.1f%%; accuracy %.1f%%, no change %.1f%%)",
+             data["constant"], data["margin_noise"], 100 * data["loss_relative_error"], 100 * data["no_change_loss_relative_error"],
              100 * data["accuracy_relative_error"], 100 * data["no_change_accuracy_relative_error"])
     return data
 
@@ -69,7 +72,7 @@ def render_calibration(data: dict) -> str:
         f"{data['fine_tuning']['epochs']:g} epoch(s), batch {data['fine_tuning']['batch_size']})",
         f"  validation loss relative error {100 * data['loss_relative_error']:.2f}% "
         f"(predicting no change: {100 * data['no_change_loss_relative_error']:.2f}%)",
-        f"  accuracy relative error {100 * data['accuracy_relative_error']:.2f}% "
+        f"  accuracy relative error {100 * data['accuracy_relative_error']:.2f}% with margin noise σ = {data.get('margin_noise', 0):g} "
         f"(predicting no change: {100 * data['no_change_accuracy_relative_error']:.2f}%)",
         f"  Spearman {data['spearman']:.3f}",
     ]) + "\n"

@@ -9,8 +9,10 @@ report (paper Table 3 / Table 5):
 (a) first-order error of h: h_X(s, y) of the fine-tuned adapter vs h0 + ∇h(θ*)ᵀ(X − θ*)
     with the *unprojected* gradient, on validation samples, with the relative distance
     ‖X − θ*‖ / ‖θ_full‖;
-(b) relative error |f̂ − f| / f of the loss, Spearman correlations (over all (S, i), within
-    each task across subsets, and of the changes f − f(θ*));
+(b) relative error |f̂ − f| / f of the loss and of the accuracy (the accuracy estimated with the
+    calibrated margin noise σ, and for every σ of ``MARGIN_NOISE_GRID``), Spearman correlations
+    (over all (S, i), within each task across subsets, and of the changes f − f(θ*)); with
+    ``fidelity.repeats`` > 1, the same against a second fine-tune and against the mean of both;
 (c) cost: FLOPs and wall time of featurize + regressions vs fine-tuning the same subsets,
     and linearly extrapolated to ``estimate.num_subsets`` subsets.
 
@@ -38,7 +40,7 @@ from ..featurize.store import read_manifest
 from ..io import write_json, write_parquet, write_text
 from ..layout import RunLayout
 from ..raysession import ensure_ray
-from .calibration import calibration_constant, regularisation
+from .calibration import MARGIN_NOISE_GRID, calibration_constant, margin_noise, regularisation
 from .fidelity_report import plot_fidelity, render_summary
 from .stage import load_estimation_features, subset_plan
 from .subsets import default_subset_size, sample_subsets
@@ -136,25 +138,39 @@ def repeat_seed(seed: int, sid: int, r: int) -> int:
     return seed + sid + 100_003 * r
 
 
-def noise_ceiling(table: pd.DataFrame, repeats: dict[tuple[int, int], dict]) -> dict | None:
+def noise_ceiling(table: pd.DataFrame, repeats: dict[tuple[int, int], dict],
+                  est_accuracy: pd.Series | None = None) -> dict | None:
     """How well one real fine-tuning predicts another of the same subset (different seed).
 
     Compares the first run's validation losses with repeat 1's: Spearman overall and within each
     task across subsets (the ceiling for the estimate's within-task Spearman), and the mean
     relative differences of the loss and of the accuracy (the floors for the estimate's relative
     errors: one real run predicts another of the same subset no better). None without repeats.
+    With ``est_accuracy`` (aligned with ``table``), also the estimate's accuracy relative error against
+    the repeat and against the mean of both runs: the seed's noise in one run is part of the paper's
+    error; the mean of two runs halves its variance.
     """
     other = {(sid, row["task"]): (row["true_loss"], row["true_accuracy"])
              for (sid, r), data in repeats.items() if r == 1 for row in data["rows"]}
     if not other:
         return None
     t = table[["subset_id", "task", "true_loss", "true_accuracy"]].copy()
+    if est_accuracy is not None:
+        t["est_accuracy"] = est_accuracy.to_numpy()
     pairs = [other.get((sid, task), (np.nan, np.nan)) for sid, task in zip(t["subset_id"], t["task"])]
     t["repeat_loss"] = [p[0] for p in pairs]
     t["repeat_accuracy"] = [p[1] for p in pairs]
     t = t.dropna()
     within = [spearmanr(g["true_loss"], g["repeat_loss"]).statistic for _, g in t.groupby("task")
               if len(g) >= 3 and g["true_loss"].nunique() > 1 and g["repeat_loss"].nunique() > 1]
+    extra = {}
+    if est_accuracy is not None and len(t):
+        mean_acc = (t["true_accuracy"] + t["repeat_accuracy"]) / 2
+        extra = {
+            "accuracy_relative_error_vs_repeat": float(((t["est_accuracy"] - t["repeat_accuracy"]).abs()
+                                                        / t["repeat_accuracy"].clip(lower=1e-9)).mean()),
+            "accuracy_relative_error_vs_mean": float(((t["est_accuracy"] - mean_acc).abs() / mean_acc.clip(lower=1e-9)).mean()),
+        }
     return {
         "pairs": int(len(t)),
         "spearman": float(spearmanr(t["true_loss"], t["repeat_loss"]).statistic) if len(t) > 2 else None,
@@ -162,6 +178,7 @@ def noise_ceiling(table: pd.DataFrame, repeats: dict[tuple[int, int], dict]) -> 
         "relative_difference": float(((t["true_loss"] - t["repeat_loss"]).abs() / t["true_loss"]).mean()),
         "accuracy_relative_difference": float(((t["true_accuracy"] - t["repeat_accuracy"]).abs()
                                                / t["true_accuracy"].clip(lower=1e-9)).mean()),
+        **extra,
     }
 
 
@@ -185,6 +202,8 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
     # (λ_S follows the fine-tuning measured here: fidelity.lr / epochs / batch_size and N_S), in seconds.
     # The configured one (estimate.l2, or the auto rule with the current constant) is the headline.
     constant, constant_source = calibration_constant(cfg, run_dir)
+    sigma, sigma_source = margin_noise(cfg, run_dir)
+    sigmas = sorted({*MARGIN_NOISE_GRID, sigma})
     variants: dict[str, tuple[str, float]] = {f"{l2:g}": ("fixed", l2) for l2 in L2_GRID}
     for c in constants if constants is not None else [constant * mult for mult in C_MULTIPLIERS]:
         variants[f"c={c:.3g}"] = ("auto", c)
@@ -203,8 +222,9 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
             if v == key:
                 solver_flops += 4.0 * g.shape[0] * g.shape[1] * max(1, fit.iterations + 1)
             for m in mem:
-                loss, acc = evaluate(feats[m][2], feats[m][3], fit.w)
-                est[v].append({"subset_id": sid, "task": m, "est_loss": loss, "est_accuracy": acc})
+                by_sigma = {sg: evaluate(feats[m][2], feats[m][3], fit.w, margin_noise=sg) for sg in sigmas}
+                est[v].append({"subset_id": sid, "task": m, "est_loss": by_sigma[sigma][0], "est_accuracy": by_sigma[sigma][1],
+                               **{f"acc~{sg:g}": by_sigma[sg][1] for sg in sigmas}})
     est_solve_s = (time.perf_counter() - t_est) / len(variants)
 
     # Real side: one Ray task per subset.
@@ -273,17 +293,25 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
         for r in real[sid]["rows"]:
             rows.append({"subset_id": sid, "members": members[sid], **r, "relative_distance": real[sid]["relative_distance"]})
     table = pd.DataFrame(rows)
+    by_sigma: dict[str, pd.DataFrame] = {}  # variant → est. accuracy per σ (summary only; not in the table)
     for v in variants:
-        e = pd.DataFrame(est[v]).rename(columns={"est_loss": f"est_loss@{v}", "est_accuracy": f"est_accuracy@{v}"})
+        e = pd.DataFrame(est[v])
+        by_sigma[v] = e[["subset_id", "task", *[f"acc~{sg:g}" for sg in sigmas]]]
+        e = e[["subset_id", "task", "est_loss", "est_accuracy"]].rename(
+            columns={"est_loss": f"est_loss@{v}", "est_accuracy": f"est_accuracy@{v}"})
         table = table.merge(e, on=["subset_id", "task"])
     table["est_loss"] = table[f"est_loss@{key}"]
     table["est_accuracy"] = table[f"est_accuracy@{key}"]
     write_parquet(out / "results.parquet", __import__("pyarrow").Table.from_pandas(table, preserve_index=False))
 
+    def acc_error(est_acc: pd.Series, true_acc: pd.Series) -> float:
+        return float(((est_acc - true_acc).abs() / true_acc.clip(lower=1e-9)).mean())
+
     def agreement(col: str) -> dict:
         rel = ((table[col] - table["true_loss"]).abs() / table["true_loss"]).mean()
-        acc_col = col.replace("est_loss@", "est_accuracy@")
-        acc = ((table[acc_col] - table["true_accuracy"]).abs() / table["true_accuracy"].clip(lower=1e-9)).mean()
+        v = col.split("@", 1)[1]
+        acc = acc_error(table[f"est_accuracy@{v}"], table["true_accuracy"])
+        soft = table[["subset_id", "task", "true_accuracy"]].merge(by_sigma[v], on=["subset_id", "task"])
         rho = spearmanr(table[col], table["true_loss"]).statistic
         within = [spearmanr(g[col], g["true_loss"]).statistic for _, g in table.groupby("task") if len(g) >= 3 and g["true_loss"].nunique() > 1]
         d_est = table[col] - table["true_loss0"]
@@ -291,6 +319,8 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
         return {
             "relative_error": float(rel),
             "accuracy_relative_error": float(acc),
+            "accuracy_relative_error_by_margin_noise": {f"{sg:g}": acc_error(soft[f"acc~{sg:g}"], soft["true_accuracy"])
+                                                        for sg in sigmas},
             "spearman": float(rho),
             "spearman_within_task": float(np.nanmean(within)) if within else None,
             "spearman_of_changes": float(spearmanr(d_est, d_true).statistic),
@@ -300,7 +330,7 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
     per_c = {v: agreement(f"est_loss@{v}") for v in variants if variants[v][0] == "auto"}
     best_l2 = min(per_l2, key=lambda k: per_l2[k]["relative_error"])
     best_c = min(per_c, key=lambda k: per_c[k]["relative_error"])
-    acc_rel = float(((table["est_accuracy"] - table["true_accuracy"]).abs() / table["true_accuracy"].clip(lower=1e-9)).mean())
+    acc_rel = acc_error(table["est_accuracy"], table["true_accuracy"])
     k_full = subset_plan(cfg, n)[0]
     acc0 = {m: float((np.asarray(feats[m][3]) > 0).mean()) for m in names}
     true_acc0 = table["task"].map(acc0)
@@ -324,11 +354,13 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
         },
         "loss": {**per_l2, **per_c}[key],
         "accuracy_relative_error": acc_rel,
+        "margin_noise": {"value": sigma, "source": sigma_source},
+        "accuracy_relative_error_hard": {**per_l2, **per_c}[key]["accuracy_relative_error_by_margin_noise"]["0"],
         "no_change_baseline_accuracy_relative_error": float(((true_acc0 - table["true_accuracy"]).abs()
                                                               / table["true_accuracy"].clip(lower=1e-9)).mean()),
         # Context for the relative error: predicting "no change" (the loss at θ*) scores this.
         "no_change_baseline_relative_error": float(((table["true_loss0"] - table["true_loss"]).abs() / table["true_loss"]).mean()),
-        "noise_ceiling": noise_ceiling(table, repeat),
+        "noise_ceiling": noise_ceiling(table, repeat, table["est_accuracy"]),
         "by_l2": per_l2,
         "best_l2_by_relative_error": float(best_l2),
         "by_calibration_constant": per_c,

@@ -23,7 +23,8 @@ def render_summary(s: dict) -> str:
         f"| Spearman within task, across subsets | {lo['spearman_within_task'] if lo['spearman_within_task'] is None else round(lo['spearman_within_task'], 3)} |",
         f"| Spearman of loss changes vs θ* | {lo['spearman_of_changes']:.3f} |",
         *[x for x in (_ceiling_lines(s["noise_ceiling"]) if s.get("noise_ceiling") else []) if x],
-        f"| accuracy relative error | {100 * s['accuracy_relative_error']:.2f}% |",
+        f"| accuracy relative error{_sigma_text(s)} | {100 * s['accuracy_relative_error']:.2f}% |",
+        *_accuracy_lines(s),
         f"| for context: relative error of predicting no change (loss at θ*) | {100 * s['no_change_baseline_relative_error']:.2f}% |",
         f"| for context: accuracy relative error of predicting no change | {100 * s.get('no_change_baseline_accuracy_relative_error', float('nan')):.2f}% |",
         f"| first-order RSS error of h, Σ(h−ĥ)²/Σh² | {fo['rss_relative']:.3e} |",
@@ -44,6 +45,29 @@ def render_summary(s: dict) -> str:
         acc = f"{100 * a['accuracy_relative_error']:.2f}%" if "accuracy_relative_error" in a else "–"
         lines.append(f"| {l2} | {100 * a['relative_error']:.2f}% | {acc} | {a['spearman']:.3f} | {w} | {a['spearman_of_changes']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _sigma_text(s: dict) -> str:
+    mn = s.get("margin_noise")
+    return f" (expected accuracy, margin noise σ = {mn['value']:g} from {mn['source']})" if mn else ""
+
+
+def _accuracy_lines(s: dict) -> list[str]:
+    """The accuracy error with σ = 0 (share of ĥ > 0), against the repeat / the mean of both runs, and per σ."""
+    lines = []
+    if "accuracy_relative_error_hard" in s:
+        lines.append(f"| accuracy relative error, σ = 0 (share of ĥ > 0) | {100 * s['accuracy_relative_error_hard']:.2f}% |")
+    nc = s.get("noise_ceiling") or {}
+    if "accuracy_relative_error_vs_mean" in nc:
+        lines += [
+            f"| accuracy relative error against the repeat | {100 * nc['accuracy_relative_error_vs_repeat']:.2f}% |",
+            f"| accuracy relative error against the mean of both runs | {100 * nc['accuracy_relative_error_vs_mean']:.2f}% |",
+        ]
+    head = {**s.get("by_l2", {}), **s.get("by_calibration_constant", {})}.get(s.get("headline"), {})
+    sweep = head.get("accuracy_relative_error_by_margin_noise")
+    if sweep:
+        lines.append("| accuracy relative error by σ | " + ", ".join(f"{k}: {100 * v:.2f}%" for k, v in sweep.items()) + " |")
+    return lines
 
 
 def _ceiling_lines(nc: dict) -> list[str]:

@@ -36,7 +36,7 @@ from ..io import fingerprint, write_json, write_parquet, write_text
 from ..layout import EST_DIR, RunLayout
 from ..raysession import cluster_cpus, ensure_ray
 from .affinity import Affinity, affinity_matrix
-from .calibration import calibration_constant, keep_in_run, resolve_l2
+from .calibration import calibration_constant, keep_in_run, margin_noise, resolve_l2
 from .subsets import default_num_subsets, default_subset_size, design_stats, sample_subsets
 from .surrogate import evaluate, fit_surrogate
 from .transfer import first_order_transfer, fit_pairwise, normalise_transfer, sample_halves
@@ -45,11 +45,12 @@ log = logging.getLogger(__name__)
 
 
 def solve_chunk(features: dict, names: list[str], subsets: list[tuple[int, tuple[int, ...]]], l2: float | dict,
-                max_iter: int, halves: dict | None = None) -> tuple[list[dict], list[dict]]:
+                max_iter: int, halves: dict | None = None, margin_noise: float = 0.0) -> tuple[list[dict], list[dict]]:
     """Fit the surrogate on each subset's training features.
 
     Returns (rows, gains): ``rows`` score every member task on its validation samples (the
-    paper's f_i(S), used for ``affinity: paper`` and reported); with ``halves`` (task → 0/1 per
+    paper's f_i(S), used for ``affinity: paper`` and reported; accuracy is the expected accuracy under
+    ``margin_noise``, see :func:`.surrogate.evaluate`); with ``halves`` (task → 0/1 per
     training sample), ``gains`` has one entry per subset with the training-loss gain of *every*
     task on each half (held out for tasks outside the subset; see ``transfer.py``).
     ``features[name] = (g_train, h0_train, g_val, h0_val)``. Runs inside a Ray task (or locally);
@@ -80,8 +81,8 @@ def solve_chunk(features: dict, names: list[str], subsets: list[tuple[int, tuple
         solve_s = time.perf_counter() - t0
         for m in mnames:
             gv, hv = features[m][2], features[m][3]
-            loss, acc = evaluate(gv, hv, fit.w)
-            loss0, acc0 = evaluate(gv, hv, np.zeros_like(fit.w))
+            loss, acc = evaluate(gv, hv, fit.w, margin_noise)
+            loss0, acc0 = evaluate(gv, hv, np.zeros_like(fit.w), margin_noise)
             tr_loss, _ = evaluate(features[m][0], features[m][1], fit.w)
             rows.append({
                 "subset_id": sid, "members": mnames, "task": m, "loss": loss, "accuracy": acc, "loss0": loss0,
@@ -127,11 +128,13 @@ def l2_rule(cfg: RunConfig, run_dir: Path | None) -> tuple[float | dict, str]:
     return rule, f"auto: {c:g}·{t.batch_size}/(2·{t.lr:g}·{t.epochs:g}·N_S), c from {source}"
 
 
-def estimate_fingerprint(cfg: RunConfig, features_fp: str, l2: float | dict | None = None) -> str:
+def estimate_fingerprint(cfg: RunConfig, features_fp: str, l2: float | dict | None = None, margin_noise: float = 0.0) -> str:
     e = cfg.estimate
     part = {"features": features_fp, "num_subsets": e.num_subsets, "subset_size": e.subset_size, "l2": l2 if l2 is not None else e.l2,
             "appearances": e.appearances, "affinity": e.affinity, "metric": e.metric,
             "max_iter": e.max_iter, "seed": e.seed if e.seed is not None else cfg.seed, "version": 5}
+    if margin_noise:  # only when it applies, so earlier runs keep their fingerprints
+        part["margin_noise"] = margin_noise
     return fingerprint(part)
 
 
@@ -156,7 +159,8 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
     feat_manifest = read_manifest(run_dir)
     e = cfg.estimate
     l2, l2_text = l2_rule(cfg, run_dir)
-    fp = estimate_fingerprint(cfg, feat_manifest["fingerprint"], l2)
+    sigma = margin_noise(cfg, run_dir)[0] if e.affinity != "first_order" else 0.0  # no subsets, no accuracies
+    fp = estimate_fingerprint(cfg, feat_manifest["fingerprint"], l2, sigma)
     n = len(feat_manifest["splits"]["train"])
     k, size = subset_plan(cfg, n)
     if size > n:  # checked before anything in the run directory is touched
@@ -183,7 +187,8 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
     if e.affinity != "first_order":
         subsets = sample_subsets(n, k, size, seed)
         write_json(out / "subsets.json", {"size": size, "seed": seed, "subsets": [[names[i] for i in s] for s in subsets]})
-        results, gains, chunks, solve_s = _solve_all(cfg, out, feats, names, subsets, l2, halves if transfer else None, progress)
+        results, gains, chunks, solve_s = _solve_all(cfg, out, feats, names, subsets, l2, halves if transfer else None, progress,
+                                                     sigma)
     if e.affinity == "paper":
         aff = affinity_matrix(results, names, e.metric)
         write_affinity(run_dir, aff, e.metric)
@@ -222,6 +227,7 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
         "num_subsets": len(subsets),
         "subset_size": size if subsets else 0,
         "l2": l2_text,
+        "margin_noise": sigma,
         "ray_tasks": len(chunks),
         "metric": e.metric if e.affinity == "paper" else "loss",
         "coverage": coverage,
@@ -244,7 +250,7 @@ def estimate(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool 
 
 
 def _solve_all(cfg: RunConfig, out: Path, feats: dict, names: list[str], subsets: list, l2: float | dict,
-               halves: dict | None, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, list, float]:
+               halves: dict | None, progress: bool, margin_noise: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, list, float]:
     """Solve every subset as Ray tasks, one chunk file (+ gains file) per batch; resumable."""
     ensure_ray(cfg.ray)
     import ray
@@ -266,7 +272,7 @@ def _solve_all(cfg: RunConfig, out: Path, feats: dict, names: list[str], subsets
         ref = ray.put(feats)  # one copy in the object store, shared by every task
         halves_ref = ray.put(halves)
         remote = ray.remote(num_cpus=1)(solve_chunk)
-        pending = {remote.remote(ref, names, ch, l2, e.max_iter, halves_ref): c for c, ch in todo}
+        pending = {remote.remote(ref, names, ch, l2, e.max_iter, halves_ref, margin_noise): c for c, ch in todo}
         with tqdm(total=sum(len(ch) for _, ch in todo), desc="estimate: subset regressions", unit="subset", disable=not progress) as bar:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)

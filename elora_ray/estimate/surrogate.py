@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import expit, log_expit
+from scipy.special import expit, log_expit, ndtr
 
 
 @dataclass
@@ -48,11 +48,18 @@ def fit_surrogate(g: np.ndarray, h0: np.ndarray, l2: float = 1e-3, max_iter: int
     return SurrogateFit(res.x, float(-log_expit(margin).mean()), int(res.nit), bool(res.success))
 
 
-def evaluate(g: np.ndarray, h0: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+def evaluate(g: np.ndarray, h0: np.ndarray, w: np.ndarray, margin_noise: float = 0.0) -> tuple[float, float]:
     """(mean log loss, accuracy) of the linearised model on features ``g`` / offsets ``h0``.
 
     Accuracy counts h > 0, i.e. p(gold) > 1/2: exact for binary tasks, a lower bound on
-    argmax accuracy for tasks with more than two labels.
+    argmax accuracy for tasks with more than two labels. With ``margin_noise`` σ > 0 it is the
+    *expected* accuracy when the first-order margin ĥ is off by Gaussian noise of σ (log-odds):
+    mean Φ(ĥ/σ). The linearisation leaves most of a sample's margin change unexplained, so a
+    sample just past the boundary is a coin flip rather than a sure hit; σ is fitted with c from
+    real fine-tunes (``elora calibrate``; default in :mod:`.calibration`).
     """
+    if margin_noise < 0:
+        raise ValueError(f"margin_noise must be ≥ 0, got {margin_noise}")
     margin = np.asarray(h0, dtype=np.float64) + np.asarray(g, dtype=np.float64) @ w
-    return float(-log_expit(margin).mean()), float((margin > 0).mean())
+    accuracy = ndtr(margin / margin_noise).mean() if margin_noise > 0 else (margin > 0).mean()
+    return float(-log_expit(margin).mean()), float(accuracy)
