@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..adapter_types import input_side_modules, zero_side_modules
+from .hooks import ForwardBackwardHooks
 
 OUTPUT_SIDE = zero_side_modules()
 """Adapter modules that are zero at init, by adapter type (:mod:`elora_ray.adapter_types`)."""
@@ -71,7 +72,7 @@ def gradient_layers(model: nn.Module, which: str = "auto") -> list[GradLayer]:
     return chosen
 
 
-class PerSampleGradients:
+class PerSampleGradients(ForwardBackwardHooks):
     """Context manager capturing per-sample gradients of hooked layers during one backward.
 
     >>> with PerSampleGradients(layers) as psg:
@@ -80,56 +81,31 @@ class PerSampleGradients:
     """
 
     def __init__(self, layers: list[GradLayer]) -> None:
+        super().__init__()
         self.layers = layers
         self.p = sum(g.size for g in layers)
-        self._handles: list = []
-        self._inputs: dict[int, list[torch.Tensor]] = {}
-        self._grads: dict[int, list[torch.Tensor]] = {}
 
-    def __enter__(self) -> "PerSampleGradients":
-        for i, g in enumerate(self.layers):
-            self._handles.append(g.module.register_forward_hook(self._make_hook(i)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._inputs.clear()
-        self._grads.clear()
+    def _register(self) -> list:
+        return [g.module.register_forward_hook(self._make_hook(i)) for i, g in enumerate(self.layers)]
 
     def _make_hook(self, i: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if not torch.is_grad_enabled() or not output.requires_grad:
                 return
-            self._inputs.setdefault(i, []).append(args[0].detach())
-            slot = len(self._inputs[i]) - 1
-
-            def grad_hook(grad: torch.Tensor) -> None:
-                lst = self._grads.setdefault(i, [])
-                while len(lst) <= slot:
-                    lst.append(None)  # type: ignore[arg-type]
-                lst[slot] = grad.detach()
-
-            output.register_hook(grad_hook)
+            self._keep_input(i, args[0])
+            self._keep_output_grad(i, output)
 
         return hook
 
     def backward(self, per_sample_output: torch.Tensor) -> torch.Tensor:
         """Backpropagate Σ_b h_b and return the [B, p] matrix of per-sample gradients."""
-        if per_sample_output.ndim != 1:
-            raise ValueError("expected one scalar per sample")
-        batch = per_sample_output.shape[0]
-        per_sample_output.sum().backward()
+        batch = self._backward(per_sample_output)
         cols: list[torch.Tensor] = []
         for i, g in enumerate(self.layers):
-            xs, gs = self._inputs.get(i, []), self._grads.get(i, [])
             m = g.module
             w = torch.zeros(batch, m.out_features, m.in_features, dtype=torch.float32, device=m.weight.device)
             bias = torch.zeros(batch, m.out_features, dtype=torch.float32, device=m.weight.device) if m.bias is not None else None
-            for x, gy in zip(xs, gs):
-                if gy is None:
-                    continue
+            for x, gy in self._pairs(i):
                 x3 = x.reshape(batch, -1, x.shape[-1]).float()
                 g3 = gy.reshape(batch, -1, gy.shape[-1]).float()
                 w += torch.einsum("bto,bti->boi", g3, x3)
@@ -138,8 +114,7 @@ class PerSampleGradients:
             cols.append(w.reshape(batch, -1))
             if bias is not None:
                 cols.append(bias)
-        self._inputs.clear()
-        self._grads.clear()
+        self._clear()
         return torch.cat(cols, dim=1)
 
 

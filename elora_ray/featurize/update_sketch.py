@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .hooks import ForwardBackwardHooks
 from .projection import block_seed
 
 
@@ -80,7 +81,7 @@ def sketch_shape(d: int) -> tuple[int, int]:
     return a, b
 
 
-class PerSampleUpdateSketch:
+class PerSampleUpdateSketch(ForwardBackwardHooks):
     """Context manager: hooks every LoRA site and returns the [B, d] sketch after one backward.
 
     >>> with PerSampleUpdateSketch(sites, d=400, seed=7) as sk:
@@ -91,6 +92,7 @@ class PerSampleUpdateSketch:
     def __init__(self, sites: list[LoraSite], d: int, seed: int, device: torch.device | str = "cpu") -> None:
         if d < 1:
             raise ValueError(f"sketch dimension must be ≥ 1 (got {d})")
+        super().__init__()
         self.sites = sites
         self.d = int(d)
         self.seed = int(seed)
@@ -103,72 +105,47 @@ class PerSampleUpdateSketch:
             gen = torch.Generator(device="cpu").manual_seed(block_seed(self.seed, k))
             self._r.append(torch.randn(s.output_side.out_features, self.a, generator=gen).to(self.device))
             self._q.append(torch.randn(s.input_side.in_features, self.b, generator=gen).to(self.device))
-        self._handles: list = []
-        self._inputs: dict[int, list[torch.Tensor]] = {}
-        self._grads: dict[int, dict[int, torch.Tensor]] = {}
 
     def sketch_matrices(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(R, Q) of site ``k`` (for tests)."""
         return self._r[k], self._q[k]
 
-    def __enter__(self) -> "PerSampleUpdateSketch":
+    def _register(self) -> list:
+        handles = []
         for k, s in enumerate(self.sites):
-            self._handles.append(s.input_side.register_forward_hook(self._input_hook(k)))
-            self._handles.append(s.output_side.register_forward_hook(self._output_hook(k)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._inputs.clear()
-        self._grads.clear()
+            handles.append(s.input_side.register_forward_hook(self._input_hook(k)))
+            handles.append(s.output_side.register_forward_hook(self._output_hook(k)))
+        return handles
 
     def _input_hook(self, k: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if torch.is_grad_enabled():
-                self._inputs.setdefault(k, []).append(args[0].detach())
+                self._keep_input(k, args[0])
 
         return hook
 
     def _output_hook(self, k: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if not torch.is_grad_enabled() or not output.requires_grad:
-                return
-            slots = self._grads.setdefault(k, {})
-            slot = len(slots)
-            slots[slot] = None  # type: ignore[assignment]
-
-            def grad_hook(grad: torch.Tensor) -> None:
-                slots[slot] = grad.detach()
-
-            output.register_hook(grad_hook)
+            if torch.is_grad_enabled() and output.requires_grad:
+                self._keep_output_grad(k, output)
 
         return hook
 
     def backward(self, per_sample_output: torch.Tensor) -> torch.Tensor:
         """Backpropagate Σ_b h_b and return the [B, d] sketch of each sample's ∂h/∂M."""
-        if per_sample_output.ndim != 1:
-            raise ValueError("expected one scalar per sample")
-        batch = per_sample_output.shape[0]
-        per_sample_output.sum().backward()
+        batch = self._backward(per_sample_output)
         out = torch.zeros(batch, self.a * self.b, dtype=torch.float32, device=self.device)
         for k in range(len(self.sites)):
-            xs = self._inputs.get(k, [])
-            gs = self._grads.get(k, {})
-            if len(xs) != len(gs):
-                raise RuntimeError(f"LoRA site {self.sites[k].name}: {len(xs)} inputs but {len(gs)} outputs were hooked")
-            for slot, x in enumerate(xs):
-                g = gs.get(slot)
-                if g is None:
-                    continue
+            n_in, n_out = len(self._inputs.get(k, [])), len(self._grads.get(k, {}))
+            if n_in != n_out:
+                raise RuntimeError(f"LoRA site {self.sites[k].name}: {n_in} inputs but {n_out} outputs were hooked")
+            for x, g in self._pairs(k):
                 x3 = x.reshape(batch, -1, x.shape[-1]).to(self.device, torch.float32)
                 g3 = g.reshape(batch, -1, g.shape[-1]).to(self.device, torch.float32)
                 u = g3 @ self._r[k]  # [B, T, a]
                 v = x3 @ self._q[k]  # [B, T, b]
                 out += torch.einsum("bta,btc->bac", u, v).reshape(batch, -1)
-        self._inputs.clear()
-        self._grads.clear()
+        self._clear()
         return out[:, : self.d] / math.sqrt(self.d)
 
     def update_matrices(self, w: torch.Tensor) -> list[torch.Tensor]:
