@@ -12,30 +12,12 @@ from elora_ray.featurize.gradients import PerSampleGradients, gold_log_odds, gra
 from elora_ray.featurize.model_at_init import build_model_at_init
 from elora_ray.featurize.projection import JLProjector
 from elora_ray.featurize.worker import gradient_layers_for
-from elora_ray.models.classifier import TaskSpec
-
-TASKS = [TaskSpec("sent", ("negative", "positive")), TaskSpec("topic", ("science", "sports", "art"))]
-ROWS = [
-    ("sent", "a fine film with a great cast", None, 1),
-    ("topic", "the match ended late", "sports page", 1),
-    ("sent", "awful plot", None, 0),
-    ("topic", "a new molecule was found in the laboratory by a physicist", None, 0),
-    ("topic", "paint", "gallery", 2),
-]
+from tiny_rows import ROWS, TASKS, batch
 
 
 def _model(name: str, adapter: str, **akw):
     cfg = RunConfig(model=ModelConfig(name_or_path=name, max_length=24), adapter=AdapterConfig(type=adapter, **akw))
-    peft_model, base = build_model_at_init(cfg, TASKS)
-    if adapter in ("lora", "mplora", "qlora"):
-        # Non-zero B (as after some training) so that A's gradients are non-zero too.
-        pass
-    return peft_model, base
-
-
-def _batch(base, rows):
-    enc = base.tokenize([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
-    return enc, torch.tensor([r[3] for r in rows])
+    return build_model_at_init(cfg, TASKS)
 
 
 def _reference(peft_model, base, layers):
@@ -47,7 +29,7 @@ def _reference(peft_model, base, layers):
             params.append(g.module.bias)
     out = []
     for row in ROWS:
-        enc, y = _batch(base, [row])
+        enc, y = batch(base, [row])
         h = gold_log_odds(peft_model(**enc), y)[0]
         grads = torch.autograd.grad(h, params, allow_unused=True)
         out.append(torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1) for gr, p in zip(grads, params)]))
@@ -85,7 +67,7 @@ def test_batched_per_sample_gradients_match_a_per_sample_loop(model, adapter, tr
         assert roles == ({"lora_A", "lora_B"} if adapter != "adapter" else {"bottleneck_down", "bottleneck_up"})
     else:  # at init only the zero output side has non-zero gradients
         assert roles == ({"lora_B"} if adapter != "adapter" else {"bottleneck_up"})
-    enc, y = _batch(base, ROWS)
+    enc, y = batch(base, ROWS)
     with PerSampleGradients(layers) as psg:
         grads = psg.backward(gold_log_odds(peft_model(**enc), y))
     ref = _reference(peft_model, base, layers)
@@ -105,7 +87,7 @@ def test_init_gradients_wrt_a_are_exactly_zero():
     for n, p in peft_model.named_parameters():
         p.requires_grad_("lora_" in n)
     layers = gradient_layers(peft_model, which="all")
-    enc, y = _batch(base, ROWS)
+    enc, y = batch(base, ROWS)
     with PerSampleGradients(layers) as psg:
         grads = psg.backward(gold_log_odds(peft_model(**enc), y))
     offset = 0

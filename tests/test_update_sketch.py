@@ -13,15 +13,10 @@ from elora_ray.featurize.gradients import gold_log_odds
 from elora_ray.featurize.model_at_init import build_model_at_init
 from elora_ray.featurize.update_sketch import PerSampleUpdateSketch, lora_sites, sketch_shape
 from elora_ray.featurize.worker import gradient_layers_for
-from elora_ray.models.classifier import TaskSpec
+from tiny_rows import ROWS as ALL_ROWS
+from tiny_rows import TASKS, batch
 
-TASKS = [TaskSpec("sent", ("negative", "positive")), TaskSpec("topic", ("science", "sports", "art"))]
-ROWS = [
-    ("sent", "a fine film with a great cast", None, 1),
-    ("topic", "the match ended late", "sports page", 1),
-    ("sent", "awful plot", None, 0),
-    ("topic", "a new molecule was found in the laboratory by a physicist", None, 0),
-]
+ROWS = ALL_ROWS[:4]
 
 
 def _model(adapter: str = "lora"):
@@ -58,9 +53,9 @@ def test_sketch_equals_its_definition_on_exact_update_gradients():
     assert len(sites) >= 2 and all(s.size == s.output_side.out_features * s.input_side.in_features for s in sites)
     d = 50
     sk = PerSampleUpdateSketch(sites, d, seed=3)
-    enc = base.tokenize([r[0] for r in ROWS], [r[1] for r in ROWS], [r[2] for r in ROWS])
+    enc, y = batch(base, ROWS)
     with sk as cap:
-        phi = cap.backward(gold_log_odds(peft_model(**enc), torch.tensor([r[3] for r in ROWS])))
+        phi = cap.backward(gold_log_odds(peft_model(**enc), y))
     assert phi.shape == (len(ROWS), d)
     ref = _reference_update_gradients(peft_model, base, sites)
     for b, per_site in enumerate(ref):
@@ -77,8 +72,7 @@ def test_sketch_preserves_inner_products_of_the_update_gradients():
     ref = _reference_update_gradients(peft_model, base, sites)
     g = torch.stack([torch.cat([x.reshape(-1) for x in per_site]) for per_site in ref]).double()
     exact = (g @ g.T).numpy()
-    enc = base.tokenize([r[0] for r in ROWS], [r[1] for r in ROWS], [r[2] for r in ROWS])
-    y = torch.tensor([r[3] for r in ROWS])
+    enc, y = batch(base, ROWS)
     estimates = []
     for seed in range(20):
         with PerSampleUpdateSketch(sites, 400, seed=seed) as cap:
@@ -95,8 +89,7 @@ def test_sketch_preserves_inner_products_of_the_update_gradients():
 def test_sketch_is_seeded_and_differs_from_adapter_gradients():
     peft_model, base = _model()
     sites = lora_sites(peft_model)
-    enc = base.tokenize([r[0] for r in ROWS], [r[1] for r in ROWS], [r[2] for r in ROWS])
-    y = torch.tensor([r[3] for r in ROWS])
+    enc, y = batch(base, ROWS)
     outs = []
     for seed in (5, 5, 6):
         with PerSampleUpdateSketch(sites, 64, seed=seed) as cap:
@@ -126,9 +119,9 @@ def test_update_matrices_are_the_exact_adjoint_of_the_sketch():
     ref = _reference_update_gradients(peft_model, base, sites)
     w = torch.randn(37, generator=torch.Generator().manual_seed(0))
     deltas = sk.update_matrices(w)
-    enc = base.tokenize([r[0] for r in ROWS], [r[1] for r in ROWS], [r[2] for r in ROWS])
+    enc, y = batch(base, ROWS)
     with sk as cap:
-        phi = cap.backward(gold_log_odds(peft_model(**enc), torch.tensor([r[3] for r in ROWS])))
+        phi = cap.backward(gold_log_odds(peft_model(**enc), y))
     for b, per_site in enumerate(ref):
         direct = sum(float((g * dm).sum()) for g, dm in zip(per_site, deltas))
         assert direct == pytest.approx(float(phi[b] @ w), rel=1e-4, abs=1e-7)
