@@ -71,8 +71,9 @@ REPORT_KEYS = ("methods", "ensemble_ablations", "boosting", "groups", "evaluatio
 
 
 def config_fingerprint(cfg) -> str:
-    """The configuration without its seed: seeds of one benchmark share it."""
-    return fingerprint({k: v for k, v in cfg.model_dump(mode="json").items() if k != "seed"})
+    """The configuration without its seed and without where the data lives (an absolute path that differs
+    between checkouts and machines): seeds of one benchmark share it."""
+    return fingerprint({k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("seed", "data_root")})
 
 
 def current_commit() -> str:
