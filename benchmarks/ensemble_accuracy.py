@@ -64,7 +64,46 @@ def aggregate(reports: list[dict]) -> dict:
     for k in reports[0].get("ensemble_ablations", {}):
         acc = np.array([r["ensemble_ablations"][k]["avg_accuracy"] for r in reports])
         abl[k] = {"avg_accuracy_mean": float(acc.mean()), "avg_accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0}
-    return {"methods": out, "ensemble_ablations": abl}
+    pairs = [("ensemble", m) for m in methods if m != "ensemble"]
+    if "groups_only" in abl:  # the grouping alone (own group's adapter, no boosting) against other partitions
+        pairs += [("groups_only", m) for m in ("random_groups", "gradient_cosine") if m in methods]
+    if "theta_star" in abl:
+        pairs += [(m, "theta_star") for m in ("ensemble", "single_adapter") if m in methods]
+    return {"methods": out, "ensemble_ablations": abl, "paired": [paired(reports, a, b) for a, b in pairs]}
+
+
+def seed_accuracy(report: dict, key: str) -> float:
+    """Average accuracy of a method, or of an ensemble ablation (e.g. ``theta_star``), in one seed's report."""
+    if key in report["methods"]:
+        return float(report["methods"][key]["avg_accuracy"])
+    return float(report["ensemble_ablations"][key]["avg_accuracy"])
+
+
+def paired(reports: list[dict], a: str, b: str) -> dict:
+    """a − b, paired by seed (the seeds share data splits, so the pairing removes what they share):
+    per-seed differences, mean, sample std, 95% t-interval of the mean, seeds where a is ahead."""
+    from scipy.stats import t as student_t
+
+    d = np.round([seed_accuracy(r, a) - seed_accuracy(r, b) for r in reports], 12)  # equal accuracies: exactly 0
+    mean = float(d.mean())
+    std = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    half = float(student_t.ppf(0.975, len(d) - 1) * std / np.sqrt(len(d))) if len(d) > 1 else None
+    return {"a": a, "b": b, "per_seed": d.tolist(), "mean": mean, "std": std,
+            "ci95": [mean - half, mean + half] if half is not None else None,
+            "a_ahead": int((d > 0).sum()), "seeds": len(d)}
+
+
+def verdict(p: dict) -> str:
+    if p["ci95"] is None:
+        return "one seed: no interval"
+    lo, hi = p["ci95"]
+    if p["std"] == 0 and p["mean"] == 0:
+        return "identical in every seed"
+    if lo > 0:
+        return "ahead (95% interval above 0)"
+    if hi < 0:
+        return "behind (95% interval below 0)"
+    return "not distinguishable from 0 at these seeds"
 
 
 REPORT_KEYS = ("methods", "ensemble_ablations", "boosting", "groups", "evaluation_split", "tasks")
@@ -138,6 +177,15 @@ def render(name: str, data: dict) -> str:
     lines += ["", "Ensemble ablations (same adapters):", "", "| variant | avg accuracy |", "|---|---:|"]
     for k, r in data["aggregate"]["ensemble_ablations"].items():
         lines.append(f"| {k} | {r['avg_accuracy_mean']:.4f} ± {r['avg_accuracy_std']:.4f} |")
+    if data["aggregate"].get("paired"):
+        names = {"theta_star": "θ* (untrained, probed heads)", "groups_only": "our groups alone (own group's adapter, no boosting)"}
+        label = lambda k: names.get(k) or METHOD_LABELS.get(k, k)  # noqa: E731
+        lines += ["", "Paired by seed (same splits; difference of average accuracy, 95% t-interval over seeds):", "",
+                  "| comparison | mean difference | std | 95% interval | seeds ahead | verdict |", "|---|---:|---:|---:|---:|---|"]
+        for pr in data["aggregate"]["paired"]:
+            ci = "–" if pr["ci95"] is None else f"[{pr['ci95'][0]:+.4f}, {pr['ci95'][1]:+.4f}]"
+            lines.append(f"| {label(pr['a'])} − {label(pr['b'])} | {pr['mean']:+.4f} | {pr['std']:.4f} | "
+                         f"{ci} | {pr['a_ahead']}/{pr['seeds']} | {verdict(pr)} |")
     lines += ["", "Groups per seed: " + "; ".join(f"seed {s}: {g}" for s, g in zip(data["seeds"], data["groups"])), ""]
     if data.get("commits"):
         lines += ["Code each seed ran on: " + ", ".join(f"seed {s}: {c}" for s, c in zip(data["seeds"], data["commits"]))
