@@ -58,6 +58,7 @@ def aggregate(reports: list[dict]) -> dict:
             "peak_memory_mb_mean": float(np.mean([r["methods"][m]["peak_memory_mb"] for r in reports])),
             "wall_s_mean": float(np.mean([r["methods"][m]["wall_s"] for r in reports])),
             "adapters": reports[0]["methods"][m]["adapters"],
+            "adapters_range": [min(r["methods"][m]["adapters"] for r in reports), max(r["methods"][m]["adapters"] for r in reports)],
             "adapter_parameters": reports[0]["methods"][m]["adapter_parameters"],
         }
     abl = {}
@@ -150,6 +151,11 @@ def save_seed_record(name: str, seed: int, config_fp: str, report: dict, seconds
     return record
 
 
+def _adapters(r: dict) -> str:
+    lo, hi = r.get("adapters_range", [r["adapters"], r["adapters"]])
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
 def render(name: str, data: dict) -> str:
     agg = data["aggregate"]["methods"]
     ens = agg["ensemble"]
@@ -160,14 +166,14 @@ def render(name: str, data: dict) -> str:
         f"{data['tasks']} tasks; evaluated on the {data['split']} split. Machine: {data['machine']['cpu']} "
         f"({data['machine']['cores']} cores), GPU: {data['machine']['gpu']}; {data['machine']['date']}.",
         "",
-        "| method | avg accuracy (mean ± std) | Δ vs ensemble | train FLOPs | FLOPs vs ensemble | peak memory MB | wall s | adapters |",
+        "| method | avg accuracy (mean ± std) | Δ vs ensemble | train FLOPs | FLOPs vs ensemble | peak memory MB | wall s | adapters (over seeds) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, r in agg.items():
         lines.append(
             f"| {METHOD_LABELS.get(m, m)} | {r['avg_accuracy_mean']:.4f} ± {r['avg_accuracy_std']:.4f} | "
             f"{r['avg_accuracy_mean'] - ens['avg_accuracy_mean']:+.4f} | {r['train_flops_mean']:.3g} | "
-            f"{r['train_flops_mean'] / ens['train_flops_mean']:.2f}× | {r['peak_memory_mb_mean']:.0f} | {r['wall_s_mean']:.0f} | {r['adapters']} |"
+            f"{r['train_flops_mean'] / ens['train_flops_mean']:.2f}× | {r['peak_memory_mb_mean']:.0f} | {r['wall_s_mean']:.0f} | {_adapters(r)} |"
         )
     tasks = list(ens["per_task_mean"])
     lines += ["", "Per-task accuracy (mean over seeds):", "", "| task | " + " | ".join(METHOD_LABELS.get(m, m) for m in agg) + " |",
@@ -207,9 +213,17 @@ def plot(path: Path, data: dict) -> None:
     colors = ["tab:red" if m == "ensemble" else "tab:blue" for m in names]
     ax[0].bar(range(len(names)), means, yerr=stds, color=colors, capsize=4)
     ax[0].set_xticks(range(len(names)), [METHOD_LABELS.get(m, m) for m in names], rotation=30, ha="right")
-    ax[0].set_ylim(max(0.0, min(means) - 0.08), min(1.0, max(means) + 0.05))
-    ax[0].set_ylabel(f"average {data['split']} accuracy (± std over {len(data['seeds'])} seeds)")
+    bottom = max(0.0, min(means) - 0.08)
+    ax[0].set_ylim(bottom, min(1.0, max(means) + 0.05))
+    ax[0].set_ylabel(f"average {data['split']} accuracy (± std over {len(data['seeds'])} seeds)"
+                     + (f"\naxis starts at {bottom:.2f}, not 0" if bottom > 0 else ""))
+    theta = data["aggregate"]["ensemble_ablations"].get("theta_star")
+    if theta:  # the no-training baseline: the base model with its probed heads
+        for a in ax:
+            a.axhline(theta["avg_accuracy_mean"], color="gray", ls="--", lw=1, label="θ* (no fine-tuning)")
     ax[0].grid(axis="y", alpha=0.3)
+    if theta:
+        ax[0].legend(fontsize=7, loc="upper right")
     for m in names:
         r = agg[m]
         ax[1].errorbar(r["train_flops_mean"], r["avg_accuracy_mean"], yerr=r["avg_accuracy_std"], fmt="*" if m == "ensemble" else "o",
@@ -217,7 +231,7 @@ def plot(path: Path, data: dict) -> None:
     ax[1].set_xscale("log")
     ax[1].set_xlabel("training FLOPs (ensemble includes featurisation)")
     ax[1].set_ylabel("average accuracy")
-    ax[1].legend(fontsize=7)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax[1].grid(alpha=0.3)
     fig.suptitle(f"Ensemble vs baselines: {data['name']}")
     save_figure(fig, path)

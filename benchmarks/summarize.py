@@ -165,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| ensemble vs single QLoRA adapter, avg accuracy ({d['name']}) | +10 points | {cmp('single_qlora')} | {src} |")
         if "single_adapter" in a:
             lines.append(f"| ensemble vs single LoRA adapter ({d['name']}) | – | {cmp('single_adapter')} | {src} |")
+        for pr in d["aggregate"].get("paired", []):
+            if (pr["a"], pr["b"]) in (("ensemble", "random_groups"), ("groups_only", "random_groups")) and pr["ci95"]:
+                who = "ensemble" if pr["a"] == "ensemble" else "our groups alone (no boosting)"
+                lines.append(f"| {who} vs random groups, paired by seed ({d['name']}) | – | {100 * pr['mean']:+.1f} points, "
+                             f"95% interval [{100 * pr['ci95'][0]:+.1f}, {100 * pr['ci95'][1]:+.1f}], ahead in "
+                             f"{pr['a_ahead']}/{pr['seeds']} seeds | {src} |")
         if "mtl_ft" in a:
             r = a["mtl_ft"]
             lines.append(f"| ensemble vs MTL-FT: accuracy, compute ({d['name']}) | ≈ same accuracy, 45% less compute | "
