@@ -108,7 +108,8 @@ def test_combine_interrupted_leaves_the_previous_weights_and_reruns_identically(
         np.testing.assert_allclose(t["weights"], old["tasks"][name]["weights"], atol=1e-6)
 
 
-def test_estimate_accuracy_uses_the_calibrated_margin_noise_and_reruns_when_it_changes(tiny_pipeline, copy_run):
+def test_estimate_accuracy_uses_the_calibrated_margin_noise_and_reruns_when_it_changes(tiny_pipeline, copy_run, monkeypatch,
+                                                                                      tmp_path):
     """affinity: paper with metric: accuracy scores subsets by the expected accuracy under σ (default, or
     calibration.json's); a new σ changes the fingerprint, so the stage recomputes rather than reusing."""
     from scipy.stats import norm
@@ -123,6 +124,7 @@ def test_estimate_accuracy_uses_the_calibrated_margin_noise_and_reruns_when_it_c
     cfg = load_config(None, [*TINY, "estimate.affinity=paper", "estimate.metric=accuracy", "estimate.num_subsets=6"])
     run = copy_run(shared)
     RunLayout(run).calibration.unlink(missing_ok=True)
+    monkeypatch.setenv("ELORA_CACHE", str(tmp_path / "cache"))  # not a calibration another test left in the shared cache
 
     def check(sigma: float) -> None:
         summary = est.estimate(cfg, run, progress=False)
