@@ -112,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                          + "; ".join(f"d={r['dim']}: {100 * r['relative_error']:.1f}% (best λ {100 * r['best_relative_error']:.1f}%), "
                                      f"Spearman {r['spearman']:.2f}" for r in d["by_dim"]) + f" | `{f.with_suffix('.md').name}` |")
         if "accuracy_relative_error" in s:
-            nc = s.get("noise_ceiling") or {}
+            nc = s.get("noise_ceiling")
+            nc = nc if isinstance(nc, dict) else {}  # None (no repeats) reads as nan here
             floor = (f"; two fine-tunes differ by {100 * nc['accuracy_relative_difference']:.1f}%"
                      if "accuracy_relative_difference" in nc else "")
             base = s.get("no_change_baseline_accuracy_relative_error")
-            context = (f"(predicting no change: {100 * base:.1f}%{floor})" if base is not None
+            context = (f"(predicting no change: {100 * base:.1f}%{floor})" if base is not None and base == base
                        else "(an older run: share of ĥ > 0, no baseline recorded)")
             lines.append(f"| accuracy relative error ({d['name']}) | 4.3–4.8% | {100 * s['accuracy_relative_error']:.1f}% {context} "
                          f"| `{f.with_suffix('.md').name}` |")
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if "single_adapter" in a:
             lines.append(f"| ensemble vs single LoRA adapter ({d['name']}) | – | {cmp('single_adapter')} | {src} |")
         for pr in d["aggregate"].get("paired", []):
-            if (pr["a"], pr["b"]) in (("ensemble", "random_groups"), ("groups_only", "random_groups")) and pr["ci95"]:
+            if (pr["a"], pr["b"]) in (("ensemble", "random_groups"), ("groups_only", "random_groups")) and isinstance(pr["ci95"], list):
                 who = "ensemble" if pr["a"] == "ensemble" else "our groups alone (no boosting)"
                 lines.append(f"| {who} vs random groups, paired by seed ({d['name']}) | – | {100 * pr['mean']:+.1f} points, "
                              f"95% interval [{100 * pr['ci95'][0]:+.1f}, {100 * pr['ci95'][1]:+.1f}], ahead in "
