@@ -117,3 +117,20 @@ def test_expected_accuracy_under_margin_noise_matches_monte_carlo():
     assert abs(evaluate(g, h0, w, margin_noise=1e-9)[1] - acc_hard) < 1e-12
     with pytest.raises(ValueError, match="margin_noise"):
         evaluate(g, h0, w, margin_noise=-0.1)
+
+
+def test_a_bad_margin_noise_in_calibration_json_falls_back_to_the_default(tmp_path, monkeypatch, caplog):
+    import json
+
+    from elora_ray.config import load_config
+    from elora_ray.estimate.calibration import DEFAULT_MARGIN_NOISE, cache_key, margin_noise
+    from elora_ray.layout import RunLayout
+
+    monkeypatch.setenv("ELORA_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, ["model.name_or_path=tiny-bert"])
+    path = RunLayout(tmp_path).calibration
+    path.write_text(json.dumps({"key": cache_key(cfg), "constant": 0.001, "margin_noise": -0.2}))
+    assert margin_noise(cfg, tmp_path) == (DEFAULT_MARGIN_NOISE[cfg.feature_gradient()], "default")
+    assert "ignoring margin_noise -0.2" in caplog.text and str(path) in caplog.text
+    path.write_text(json.dumps({"key": cache_key(cfg), "constant": 0.001, "margin_noise": 0.3}))
+    assert margin_noise(cfg, tmp_path) == (0.3, str(path))

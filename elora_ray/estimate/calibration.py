@@ -109,8 +109,11 @@ def margin_noise(cfg: RunConfig, run_dir: Path | None = None) -> tuple[float, st
     """(σ, where it came from): the run's or the user cache's calibration.json when it holds one
     (``elora calibrate`` fits it), else the default of the feature space."""
     stored = _stored_calibration(cfg, run_dir)
-    if stored is not None and isinstance(stored[0].get("margin_noise"), (int, float)):
-        return float(stored[0]["margin_noise"]), stored[1]
+    if stored is not None and "margin_noise" in stored[0]:
+        value = stored[0]["margin_noise"]
+        if isinstance(value, (int, float)) and value >= 0:
+            return float(value), stored[1]
+        log.warning("calibration: ignoring margin_noise %r in %s (expected a number ≥ 0); using the default", value, stored[1])
     return DEFAULT_MARGIN_NOISE[cfg.feature_gradient()], "default"
 
 

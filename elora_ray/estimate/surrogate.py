@@ -58,8 +58,12 @@ def evaluate(g: np.ndarray, h0: np.ndarray, w: np.ndarray, margin_noise: float =
     sample just past the boundary is a coin flip rather than a sure hit; σ is fitted with c from
     real fine-tunes (``elora calibrate``; default in :mod:`.calibration`).
     """
+    margin = np.asarray(h0, dtype=np.float64) + np.asarray(g, dtype=np.float64) @ w
+    return float(-log_expit(margin).mean()), expected_accuracy(margin, margin_noise)
+
+
+def expected_accuracy(margin: np.ndarray, margin_noise: float) -> float:
+    """mean Φ(margin/σ), or the share of margins > 0 for σ = 0 (see :func:`evaluate`)."""
     if margin_noise < 0:
         raise ValueError(f"margin_noise must be ≥ 0, got {margin_noise}")
-    margin = np.asarray(h0, dtype=np.float64) + np.asarray(g, dtype=np.float64) @ w
-    accuracy = ndtr(margin / margin_noise).mean() if margin_noise > 0 else (margin > 0).mean()
-    return float(-log_expit(margin).mean()), float(accuracy)
+    return float(ndtr(margin / margin_noise).mean() if margin_noise > 0 else (margin > 0).mean())
