@@ -83,9 +83,17 @@ def test_group_adapters_trained_with_ray_train_and_keyed_by_sample_id(run):
     members = load_members(out)
     assert [sorted(g.tasks) for g in members.groups] == [sorted(g) for g in report["groups"]]
     tasks = {t.name: t for t in read_prepared(out)}
+    assert any(len(g.tasks) > 1 for g in members.groups)
     for j, g in enumerate(members.groups):
         rec = json.loads(RunLayout(out).job_record(g.base).read_text())
         assert rec["metrics"]["steps"] > 0 and rec["metrics"]["evals"], rec["metrics"]
+        if len(g.tasks) > 1:  # each check also says which tasks moved: per-task figures that pool to the group's
+            n = {t: len(tasks[t].splits["validation"]) for t in g.tasks}
+            for e in rec["metrics"]["evals"]:
+                assert set(e["per_task"]) == set(g.tasks)
+                pooled = sum(n[t] * e["per_task"][t]["loss"] for t in g.tasks) / sum(n.values())
+                assert pooled == pytest.approx(e["loss"], rel=1e-5)
+                assert sum(n[t] * e["per_task"][t]["accuracy"] for t in g.tasks) / sum(n.values()) == pytest.approx(e["accuracy"])
         assert (out / "adapters" / g.base / "adapter_model.safetensors").is_file()
         assert list((out / "ray_train").glob(f"{g.base}-*/local_checkpoints/checkpoint_final"))
         table = pq.read_table(RunLayout(out).output(g.base)).to_pandas()

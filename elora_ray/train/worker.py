@@ -164,6 +164,10 @@ def train_loop_per_worker(config: dict) -> None:
         def validate() -> dict[str, float]:
             logits, gold = predict_logits(peft_model, model, by_name, val_rows, batch_size=64, device=device)
             m = classification_metrics(logits, gold)
+            if len(job.tasks) > 1:  # which tasks moved: the job record keeps each check's per-task figures
+                names = np.array([n for n, _ in val_rows])
+                m["per_task"] = {n: classification_metrics(logits[names == n], gold[names == n]) for n in job.tasks
+                                 if (names == n).any()}
             if val_targets is not None:
                 from ..featurize.gradients import gold_log_odds
 
