@@ -69,16 +69,16 @@ def _check_storage_once(cfg: RunConfig, out: Path) -> None:
         return
     ensure_ray(cfg.ray)
     remote = remote_of(out)
-    if remote is not None:
-        import ray
-
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        if nodes > 1:
-            raise ConfigError(f"--out {remote}: a run directory in a bucket works on one machine for now (the stages "
-                              f"write their artifacts from every node); this Ray cluster has {nodes} nodes. Use storage "
-                              "every node mounts at the same path (NFS, EFS, a ReadWriteMany volume)")
-    else:
+    if remote is None:
         check_shared_storage(out)
+    else:
+        from .storage import WORKDIR_ENV
+
+        check_shared_storage(out, name=f"{remote} (its working copy {out})",
+                             fix=f"On a multi-node cluster the working copy of a bucket run must be on storage every "
+                                 f"node mounts at the same path: set {WORKDIR_ENV} to such a directory (NFS, EFS, a "
+                                 "ReadWriteMany volume) for the job; the bucket stays the durable copy "
+                                 "(see docs/operations.md)")
     _CHECKED.add(str(out.resolve()))
 
 

@@ -106,13 +106,15 @@ def probe_nodes(path: str, token: str, timeout_s: float = 120.0) -> dict[str, bo
     return {node: (ray.get(ref) if ref in done else False) for node, ref in refs.items()}
 
 
-def check_shared_storage(run_dir: str | Path, probe: Callable[[str, str], dict[str, bool]] | None = None) -> int:
+def check_shared_storage(run_dir: str | Path, probe: Callable[[str, str], dict[str, bool]] | None = None,
+                         name: str | None = None, fix: str | None = None) -> int:
     """On a multi-node Ray cluster, stop at once unless every node sees ``run_dir``.
 
     Stages write their artifacts under the run directory from whichever node runs them, so it must
     be on storage every node mounts at the same path. A marker file is written by the driver and
     read back on each node by a pinned 0-CPU task. Returns the number of nodes checked (0: one
-    node or no Ray connection, nothing to check).
+    node or no Ray connection, nothing to check). ``name`` and ``fix`` replace the run directory's
+    name and the advice in the error (a bucket run names its URI and working copy).
     """
     import ray
 
@@ -133,8 +135,8 @@ def check_shared_storage(run_dir: str | Path, probe: Callable[[str, str], dict[s
     if blind:
         addr = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()}
         where = ", ".join(f"{addr.get(n, '?')} ({n[:8]})" for n in blind)
-        raise ConfigError(f"--out {run_dir} is not visible from {len(blind)} of {len(seen)} Ray nodes: {where}. "
-                          "The run directory must be on storage every node mounts at the same path "
-                          "(NFS, EFS, a ReadWriteMany volume; see docs/operations.md)")
+        raise ConfigError(f"--out {name or run_dir} is not visible from {len(blind)} of {len(seen)} Ray nodes: {where}. "
+                          + (fix or "The run directory must be on storage every node mounts at the same path "
+                             "(NFS, EFS, a ReadWriteMany volume; see docs/operations.md)"))
     log.info("run directory %s is visible from all %d Ray nodes", run_dir, len(seen))
     return len(seen)

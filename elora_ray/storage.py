@@ -14,9 +14,12 @@ the bucket. Configured the standard way: pyarrow's S3 filesystem reads ``AWS_END
   data deleted, and the new JSON uploaded last. A run killed mid-upload leaves at worst data
   without the JSON that declares it done, which the stage then recomputes.
 
-Multi-node runs need every node to write the run directory; with a bucket that means the stages
-would have to write through the filesystem themselves, which they do not yet: a remote ``--out``
-on a multi-node cluster is refused (:func:`elora_ray.raysession.check_shared_storage`).
+Multi-node clusters: stages write the run directory from whichever node runs them, so the working
+copy must be on storage every node mounts at the same path. Set ``$ELORA_REMOTE_WORKDIR`` to such a
+directory (NFS, EFS, a ReadWriteMany volume); the bucket stays the durable copy that any later job,
+on any cluster, resumes from. Before the first stage the driver checks that every node sees the
+working copy (:func:`elora_ray.raysession.check_shared_storage`) and stops, naming the blind nodes
+and this variable, when one does not.
 """
 
 from __future__ import annotations
@@ -35,12 +38,24 @@ from .io import is_uri
 log = logging.getLogger(__name__)
 
 MANIFEST = ".remote-manifest.json"  # in the working copy only: what the bucket holds (size, mtime)
+WORKDIR_ENV = "ELORA_REMOTE_WORKDIR"
 _MIRRORS: dict[str, RemoteRun] = {}
 
 
 def is_remote(out: str | Path) -> bool:
     """Whether ``--out`` names a bucket (:func:`elora_ray.io.is_uri`)."""
     return is_uri(out)
+
+
+def workdir_root() -> Path:
+    """Where working copies of bucket runs live: ``$ELORA_REMOTE_WORKDIR`` (a directory every node
+    of a multi-node cluster mounts), else ``$ELORA_CACHE/remote_runs``."""
+    env = os.environ.get(WORKDIR_ENV)
+    if env:
+        return Path(env).expanduser().absolute()
+    from .models.registry import cache_root
+
+    return cache_root() / "remote_runs"
 
 
 class RemoteRun:
@@ -54,10 +69,8 @@ class RemoteRun:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         except Exception as exc:  # noqa: BLE001 - any filesystem error is a configuration problem
             raise ConfigError(f"--out {uri}: cannot open the bucket ({exc})") from None
-        from .models.registry import cache_root
-
         key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        self.local = Path(cache or cache_root()) / "remote_runs" / key / Path(self.root).name
+        self.local = Path(cache or workdir_root()) / key / Path(self.root).name
 
     def _remote_files(self) -> dict[str, int]:
         import pyarrow.fs as pafs

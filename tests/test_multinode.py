@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from test_storage import s3  # noqa: F401 - the local S3 server fixture
+
 SCRIPT = r"""
 import json, sys
 from pathlib import Path
@@ -102,3 +104,81 @@ def test_a_run_directory_some_node_cannot_see_stops_at_once(tmp_path, monkeypatc
         check_shared_storage(tmp_path / "run", probe=probe)
     assert not Path(seen_paths[0]).exists()
     assert check_shared_storage(tmp_path / "run", probe=lambda p, t: {"a" * 56: True, "b" * 56: True}) == 2
+
+
+BUCKET_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from elora_ray.config import load_config
+from elora_ray.pipeline import _CHECKED, run_stages
+from elora_ray.storage import open_run_dir
+
+uri, ports = sys.argv[1], [int(p) for p in sys.argv[2].split(",")]
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 0, "include_dashboard": False, "dashboard_agent_listen_port": ports[0], "metrics_export_port": ports[1]})
+workers = [cluster.add_node(num_cpus=1, dashboard_agent_listen_port=ports[2 + 2 * i], metrics_export_port=ports[3 + 2 * i])
+           for i in range(2)]
+cluster.wait_for_nodes()
+ray.init(address=cluster.address)
+try:
+    cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=120", "featurize.dim=16",
+                             "featurize.actors=2", "featurize.batch_size=2"])
+    with open_run_dir(uri) as out:
+        run_stages(cfg, out, until="featurize")
+        checked = str(out.resolve()) in _CHECKED
+    print("RESULT " + json.dumps({"workers": [w.node_id for w in workers], "local": str(out), "checked": checked}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_bucket_run_on_a_multi_node_cluster_with_a_shared_working_copy(s3, tmp_path):
+    """`--out s3://…` on three nodes: the working copy lives under $ELORA_REMOTE_WORKDIR (here a
+    path every node of this one-machine cluster sees), the visibility check passes, featurisation
+    runs on both worker nodes, and the bucket ends up with every shard they wrote."""
+    shared = tmp_path / "shared-workdir"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["ELORA_REMOTE_WORKDIR"] = str(shared)
+    r = subprocess.run([sys.executable, "-c", BUCKET_SCRIPT, "s3://runs/multi/run", ",".join(map(str, _free_ports(6)))],
+                       env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, (r.stdout + r.stderr)[-4000:]
+    res = json.loads(lines[-1][len("RESULT "):])
+    assert Path(res["local"]).is_relative_to(shared) and res["checked"]
+    manifest = json.loads(s3.get_object(Bucket="runs", Key="multi/run/features/manifest.json")["Body"].read())
+    assert set(manifest["samples_per_node"]) == set(res["workers"])
+    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="runs", Prefix="multi/run/features/")
+            for o in page.get("Contents", [])}
+    local = {f"multi/run/{p.relative_to(res['local']).as_posix()}" for p in (Path(res["local"]) / "features").rglob("*")
+             if p.is_file() and not p.name.startswith(".")}
+    assert local and local <= keys  # every shard written on any node reached the bucket
+
+
+def test_a_bucket_run_whose_working_copy_a_node_cannot_see_names_the_fix(tmp_path, monkeypatch):
+    """Multi-node + bucket: the visibility check runs on the working copy, and its error names the
+    bucket, the working copy and ELORA_REMOTE_WORKDIR."""
+    import ray
+
+    from elora_ray import pipeline, raysession
+    from elora_ray.config import load_config
+    from elora_ray.errors import ConfigError
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeID": "a" * 56, "Alive": True, "NodeManagerAddress": "10.0.0.1"},
+                                               {"NodeID": "b" * 56, "Alive": True, "NodeManagerAddress": "10.0.0.2"}])
+    monkeypatch.setattr(pipeline, "ensure_ray", lambda cfg: None)
+    monkeypatch.setattr(pipeline, "remote_of", lambda out: "s3://runs/exp")
+    monkeypatch.setattr(raysession, "probe_nodes", lambda path, token: {"a" * 56: True, "b" * 56: False})
+    work = tmp_path / "copy"
+    with pytest.raises(ConfigError) as err:
+        pipeline._check_storage_once(load_config(None, []), work)
+    msg = str(err.value)
+    assert msg.startswith("--out s3://runs/exp (its working copy ") and str(work) in msg
+    assert "not visible from 1 of 2 Ray nodes: 10.0.0.2 (bbbbbbbb)" in msg and "ELORA_REMOTE_WORKDIR" in msg
+    monkeypatch.setattr(raysession, "probe_nodes", lambda path, token: {"a" * 56: True, "b" * 56: True})
+    pipeline._check_storage_once(load_config(None, []), work)  # every node sees it: the run goes on
+    assert str(work.resolve()) in pipeline._CHECKED

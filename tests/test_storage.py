@@ -174,3 +174,16 @@ def test_task_data_read_from_a_bucket(s3, tmp_path, monkeypatch):
     bad.tasks[0].train = "s3://data/tasks/missing.csv"
     with pytest.raises(DataError, match="s3://data/tasks/missing.csv: no such file"):
         prepare(bad, tmp_path / "run_bad")
+
+
+def test_working_copies_live_under_elora_remote_workdir(s3, tmp_path, monkeypatch):
+    """A multi-node cluster points ELORA_REMOTE_WORKDIR at storage every node mounts; without it
+    working copies stay in the user cache."""
+    from elora_ray.storage import RemoteRun
+
+    monkeypatch.setenv("ELORA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ELORA_REMOTE_WORKDIR", raising=False)
+    assert RemoteRun("s3://runs/a/run").local.is_relative_to(tmp_path / "cache" / "remote_runs")
+    monkeypatch.setenv("ELORA_REMOTE_WORKDIR", str(tmp_path / "nfs"))
+    run = RemoteRun("s3://runs/a/run")
+    assert run.local.is_relative_to(tmp_path / "nfs") and run.local.name == "run"
