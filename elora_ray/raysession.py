@@ -37,7 +37,16 @@ def quiet_ray_logs() -> None:
                 handler.addFilter(QuietRay())
 
 
+_LOCAL_INSTANCE = False
+
+
+def started_local_instance() -> bool:
+    """Whether this process started its own Ray on this machine (no cluster to autoscale)."""
+    return _LOCAL_INSTANCE
+
+
 def ensure_ray(cfg: RayConfig | None = None) -> None:
+    global _LOCAL_INSTANCE
     import ray
 
     quiet_ray_logs()
@@ -54,6 +63,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         if cfg.num_cpus is not None:
             kwargs["num_cpus"] = cfg.num_cpus
         ray.init(**kwargs)
+        _LOCAL_INSTANCE = True
         log.info("started a local Ray instance (%s CPUs)", ray.cluster_resources().get("CPU"))
     from ray.data import DataContext
 

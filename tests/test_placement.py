@@ -152,3 +152,26 @@ def test_a_model_cache_built_by_two_processes_at_once_keeps_the_first_copy(tmp_p
         assert (target / "config.json").read_text() == "second"
     assert (target / "config.json").read_text() == "second"  # the slower copy was discarded, not swapped in
     assert sorted(p.name for p in target.parent.iterdir()) == ["m"]  # no temporaries left
+
+
+def test_use_gpu_true_is_taken_as_is_on_a_cluster_that_has_no_gpu_yet(monkeypatch, caplog):
+    """An autoscaling cluster has no GPU node until a job asks for one: an explicit train.use_gpu
+    is not checked against a snapshot of the cluster there (a warning says the jobs will wait);
+    a local Ray instance without GPUs, which nothing will grow, is a clear error."""
+    import logging
+
+    from elora_ray import raysession
+    from elora_ray.config import load_config
+    from elora_ray.errors import ConfigError
+    from elora_ray.train import runner
+
+    monkeypatch.setattr(runner, "cluster_gpus", lambda: 0)
+    cfg = load_config(None, ["train.use_gpu=true"])
+    monkeypatch.setattr(raysession, "_LOCAL_INSTANCE", True)
+    with pytest.raises(ConfigError, match="this machine's Ray instance has no GPUs"):
+        runner.resolve_use_gpu(cfg)
+    monkeypatch.setattr(raysession, "_LOCAL_INSTANCE", False)
+    with caplog.at_level(logging.WARNING, logger="elora_ray.train.runner"):
+        assert runner.resolve_use_gpu(cfg) is True
+    assert "wait until the autoscaler adds GPU nodes" in caplog.text
+    assert runner.resolve_use_gpu(load_config(None, [])) is False  # auto: the GPUs the cluster has now

@@ -72,10 +72,19 @@ def compute_outputs(peft_model, model, tasks, output_tasks: dict[str, list[str]]
 
 
 def resolve_use_gpu(cfg: RunConfig) -> bool:
+    """``auto``: GPUs if the cluster has some now. ``true`` is taken as is on a cluster (an
+    autoscaling one may have no GPU node until the first job asks for one); only a local Ray
+    instance without GPUs, which nothing will ever add one to, is an error."""
     if cfg.train.use_gpu == "auto":
         return cluster_gpus() > 0
     if cfg.train.use_gpu and cluster_gpus() == 0:
-        raise ConfigError("train.use_gpu=true but the Ray cluster has no GPUs")
+        from ..raysession import started_local_instance
+
+        if started_local_instance():
+            raise ConfigError("train.use_gpu=true but this machine's Ray instance has no GPUs "
+                              "(set train.use_gpu: auto or false, or connect to a GPU cluster with ray.address)")
+        log.warning("train.use_gpu=true but no Ray node has a GPU yet: the training jobs wait until the "
+                    "autoscaler adds GPU nodes (check `ray status`; on a fixed cluster use train.use_gpu: auto)")
     return bool(cfg.train.use_gpu)
 
 
