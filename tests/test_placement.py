@@ -88,7 +88,8 @@ def test_featurize_actor_that_reserved_a_gpu_it_cannot_see_stops(monkeypatch):
 
 
 def test_ray_gpu_reservation_without_a_visible_gpu_fails_in_the_worker():
-    """A Ray instance that believes it has a GPU (declared, none present): the reserving task errors."""
+    """A Ray instance that believes it has a GPU (declared, none present): the reserving task errors,
+    the federated client pool shares it, and a federated Ray Train group reserves it and stops."""
     script = textwrap.dedent("""
         import ray
         from elora_ray.models.placement import reserved_gpu_ids, worker_device
@@ -119,6 +120,18 @@ def test_ray_gpu_reservation_without_a_visible_gpu_fails_in_the_worker():
         pool = ActorPool(Probe, (), 2, num_cpus=0.5, num_gpus=worker_gpus("auto", 2, 1))
         print("pool", sorted(pool.map("ids", [(0, ()), (1, ())]).results.values()))
         pool.shutdown()
+
+        # FedAvg on Ray Train (federated.engine: ray_train, local mode): the group's task reserves the
+        # GPU share and its worker builds the model there, so without a usable GPU it stops, named
+        import numpy as np, pathlib, tempfile
+        from elora_ray.config import load_config
+        from elora_ray.federated.train_fedavg import run_fedavg_ray_train
+        cfg = load_config(None, ["federated.engine=ray_train"])
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix="fedrt"))
+        try:
+            run_fedavg_ray_train(cfg, {"all": ["c1"]}, {"w": np.zeros(2, np.float32)}, tmp, tmp / "ck")
+        except Exception as exc:
+            print("FEDRT", "reserved a GPU" in str(exc), "federated Ray Train worker 0 of group all" in str(exc))
         ray.shutdown()
     """ % tempfile.mkdtemp(prefix="rg", dir="/tmp"))  # short: Ray's socket paths must stay under 107 bytes
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "RAY_ADDRESS")}
@@ -126,6 +139,7 @@ def test_ray_gpu_reservation_without_a_visible_gpu_fails_in_the_worker():
     assert "plain ([], 'cpu')" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "ERROR" in out.stdout and "a GPU task reserved a GPU" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "pool [[0], [0]]" in out.stdout, out.stdout + out.stderr[-3000:]  # each client actor holds half of GPU 0
+    assert "FEDRT True True" in out.stdout, out.stdout + out.stderr[-3000:]
 
 
 def test_federated_client_workers_share_the_clusters_gpus():

@@ -66,8 +66,12 @@ def fedavg_loop_per_worker(config: dict) -> None:
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
     checkpoint = Path(config["checkpoint"])
     clients: list[str] = config["clients"]
+    from ..models.placement import worker_device
+
+    # the GPU this worker (or, in local mode, the Ray task running it) reserved; fails loudly if unseen
+    device = worker_device(bool(config.get("use_gpu")), f"federated Ray Train worker {rank} of group {config['group']}")
     with PeakMemory() as mem:
-        peft_model, _ = build_lm(cfg)
+        peft_model, _ = build_lm(cfg, device)
         data = _client_data(config["windows"], clients, cfg)
         run = load_run(checkpoint)
         if run is None:
@@ -95,8 +99,10 @@ def fedavg_loop_per_worker(config: dict) -> None:
                 trained += stats["windows"]
                 updates += 1
             flat = torch.from_numpy(np.concatenate([sums[k].ravel() for k in keys] + [np.array([n_total, loss_sum, trained, updates])]))
-            if distributed:
+            if distributed:  # NCCL (GPU workers) reduces device tensors only
+                flat = flat.to(device)
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                flat = flat.cpu()
             tail = flat[-4:].tolist()
             n_total, loss_sum, trained, updates = tail
             at = 0
@@ -120,8 +126,9 @@ def fedavg_loop_per_worker(config: dict) -> None:
 
 
 def train_group(cfg_data: dict, group: str, group_index: int, clients: list[str], init_path: str, windows: str,
-                checkpoint: str, storage: str) -> dict:
-    """One group's FedAvg with a ``TorchTrainer`` (runs inside a Ray task); returns the run's record."""
+                checkpoint: str, storage: str, gpus: float = 0.0) -> dict:
+    """One group's FedAvg with a ``TorchTrainer`` (runs inside a Ray task); returns the run's record.
+    ``gpus``: the GPU share of each worker (local mode: of the Ray task running this, which reserved it)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -133,9 +140,11 @@ def train_group(cfg_data: dict, group: str, group_index: int, clients: list[str]
     trainer = TorchTrainer(
         fedavg_loop_per_worker,
         train_loop_config={"cfg": cfg_data, "group": group, "group_index": group_index, "clients": clients,
-                           "init": init_path, "windows": windows, "checkpoint": checkpoint, "threads": 1},
-        scaling_config=ray.train.ScalingConfig(num_workers=f.train_workers, use_gpu=False,
-                                               resources_per_worker={"CPU": 1.0}),
+                           "init": init_path, "windows": windows, "checkpoint": checkpoint, "threads": 1,
+                           "use_gpu": gpus > 0},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=f.train_workers, use_gpu=gpus > 0 and f.train_workers > 0,
+            resources_per_worker={"CPU": 1.0, **({"GPU": gpus} if gpus > 0 and f.train_workers > 0 else {})}),
         run_config=ray.train.RunConfig(name=Path(checkpoint).name, storage_path=storage,
                                        failure_config=ray.train.FailureConfig(max_failures=f.max_retries)),
     )
@@ -162,12 +171,17 @@ def run_fedavg_ray_train(cfg: RunConfig, groups: dict[str, list[str]], init: dic
     if not init_path.is_file():
         with atomic_path(init_path) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in init.items()}, str(tmp))
+    from ..raysession import cluster_gpus
+    from .stage import worker_gpus
+
     local = cfg.federated.train_workers == 0
-    remote = ray.remote(train_group).options(num_cpus=1 if local else 0, max_retries=0)
+    # each Ray Train worker (local mode: each group's task) gets a GPU share, as the client actors do
+    gpus = worker_gpus(cfg.federated.gpus_per_worker, len(groups) * max(1, cfg.federated.train_workers), cluster_gpus())
+    remote = ray.remote(train_group).options(num_cpus=1 if local else 0, num_gpus=gpus if local else 0, max_retries=0)
     cfg_data = cfg.model_dump(mode="json")
     t0 = time.perf_counter()
     refs = {remote.remote(cfg_data, g, gi, members, str(init_path), str(fed / "windows.parquet"),
-                          str(checkpoint / g), str((fed / "ray_train").resolve())): g
+                          str(checkpoint / g), str((fed / "ray_train").resolve()), gpus): g
             for gi, (g, members) in enumerate(groups.items())}
     bar = tqdm(total=len(refs), desc=f"{desc} (Ray Train)", unit="adapter", leave=False)
     try:

@@ -51,7 +51,7 @@ def worker_device(reserved_gpu: bool, what: str) -> torch.device:
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}, "
             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}). Install a CUDA build of "
             "torch on every GPU node (see cluster/Dockerfile), or run on CPUs (train.use_gpu=false, "
-            "featurize.num_gpus=0)")
+            "featurize.gpus_per_actor=0, federated.gpus_per_worker=0)")
     return torch.device("cuda")
 
 
