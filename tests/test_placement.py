@@ -111,7 +111,7 @@ def test_ray_gpu_reservation_without_a_visible_gpu_fails_in_the_worker():
 
         # the federated client pool: two actors sharing the GPU (federated.gpus_per_worker=0.5)
         from elora_ray.federated.pool import ActorPool
-        from elora_ray.federated.stage import worker_gpus
+        from elora_ray.models.placement import gpu_share as worker_gpus
 
         class Probe:
             def ids(self):
@@ -143,7 +143,7 @@ def test_ray_gpu_reservation_without_a_visible_gpu_fails_in_the_worker():
 
 
 def test_federated_client_workers_share_the_clusters_gpus():
-    from elora_ray.federated.stage import worker_gpus
+    from elora_ray.models.placement import gpu_share as worker_gpus
 
     assert worker_gpus("auto", 4, 0) == 0.0  # a CPU cluster
     assert worker_gpus("auto", 4, 2) == 0.5  # 4 actors on 2 GPUs

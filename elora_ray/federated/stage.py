@@ -33,6 +33,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..io import write_json
 from ..layout import FED_DIR
+from ..models.placement import gpu_share
 from ..observe import log_metrics, sync_mlflow
 from ..raysession import cluster_cpus, cluster_gpus, ensure_ray
 from .affinity import federated_l2
@@ -50,14 +51,6 @@ log = logging.getLogger(__name__)
 FEDERATED_BOOST_KEYS = {"method", "l2", "line_search", "step_size"}
 """The ``boost`` settings the federated ensemble uses (its number of steps is ``federated.boost_steps``);
 only these enter its fingerprint, so changing another ``boost`` key does not block a resume."""
-
-
-def worker_gpus(setting: float | str, workers: int, gpus: float) -> float:
-    """GPU share of each client actor: ``federated.gpus_per_worker`` as given, or (``auto``) the
-    cluster's ``gpus`` shared evenly by ``workers`` actors, at most one each (0 without GPUs)."""
-    if setting != "auto":
-        return float(setting)
-    return min(1.0, gpus / max(1, workers)) if gpus > 0 else 0.0
 
 
 def _cluster_fingerprint(cfg: RunConfig) -> dict:
@@ -122,7 +115,7 @@ class FederatedRun:
 
     def _new_pool(self) -> ActorPool:
         return ActorPool(ClientWorker, (self.cfg.model_dump(mode="json"), str(self.fed / "windows.parquet")), self.workers,
-                         num_gpus=worker_gpus(self.fcfg.gpus_per_worker, self.workers, cluster_gpus()),
+                         num_gpus=gpu_share(self.fcfg.gpus_per_worker, self.workers, cluster_gpus()),
                          max_retries=self.fcfg.max_retries)
 
     def done(self, name: str) -> dict | None:

@@ -171,12 +171,12 @@ def run_fedavg_ray_train(cfg: RunConfig, groups: dict[str, list[str]], init: dic
     if not init_path.is_file():
         with atomic_path(init_path) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in init.items()}, str(tmp))
+    from ..models.placement import gpu_share
     from ..raysession import cluster_gpus
-    from .stage import worker_gpus
 
     local = cfg.federated.train_workers == 0
     # each Ray Train worker (local mode: each group's task) gets a GPU share, as the client actors do
-    gpus = worker_gpus(cfg.federated.gpus_per_worker, len(groups) * max(1, cfg.federated.train_workers), cluster_gpus())
+    gpus = gpu_share(cfg.federated.gpus_per_worker, len(groups) * max(1, cfg.federated.train_workers), cluster_gpus())
     remote = ray.remote(train_group).options(num_cpus=1 if local else 0, num_gpus=gpus if local else 0, max_retries=0)
     cfg_data = cfg.model_dump(mode="json")
     t0 = time.perf_counter()

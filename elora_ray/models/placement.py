@@ -35,6 +35,15 @@ def reserved_gpu_ids() -> list:
         return []
 
 
+def gpu_share(setting: float | str, workers: int, gpus: float) -> float:
+    """GPU share of each of ``workers`` workers (federated client actors, federated Ray Train
+    workers): the setting as given, or (``auto``) the cluster's ``gpus`` shared evenly, at most one
+    each (0 without GPUs)."""
+    if setting != "auto":
+        return float(setting)
+    return min(1.0, gpus / max(1, workers)) if gpus > 0 else 0.0
+
+
 def worker_device(reserved_gpu: bool, what: str) -> torch.device:
     """``cuda`` for a worker that reserved a GPU (it must be visible), else ``cpu``.
 
