@@ -134,6 +134,20 @@ def render(data: dict) -> str:
     for t in any_row["test_per_task"]:
         lines.append(f"| {t} | {any_row['theta_star_per_task'][t]:.3f} | "
                      + " | ".join(f"{first[a['point']]['test_per_task'][t]:.3f}" for a in data["aggregate"]) + " |")
+    curves = {a["point"]: first[a["point"]]["curve"] for a in data["aggregate"]
+              if first[a["point"]]["curve"] and "per_task" in first[a["point"]]["curve"][0]}
+    if curves:  # records from before per-task checks have no such table
+        lines += ["", "Per task (validation loss, first seed): at θ* (the start check) and at the check early "
+                  "stopping kept (best), with the change — which tasks one shared adapter helps and which it hurts:", "",
+                  "| task | θ* | " + " | ".join(f"{p} (best) | Δ" for p in curves) + " |",
+                  "|---|---:|" + "---:|---:|" * len(curves)]
+        for t in any_row["test_per_task"]:
+            cells = []
+            for p, curve in curves.items():
+                best = min(curve, key=lambda e: e["loss"])
+                start, end = curve[0]["per_task"][t]["loss"], best["per_task"][t]["loss"]
+                cells.append(f"{end:.3f} | {end - start:+.3f}")
+            lines.append(f"| {t} | {next(iter(curves.values()))[0]['per_task'][t]['loss']:.3f} | " + " | ".join(cells) + " |")
     m = data["machine"]
     lines += ["", f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Command: `python benchmarks/{data['command']}`. "
               f"Wall time {data['seconds']:.0f} s."]
