@@ -70,6 +70,10 @@ def fedavg_loop_per_worker(config: dict) -> None:
 
     # the GPU this worker (or, in local mode, the Ray task running it) reserved; fails loudly if unseen
     device = worker_device(bool(config.get("use_gpu")), f"federated Ray Train worker {rank} of group {config['group']}")
+    if device.type == "cuda":
+        import ray.train.torch as rtt
+
+        device = rtt.get_device()  # this worker's own GPU (workers on one node may all see every GPU)
     with PeakMemory() as mem:
         peft_model, _ = build_lm(cfg, device)
         data = _client_data(config["windows"], clients, cfg)
