@@ -83,3 +83,18 @@ def publish(name: str, data: dict, markdown: str, plot: Path | None = None) -> P
         shutil.copyfile(plot, out.with_suffix(".png"))
     print(markdown)
     return out
+
+
+def paired_stats(diffs) -> dict:
+    """Per-seed differences a − b (seeds share data splits, so pairing removes what they share):
+    mean, sample std, 95% t-interval of the mean (None with one seed), seeds where a is ahead."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    d = np.round(np.asarray(diffs, dtype=float), 12)  # equal accuracies: exactly 0
+    mean = float(d.mean())
+    std = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    half = float(student_t.ppf(0.975, len(d) - 1) * std / np.sqrt(len(d))) if len(d) > 1 else None
+    return {"per_seed": d.tolist(), "mean": mean, "std": std,
+            "ci95": [mean - half, mean + half] if half is not None else None,
+            "a_ahead": int((d > 0).sum()), "seeds": len(d)}

@@ -34,7 +34,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, RUNS, machine_info, save_figure, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
 from elora_ray import load_config  # noqa: E402
 from elora_ray.io import fingerprint  # noqa: E402
 from elora_ray import run_pipeline  # noqa: E402
@@ -81,17 +81,8 @@ def seed_accuracy(report: dict, key: str) -> float:
 
 
 def paired(reports: list[dict], a: str, b: str) -> dict:
-    """a − b, paired by seed (the seeds share data splits, so the pairing removes what they share):
-    per-seed differences, mean, sample std, 95% t-interval of the mean, seeds where a is ahead."""
-    from scipy.stats import t as student_t
-
-    d = np.round([seed_accuracy(r, a) - seed_accuracy(r, b) for r in reports], 12)  # equal accuracies: exactly 0
-    mean = float(d.mean())
-    std = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-    half = float(student_t.ppf(0.975, len(d) - 1) * std / np.sqrt(len(d))) if len(d) > 1 else None
-    return {"a": a, "b": b, "per_seed": d.tolist(), "mean": mean, "std": std,
-            "ci95": [mean - half, mean + half] if half is not None else None,
-            "a_ahead": int((d > 0).sum()), "seeds": len(d)}
+    """a − b paired by seed (:func:`benchmarks.common.paired_stats`)."""
+    return {"a": a, "b": b, **paired_stats([seed_accuracy(r, a) - seed_accuracy(r, b) for r in reports])}
 
 
 def verdict(p: dict) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RUNS, machine_info, save_figure, write_results  # noqa: E402,I001
+from benchmarks.common import RUNS, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
 from elora_ray import load_config, run_pipeline, run_stages  # noqa: E402
 
 DEFAULT_CONFIG = HERE / "configs" / "glue_ensemble_minilm.yaml"
@@ -99,7 +99,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     "theta_star_accuracy": stat("theta_star_accuracy"), "majority_accuracy": stat("majority_accuracy"),
                     "gain_over_theta_star": stat("gain"), "ci95": rs[0]["test_ci95"] if len(rs) == 1 else None,
                     "stopped_early": sum(r["stopped_early"] for r in rs), "train_seconds": stat("train_seconds"),
-                    "kept_start": sum(r["best_step"] == 0 for r in rs)})
+                    "kept_start": sum(r["best_step"] == 0 for r in rs),
+                    "gain_ci95": paired_stats([r["gain"] for r in rs])["ci95"],
+                    "seeds_ahead": sum(r["gain"] > 0 for r in rs)})
     return out
 
 
@@ -126,6 +128,14 @@ def render(data: dict) -> str:
                      f"{pm(a['theta_star_accuracy'], '.3f')} | {pm(a['gain_over_theta_star'], '+.3f')} | "
                      f"{a['majority_accuracy'][0]:.3f} | {a['stopped_early']}/{len(a['seeds'])} | "
                      f"{a['kept_start']}/{len(a['seeds'])} | {a['train_seconds'][0]:.0f} |")
+    paired = [a for a in data["aggregate"] if a.get("gain_ci95")]
+    if paired:
+        lines += ["", "Trained adapter − θ* on test, paired by seed (95% t-interval over seeds):", "",
+                  "| setting | difference | 95% interval | seeds ahead |", "|---|---:|---|---:|"]
+        for a in paired:
+            lo, hi = a["gain_ci95"]
+            lines.append(f"| {a['point']} | {a['gain_over_theta_star'][0]:+.3f} | [{lo:+.3f}, {hi:+.3f}] | "
+                         f"{a['seeds_ahead']}/{len(a['seeds'])} |")
     lines += ["", "Per task (test accuracy, first seed):", "",
               "| task | θ* | " + " | ".join(a["point"] for a in data["aggregate"]) + " |",
               "|---|---:|" + "---:|" * len(data["aggregate"])]
@@ -136,18 +146,18 @@ def render(data: dict) -> str:
                      + " | ".join(f"{first[a['point']]['test_per_task'][t]:.3f}" for a in data["aggregate"]) + " |")
     curves = {a["point"]: first[a["point"]]["curve"] for a in data["aggregate"]
               if first[a["point"]]["curve"] and "per_task" in first[a["point"]]["curve"][0]}
-    if curves:  # records from before per-task checks have no such table
-        lines += ["", "Per task (validation loss, first seed): at θ* (the start check) and at the check early "
+    start = next((c[0]["per_task"] for c in curves.values() if c[0]["step"] == 0), None)  # θ*: a step-0 check
+    if curves and start is not None:  # records from before per-task checks have no such table
+        lines += ["", "Per task (validation loss, first seed): at θ* (a start check) and at the check early "
                   "stopping kept (best), with the change — which tasks one shared adapter helps and which it hurts:", "",
                   "| task | θ* | " + " | ".join(f"{p} (best) | Δ" for p in curves) + " |",
                   "|---|---:|" + "---:|---:|" * len(curves)]
         for t in any_row["test_per_task"]:
             cells = []
-            for p, curve in curves.items():
-                best = min(curve, key=lambda e: e["loss"])
-                start, end = curve[0]["per_task"][t]["loss"], best["per_task"][t]["loss"]
-                cells.append(f"{end:.3f} | {end - start:+.3f}")
-            lines.append(f"| {t} | {next(iter(curves.values()))[0]['per_task'][t]['loss']:.3f} | " + " | ".join(cells) + " |")
+            for curve in curves.values():
+                end = min(curve, key=lambda e: e["loss"])["per_task"][t]["loss"]
+                cells.append(f"{end:.3f} | {end - start[t]['loss']:+.3f}")
+            lines.append(f"| {t} | {start[t]['loss']:.3f} | " + " | ".join(cells) + " |")
     m = data["machine"]
     lines += ["", f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Command: `python benchmarks/{data['command']}`. "
               f"Wall time {data['seconds']:.0f} s."]

@@ -51,3 +51,22 @@ def test_paired_difference_is_exact_when_one_method_fixes_samples():
     assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
     with pytest.raises(ValueError):
         bootstrap_difference({"t": base}, {"t": base[:-1]})
+
+
+def test_benchmarks_paired_interval_is_scipys_one_sample_t_interval(monkeypatch):
+    """The per-seed paired comparison the benchmarks print (ensemble − baseline, adapter − θ*)."""
+    from pathlib import Path
+
+    from scipy import stats
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the repository's benchmarks/
+
+    from benchmarks.common import paired_stats
+
+    d = [0.012, -0.003, 0.004, 0.009, 0.001]
+    p = paired_stats(d)
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert p["ci95"] == pytest.approx([ci.low, ci.high]) and p["mean"] == pytest.approx(np.mean(d))
+    assert p["a_ahead"] == 4 and p["seeds"] == 5
+    assert paired_stats([0.01])["ci95"] is None  # one seed: no interval
+    assert paired_stats([0.1 + 0.2 - 0.3, 0.0])["per_seed"] == [0.0, 0.0]  # float noise of equal accuracies is 0
