@@ -39,7 +39,8 @@ def read_prepared(run_dir: Path) -> list[TaskData]:
         for split in SPLITS:
             table = pq.read_table(layout.data_split(name, split)).to_pylist()
             splits[split] = [
-                Example(sample_id=r["sample_id"], text=r["text"], label=r["label"], text_pair=r["text_pair"])
+                Example(sample_id=r["sample_id"], text=r["text"], label=r["label"], text_pair=r["text_pair"],
+                        unit=r.get("unit"))  # no unit column: prepared before units existed
                 for r in table
             ]
         tasks.append(

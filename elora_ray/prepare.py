@@ -2,7 +2,7 @@
 
 Writes under the run directory::
 
-    data/<task>/<split>.parquet   task, split, sample_id, text, text_pair, label, label_id
+    data/<task>/<split>.parquet   task, split, sample_id, text, text_pair, label, label_id, unit
     data/manifest.json            labels, sizes, sources and split notes per task
 
 Later stages read these files with :func:`elora_ray.artifacts.read_prepared` (never the raw inputs again), so every stage sees the same

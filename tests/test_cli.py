@@ -59,7 +59,7 @@ def test_run_writes_artifacts_and_resumes(tiny_pipeline, copy_run, caplog, capsy
     first = sorted(manifest["tasks"])[0]
     assert len(manifest["tasks"]) == sum(cfg.suite.tasks_per_group)
     table = pq.read_table(out / "data" / first / "train.parquet")
-    assert table.column_names == ["task", "split", "sample_id", "text", "text_pair", "label", "label_id"]
+    assert table.column_names == ["task", "split", "sample_id", "text", "text_pair", "label", "label_id", "unit"]
     assert len(set(table.column("sample_id").to_pylist())) == table.num_rows
     model = json.loads((out / "model.json").read_text())
     assert model["kind"] == "encoder" and model["adapter_parameters"] > 0 and model["params_with_gradient"] > 0

@@ -291,3 +291,16 @@ def test_multirc_splits_never_share_a_passage(shared_data):
     assert not passages("validation") & passages("test")
     assert abs(len(task.splits["validation"]) - 0.15 * 4848) < 60  # whole passages, close to the fraction
     assert any("kept together" in n for n in task.notes)
+    # every sample carries its passage's unit (bootstrap intervals resample units): one unit per passage
+    for split in ("train", "validation", "test"):
+        by_passage: dict[str, set] = {}
+        for e in task.splits[split]:
+            by_passage.setdefault(e.sample_id.rsplit("/", 1)[-1].split("-q")[0], set()).add(e.unit)
+        assert all(len(u) == 1 and None not in u for u in by_passage.values()), split
+        assert len({next(iter(u)) for u in by_passage.values()}) == len(by_passage)
+    # one sample per line: no units; and the unit survives the prepared parquet
+    sst = load_tasks(RunConfig(tasks=[TaskConfig(name="sst2", format="glue/sst2", max_samples={"train": 50})],
+                               data_root=str(shared_data)))[0]
+    assert all(e.unit is None for s in sst.splits.values() for e in s)
+    table = task.to_table("test")
+    assert table.column("unit").to_pylist() == [e.unit for e in task.splits["test"]]

@@ -70,3 +70,42 @@ def test_benchmarks_paired_interval_is_scipys_one_sample_t_interval(monkeypatch)
     assert p["a_ahead"] == 4 and p["seeds"] == 5
     assert paired_stats([0.01])["ci95"] is None  # one seed: no interval
     assert paired_stats([0.1 + 0.2 - 0.3, 0.0])["per_seed"] == [0.0, 0.0]  # float noise of equal accuracies is 0
+
+
+def test_bootstrap_resamples_whole_units_when_samples_share_one():
+    """20 passages of 10 questions each, all answered alike within a passage: the information is that
+    of 20 samples, and the unit bootstrap's interval has the width of 20 independent samples, where
+    resampling the 200 samples one by one would be about sqrt(10) times too narrow."""
+    rng = np.random.default_rng(1)
+    per_unit = (rng.random(20) < 0.5).astype(float)
+    correct = {"t": np.repeat(per_unit, 10)}
+    units = {"t": np.repeat([f"p{i}" for i in range(20)], 10)}
+    lo, hi = bootstrap_average(correct, resamples=4000, units=units)
+    ref_lo, ref_hi = bootstrap_average({"t": per_unit}, resamples=4000)  # the 20 passages as samples
+    assert hi - lo == pytest.approx(ref_hi - ref_lo, rel=0.15)
+    naive_lo, naive_hi = bootstrap_average(correct, resamples=4000)
+    assert (hi - lo) > 2.5 * (naive_hi - naive_lo)
+    # the paired difference resamples the same units for both methods
+    other = {"t": np.repeat(1 - per_unit, 10)}
+    d = bootstrap_difference(correct, other, resamples=4000, units=units)
+    d_ref = bootstrap_difference({"t": per_unit}, {"t": 1 - per_unit}, resamples=4000)
+    assert d["difference"] == pytest.approx(d_ref["difference"])
+    assert d["ci95"][1] - d["ci95"][0] == pytest.approx(d_ref["ci95"][1] - d_ref["ci95"][0], rel=0.15)
+    # without units, or with one unit per sample, nothing changes
+    solo = {"t": np.array([f"s{i}" for i in range(200)])}
+    assert bootstrap_average(correct, units=solo) == pytest.approx(bootstrap_average(correct), abs=0.02)
+
+
+
+def test_sample_units_follow_the_outputs_sample_order():
+    from elora_ray.ensemble.outputs import TaskOutputs
+    from elora_ray.evaluate.uncertainty import sample_units
+
+    rows = [Example(sample_id=f"m/v/{i}", text="x", label="pos", unit=f"f:{i // 2}") for i in range(4)]
+    grouped = TaskData(name="m", labels=["neg", "pos"], splits={"train": [], "validation": [], "test": rows},
+                       notes=[], sources={})
+    plain = _task("p", ["pos"], ["neg", "pos"])
+    outs = {"m": TaskOutputs(np.array(["m/v/3", "m/v/0", "m/v/2", "m/v/1"]), np.zeros(4, np.int64), np.zeros((4, 2))),
+            "p": TaskOutputs(np.array(["p/test/0", "p/test/1"]), np.zeros(2, np.int64), np.zeros((2, 2)))}
+    units = sample_units([grouped, plain], "test", outs)
+    assert units["m"].tolist() == ["f:1", "f:0", "f:1", "f:0"] and units["p"] is None

@@ -31,7 +31,8 @@ from ..ensemble.weights import combine
 from ..featurize.store import read_manifest
 from ..io import fingerprint, write_json
 from ..layout import THETA_STAR, RunLayout
-from .uncertainty import at_majority, bootstrap_average, bootstrap_difference, correctness, majority_baseline
+from .uncertainty import (at_majority, bootstrap_average, bootstrap_difference, correctness, majority_baseline,
+                          sample_units)
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +136,14 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
     # How much the numbers mean: the most-common-label baseline, bootstrap intervals, tasks at that baseline.
     majority = majority_baseline(tasks, split)
     correct = {name: correctness(o) for name, o in outs.items()}
+    units = sample_units(tasks, split, outs["ensemble"])
     for name, r in methods.items():
-        r["ci95"] = list(bootstrap_average(correct[name], seed=cfg.seed))
+        r["ci95"] = list(bootstrap_average(correct[name], seed=cfg.seed, units=units))
         r["tasks_at_majority"] = at_majority(r["per_task"], majority)
     comparisons = {}
     if "single_adapter" in correct:
         comparisons["ensemble_minus_single_adapter"] = bootstrap_difference(correct["ensemble"], correct["single_adapter"],
-                                                                             seed=cfg.seed)
+                                                                             seed=cfg.seed, units=units)
     result = {"fingerprint": fp, "split": split, "methods": methods, "ensemble_ablations": ablations,
               "majority": {"per_task": majority, "avg_accuracy": float(np.mean([v["accuracy"] for v in majority.values()]))},
               "comparisons": comparisons}

@@ -110,8 +110,9 @@ def render_methods_md(report: dict) -> list[str]:
                   f"test samples, 95% CI {lo:+.3f} to {hi:+.3f}): the ensemble is {verdict} on this test set."]
     lines.append("")
     lines.append("Intervals: percentile bootstrap over each task's test samples ("
-                 f"{diff['resamples'] if diff else 1000} resamples). With tens of test samples per task, differences of a "
-                 "few points are within noise.")
+                 f"{diff['resamples'] if diff else 1000} resamples; where one source line gave several samples, e.g. a "
+                 "passage and its questions, whole lines are resampled). With tens of test samples per task, differences "
+                 "of a few points are within noise.")
     names = list(methods["ensemble"]["per_task"])
     flagged = {k: set(r.get("tasks_at_majority", [])) for k, r in methods.items()}
     head = "| task | " + " | ".join(METHOD_LABELS.get(k, k) for k in methods) + (" | most common label |" if majority else " |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -295,10 +296,13 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
         unknown = set(cfg.verbalizer) - set(labels)
         if unknown:
             raise DataError(f"verbalizer names labels not in the task: {sorted(unknown)} (labels: {labels})", task=cfg.name)
+    grouped = any(_is_grouped(data[s]) for s in SPLITS if data.get(s))
     return TaskData(
         name=cfg.name,
         labels=labels,
-        splits={s: [ex for ex, _, _ in data[s]] for s in SPLITS},
+        # one source line, several samples: they share a unit (bootstrap intervals resample units)
+        splits={s: [replace(ex, unit=f"{path.name}:{line}") if grouped else ex for ex, line, path in data[s]]
+                for s in SPLITS},
         notes=notes,
         sources=sources,
         verbalizer=dict(cfg.verbalizer) if cfg.verbalizer else None,

@@ -17,6 +17,7 @@ EXAMPLE_SCHEMA = pa.schema(
         ("text_pair", pa.string()),
         ("label", pa.string()),
         ("label_id", pa.int32()),
+        ("unit", pa.string()),
     ]
 )
 
@@ -29,6 +30,10 @@ class Example:
     text: str
     label: str
     text_pair: str | None = None
+    unit: str | None = None
+    """The independent unit the sample belongs to when one source line gives several samples (a
+    MultiRC passage: ``<file>:<line>``), else None. Splits keep units whole, and bootstrap intervals
+    resample units, not samples, since samples of one passage are not independent."""
 
 
 @dataclass
@@ -65,6 +70,7 @@ class TaskData:
                 "text_pair": [r.text_pair for r in rows],
                 "label": [r.label for r in rows],
                 "label_id": [index[r.label] for r in rows],
+                "unit": [r.unit for r in rows],
             },
             schema=EXAMPLE_SCHEMA,
         )
