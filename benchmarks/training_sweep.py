@@ -121,7 +121,7 @@ def render(data: dict) -> str:
         chosen = " **(chosen)**" if a["point"] == data["chosen"] else ""
 
         def pm(v: tuple[float, float], f: str = ".4f") -> str:
-            return f"{v[0]:{f}}" + (f" ± {v[1]:{f}}" if len(a["seeds"]) > 1 else "")
+            return f"{v[0]:{f}}" + (f" ± {v[1]:{f.lstrip('+')}}" if len(a["seeds"]) > 1 else "")
 
         lines.append(f"| {a['point']}{chosen} | {', '.join(f'{k}={v}' for k, v in s.items())} | {pm(a['val_loss'])} | "
                      f"{pm(a['val_accuracy'], '.3f')} | {pm(a['test_accuracy'], '.3f')} | {ci} | "
