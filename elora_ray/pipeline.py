@@ -101,7 +101,7 @@ def _run_one(stage: Stage, cfg: RunConfig, out: Path, force: bool, **options) ->
     result = stage.run(cfg, out, force=force, **options)
     seconds = round(time.perf_counter() - t, 2)
     record_stage_metrics(cfg, out, stage, result)
-    _record_timing(out, stage.name, result, seconds, force)
+    _record_timing(out, stage.name, result, seconds, force or stage.always_runs)
     sync_up(out)  # a run directory in a bucket: this stage's artifacts are uploaded now
     return result, seconds
 

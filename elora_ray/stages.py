@@ -54,6 +54,9 @@ class Stage:
     """Names of the parsed CLI arguments passed to ``run``."""
     wants_runner: bool = False
     """``run`` gets ``runner=run_stages`` (a stage that runs pipeline stages itself: tune's validation trials)."""
+    always_runs: bool = False
+    """Does its work on every invocation (the model check loads the model each time): never reported
+    as skipped, even when its result happens to equal the last one."""
 
     @property
     def cli(self) -> str:
@@ -167,7 +170,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("model_check", "build model + adapter, count truncations, run one batch",
           "Build the model and adapter from the config, count samples truncated to model.max_length, run a "
           "forward/backward pass and write --out/model.json.",
-          _model_check, outputs=("model.json",), forceable=False, command="check-model"),
+          _model_check, outputs=("model.json",), forceable=False, command="check-model", always_runs=True),
     Stage("featurize", "projected per-sample gradients at θ* (Ray Data); resumable",
           "Stream every train/validation sample through a Ray Data actor pool that computes the JL-projected "
           "per-sample gradient of the gold-class log-odds w.r.t. the adapter at initialisation (encoders: after a "

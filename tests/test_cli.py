@@ -207,3 +207,18 @@ def test_elora_set_overrides_come_before_the_command_line_and_bad_entries_are_na
     monkeypatch.setenv("ELORA_SET", "train.epochs=1;bogus")
     assert main(["config"]) == 2
     assert "$ELORA_SET: 'bogus' is not key=value" in capsys.readouterr().err
+
+
+def test_the_model_check_is_never_reported_skipped_even_when_its_result_repeats(tmp_path, monkeypatch):
+    """A stage counts as skipped when its result equals the last one; the model check loads the model
+    on every invocation, so a repeat of its result (its load time rounded the same) is still work done.
+    Found as a flaky bucket-resume test: two loads took the same 0.01 s-rounded time."""
+    from elora_ray import model_check
+    from elora_ray.config import load_config
+    from elora_ray.pipeline import run_stages
+
+    monkeypatch.setattr(model_check, "check_model", lambda cfg, tasks, out: {"seconds": 1.0})
+    cfg = load_config(None, list(TINY))
+    run_stages(cfg, tmp_path / "run", until="model_check")
+    again = run_stages(cfg, tmp_path / "run", until="model_check")
+    assert again["_skipped"] == ["prepare"]
