@@ -15,17 +15,17 @@ import pytest
 
 from test_storage import s3  # noqa: F401 - the local S3 server fixture
 
-SCRIPT = r"""
+#: a CPU-less head and two 1-CPU worker nodes on this machine (ports from argv[2]); a script's body
+#: follows, indented, inside the try block whose end (CLUSTER_END) shuts the cluster down
+CLUSTER = r"""
 import json, sys
 from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 from elora_ray.config import load_config
 from elora_ray.pipeline import run_stages
-from elora_ray.artifacts import read_job_record
 
 ports = [int(p) for p in sys.argv[2].split(",")]
-out = Path(sys.argv[1])
 cluster = Cluster(initialize_head=True, head_node_args={
     "num_cpus": 0, "include_dashboard": False, "dashboard_agent_listen_port": ports[0], "metrics_export_port": ports[1]})
 workers = [cluster.add_node(num_cpus=1, dashboard_agent_listen_port=ports[2 + 2 * i], metrics_export_port=ports[3 + 2 * i])
@@ -33,6 +33,16 @@ workers = [cluster.add_node(num_cpus=1, dashboard_agent_listen_port=ports[2 + 2 
 cluster.wait_for_nodes()
 ray.init(address=cluster.address)
 try:
+"""
+CLUSTER_END = r"""
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+SCRIPT = CLUSTER + r"""
+    from elora_ray.artifacts import read_job_record
+    out = Path(sys.argv[1])
     # enough small batches that both actors get work even if one starts seconds after the other
     cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=120", "featurize.dim=16",
                              "featurize.actors=2", "featurize.batch_size=2",
@@ -47,10 +57,7 @@ try:
         "workers": [w.node_id for w in workers], "head": cluster.head_node.node_id,
         "feature_nodes": manifest["samples_per_node"], "train_nodes": [r["node_id"] for r in records],
         "storage_checked_nodes": checked}))
-finally:
-    ray.shutdown()
-    cluster.shutdown()
-"""
+""" + CLUSTER_END
 
 
 def _free_ports(n: int) -> list[int]:
@@ -106,33 +113,17 @@ def test_a_run_directory_some_node_cannot_see_stops_at_once(tmp_path, monkeypatc
     assert check_shared_storage(tmp_path / "run", probe=lambda p, t: {"a" * 56: True, "b" * 56: True}) == 2
 
 
-BUCKET_SCRIPT = r"""
-import json, sys
-from pathlib import Path
-import ray
-from ray.cluster_utils import Cluster
-from elora_ray.config import load_config
-from elora_ray.pipeline import _CHECKED, run_stages
-from elora_ray.storage import open_run_dir
-
-uri, ports = sys.argv[1], [int(p) for p in sys.argv[2].split(",")]
-cluster = Cluster(initialize_head=True, head_node_args={
-    "num_cpus": 0, "include_dashboard": False, "dashboard_agent_listen_port": ports[0], "metrics_export_port": ports[1]})
-workers = [cluster.add_node(num_cpus=1, dashboard_agent_listen_port=ports[2 + 2 * i], metrics_export_port=ports[3 + 2 * i])
-           for i in range(2)]
-cluster.wait_for_nodes()
-ray.init(address=cluster.address)
-try:
+BUCKET_SCRIPT = CLUSTER + r"""
+    from elora_ray.pipeline import _CHECKED
+    from elora_ray.storage import open_run_dir
+    uri = sys.argv[1]
     cfg = load_config(None, ["model.name_or_path=tiny-bert", "suite.samples_per_task=120", "featurize.dim=16",
                              "featurize.actors=2", "featurize.batch_size=2"])
     with open_run_dir(uri) as out:
         run_stages(cfg, out, until="featurize")
         checked = str(out.resolve()) in _CHECKED
     print("RESULT " + json.dumps({"workers": [w.node_id for w in workers], "local": str(out), "checked": checked}))
-finally:
-    ray.shutdown()
-    cluster.shutdown()
-"""
+""" + CLUSTER_END
 
 
 @pytest.mark.slow
