@@ -60,6 +60,10 @@ def aggregate(reports: list[dict]) -> dict:
             "adapters": reports[0]["methods"][m]["adapters"],
             "adapters_range": [min(r["methods"][m]["adapters"] for r in reports), max(r["methods"][m]["adapters"] for r in reports)],
             "adapter_parameters": reports[0]["methods"][m]["adapter_parameters"],
+            # the 95% bootstrap interval over test samples (passage units) of each seed's average accuracy
+            "ci95_per_seed": [r["methods"][m].get("ci95") for r in reports],
+            # tasks whose test accuracy is at or below always predicting the most common training label
+            "tasks_at_majority_per_seed": [r["methods"][m].get("tasks_at_majority") for r in reports],
         }
     abl = {}
     for k in reports[0].get("ensemble_ablations", {}):
@@ -70,7 +74,19 @@ def aggregate(reports: list[dict]) -> dict:
         pairs += [("groups_only", m) for m in ("random_groups", "gradient_cosine") if m in methods]
     if "theta_star" in abl:
         pairs += [(m, "theta_star") for m in ("ensemble", "single_adapter") if m in methods]
-    return {"methods": out, "ensemble_ablations": abl, "paired": [paired(reports, a, b) for a, b in pairs]}
+    majority = majority_row(reports)
+    return {"methods": out, "ensemble_ablations": abl, "paired": [paired(reports, a, b) for a, b in pairs],
+            **({"majority": majority} if majority else {})}
+
+
+def majority_row(reports: list[dict]) -> dict | None:
+    """Always predicting each task's most common training label: average and per-task test accuracy
+    (the same in every seed: the splits do not depend on the run seed). None for records made before
+    the evaluation stored it."""
+    if not all(r.get("majority") for r in reports):
+        return None
+    m = reports[0]["majority"]
+    return {"avg_accuracy": float(m["avg_accuracy"]), "per_task": {t: float(v["accuracy"]) for t, v in m["per_task"].items()}}
 
 
 def seed_accuracy(report: dict, key: str) -> float:
@@ -98,7 +114,7 @@ def verdict(p: dict) -> str:
     return "not distinguishable from 0 at these seeds"
 
 
-REPORT_KEYS = ("methods", "ensemble_ablations", "boosting", "groups", "evaluation_split", "tasks")
+REPORT_KEYS = ("methods", "ensemble_ablations", "boosting", "groups", "evaluation_split", "tasks", "majority", "comparisons")
 
 
 def config_fingerprint(cfg) -> str:
@@ -136,7 +152,7 @@ def load_seed_record(name: str, seed: int, config_fp: str) -> dict | None:
 
 def save_seed_record(name: str, seed: int, config_fp: str, report: dict, seconds: float) -> dict:
     record = {"seed": seed, "config_fingerprint": config_fp, "commit": current_commit(), "machine": machine_info(),
-              "seconds": round(seconds, 1), "report": {k: report[k] for k in REPORT_KEYS}}
+              "seconds": round(seconds, 1), "report": {k: report[k] for k in REPORT_KEYS if k in report}}
     write_results(f"seed{seed}", record, f"seed {seed}: see seed{seed}.json\n", RESULTS / f"ensemble_accuracy_{name}_seeds")
     (RESULTS / f"ensemble_accuracy_{name}_seeds" / f"seed{seed}.md").unlink(missing_ok=True)
     return record
@@ -145,6 +161,16 @@ def save_seed_record(name: str, seed: int, config_fp: str, report: dict, seconds
 def _adapters(r: dict) -> str:
     lo, hi = r.get("adapters_range", [r["adapters"], r["adapters"]])
     return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def _interval(r: dict) -> str:
+    ci = (r.get("ci95_per_seed") or [None])[0]
+    return "–" if not ci else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def _at_majority(r: dict) -> str:
+    per_seed = [x for x in r.get("tasks_at_majority_per_seed", []) if x is not None]
+    return "–" if not per_seed else str(sum(len(x) for x in per_seed))
 
 
 def render(name: str, data: dict) -> str:
@@ -157,20 +183,34 @@ def render(name: str, data: dict) -> str:
         f"{data['tasks']} tasks; evaluated on the {data['split']} split. Machine: {data['machine']['cpu']} "
         f"({data['machine']['cores']} cores), GPU: {data['machine']['gpu']}; {data['machine']['date']}.",
         "",
-        "| method | avg accuracy (mean ± std) | Δ vs ensemble | train FLOPs | FLOPs vs ensemble | peak memory MB | wall s | adapters (over seeds) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "± is the standard deviation over seeds (training noise); the 95% interval is a bootstrap over the test "
+        "samples of one seed (test-set noise; a MultiRC passage is resampled whole), shown for the first seed. "
+        "\"tasks at most common label\": tasks whose accuracy is at or below always answering the task's most "
+        "common training label, summed over seeds.",
+        "",
+        "| method | avg accuracy (mean ± std) | 95% interval (seed " + str(data["seeds"][0]) + ") | Δ vs ensemble | "
+        "tasks at most common label | train FLOPs | FLOPs vs ensemble | peak memory MB | wall s | adapters (over seeds) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, r in agg.items():
         lines.append(
-            f"| {METHOD_LABELS.get(m, m)} | {r['avg_accuracy_mean']:.4f} ± {r['avg_accuracy_std']:.4f} | "
-            f"{r['avg_accuracy_mean'] - ens['avg_accuracy_mean']:+.4f} | {r['train_flops_mean']:.3g} | "
+            f"| {METHOD_LABELS.get(m, m)} | {r['avg_accuracy_mean']:.4f} ± {r['avg_accuracy_std']:.4f} | {_interval(r)} | "
+            f"{r['avg_accuracy_mean'] - ens['avg_accuracy_mean']:+.4f} | {_at_majority(r)} | {r['train_flops_mean']:.3g} | "
             f"{r['train_flops_mean'] / ens['train_flops_mean']:.2f}× | {r['peak_memory_mb_mean']:.0f} | {r['wall_s_mean']:.0f} | {_adapters(r)} |"
         )
+    majority = data["aggregate"].get("majority")
+    if majority:
+        lines.append(f"| always the most common training label | {majority['avg_accuracy']:.4f} | – | "
+                     f"{majority['avg_accuracy'] - ens['avg_accuracy_mean']:+.4f} | – | 0 | – | – | – | 0 |")
     tasks = list(ens["per_task_mean"])
-    lines += ["", "Per-task accuracy (mean over seeds):", "", "| task | " + " | ".join(METHOD_LABELS.get(m, m) for m in agg) + " |",
-              "|---|" + "---:|" * len(agg)]
+    lines += ["", "Per-task accuracy (mean over seeds; ≤ marks a mean at or below the most common label):", "",
+              "| task | " + " | ".join(METHOD_LABELS.get(m, m) for m in agg) + (" | most common label |" if majority else " |"),
+              "|---|" + "---:|" * (len(agg) + (1 if majority else 0))]
     for t in tasks:
-        lines.append(f"| {t} | " + " | ".join(f"{agg[m]['per_task_mean'][t]:.3f}" for m in agg) + " |")
+        floor = majority["per_task"].get(t) if majority else None
+        cells = [f"{agg[m]['per_task_mean'][t]:.3f}" + (" ≤" if floor is not None and agg[m]["per_task_mean"][t] <= floor + 1e-9 else "")
+                 for m in agg]
+        lines.append(f"| {t} | " + " | ".join(cells) + (f" | {floor:.3f} |" if floor is not None else " |"))
     lines += ["", "Ensemble ablations (same adapters):", "", "| variant | avg accuracy |", "|---|---:|"]
     for k, r in data["aggregate"]["ensemble_ablations"].items():
         lines.append(f"| {k} | {r['avg_accuracy_mean']:.4f} ± {r['avg_accuracy_std']:.4f} |")
@@ -183,6 +223,12 @@ def render(name: str, data: dict) -> str:
             ci = "–" if pr["ci95"] is None else f"[{pr['ci95'][0]:+.4f}, {pr['ci95'][1]:+.4f}]"
             lines.append(f"| {label(pr['a'])} − {label(pr['b'])} | {pr['mean']:+.4f} | {pr['std']:.4f} | "
                          f"{ci} | {pr['a_ahead']}/{pr['seeds']} | {verdict(pr)} |")
+    boot = [(seed, r["comparisons"]["ensemble_minus_single_adapter"]) for seed, r in zip(data["seeds"], data.get("per_seed", []))
+            if (r.get("comparisons") or {}).get("ensemble_minus_single_adapter")]
+    if boot:
+        lines += ["", "EnsembleLoRA − single adapter within each seed (paired bootstrap over the test samples, 95%):", "",
+                  "| seed | difference | 95% interval |", "|---:|---:|---|"]
+        lines += [f"| {seed} | {b['difference']:+.4f} | [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}] |" for seed, b in boot]
     lines += ["", "Groups per seed: " + "; ".join(f"seed {s}: {g}" for s, g in zip(data["seeds"], data["groups"])), ""]
     if data.get("commits"):
         lines += ["Code each seed ran on: " + ", ".join(f"seed {s}: {c}" for s, c in zip(data["seeds"], data["commits"]))
@@ -270,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": len(reports[0]["tasks"]),
         "groups": [r["groups"] for r in reports],
         "per_seed": [{"seed": s, "methods": r["methods"], "ensemble_ablations": r["ensemble_ablations"],
-                      "boosting": r["boosting"]} for s, r in zip(args.seeds, reports)],
+                      "boosting": r["boosting"], "comparisons": r.get("comparisons", {})} for s, r in zip(args.seeds, reports)],
         "aggregate": aggregate(reports),
         "seconds": round(time.perf_counter() - t0, 1),
         "commits": [r["commit"] for r in records],

@@ -94,6 +94,8 @@ def test_group_adapters_trained_with_ray_train_and_keyed_by_sample_id(run):
                 pooled = sum(n[t] * e["per_task"][t]["loss"] for t in g.tasks) / sum(n.values())
                 assert pooled == pytest.approx(e["loss"], rel=1e-5)
                 assert sum(n[t] * e["per_task"][t]["accuracy"] for t in g.tasks) / sum(n.values()) == pytest.approx(e["accuracy"])
+                # the early-stopping figure that counts each task once, whatever its validation size
+                assert e["task_accuracy"] == pytest.approx(np.mean([e["per_task"][t]["accuracy"] for t in g.tasks]))
         assert (out / "adapters" / g.base / "adapter_model.safetensors").is_file()
         assert list((out / "ray_train").glob(f"{g.base}-*/local_checkpoints/checkpoint_final"))
         table = pq.read_table(RunLayout(out).output(g.base)).to_pandas()

@@ -67,6 +67,29 @@ def test_validate_at_start_keeps_the_start_when_training_never_beats_it(setup):
         torch.testing.assert_close(now[k], start[k])
 
 
+def test_early_stopping_on_accuracy_keeps_the_most_accurate_check_while_loss_rises(setup):
+    """Validation loss can rise while accuracy still improves (confident mistakes cost more loss than new
+    correct answers save): on an accuracy metric the kept check is the most accurate one, not the lowest loss."""
+    peft_model, model, tasks, rows = setup
+    checks = iter([(0.60, 0.55), (0.62, 0.60), (0.65, 0.66), (0.70, 0.64), (0.72, 0.63), (0.75, 0.62)])
+    snapshots: dict[int, dict] = {}
+
+    def validate():
+        loss, acc = next(checks)
+        return {"loss": loss, "accuracy": 0.0, "task_accuracy": acc}
+
+    def on_eval(state, metrics, improved, opt):
+        snapshots[state.step] = trainable_state(peft_model)
+
+    stats = train_adapter(peft_model, model, tasks, rows, epochs=3, lr=5e-3, batch_size=8, seed=0, validate=validate,
+                          evals_per_epoch=2, patience=2, metric="task_accuracy", validate_at_start=True, on_eval=on_eval)
+    assert [e["task_accuracy"] for e in stats.evals] == [0.55, 0.60, 0.66, 0.64, 0.63]  # two checks past the best
+    assert stats.stopped_early and stats.best_step == stats.evals[2]["step"] and stats.best_metric == -0.66
+    now = trainable_state(peft_model)
+    for k in now:
+        torch.testing.assert_close(now[k], snapshots[stats.best_step][k])
+
+
 def test_learning_rate_schedule_warms_up_then_decays_to_zero():
     """lr_factor against the schedule written out by hand: 10 steps, 2 of warm-up."""
     from elora_ray.train.loop import lr_factor

@@ -54,7 +54,9 @@ class TrainConfig(_Section):
     """Validation checks per epoch (early stopping and checkpoints happen at these points)."""
     patience: int = Field(2, ge=0)
     """Stop after this many checks without improving the group's validation loss (0: never)."""
-    early_stopping_metric: Literal["loss", "accuracy"] = "loss"
+    early_stopping_metric: Literal["loss", "accuracy", "task_accuracy"] = "loss"
+    """What a check must improve: validation ``loss``, ``accuracy`` over all validation samples, or
+    ``task_accuracy`` (each task's accuracy counted once: the average the reports show)."""
     num_workers: int = Field(0, ge=0)
     """Ray Train workers per adapter. 0: Ray Train local mode inside one Ray task per adapter
     (adapters train concurrently as CPUs allow); ≥ 1: data-parallel (DDP) workers."""

@@ -98,7 +98,7 @@ def train_adapter(
     validate: Callable[[], dict[str, float]] | None = None,
     evals_per_epoch: int = 1,
     patience: int = 0,
-    metric: Literal["loss", "accuracy"] = "loss",
+    metric: Literal["loss", "accuracy", "task_accuracy"] = "loss",
     schedule: Literal["constant", "linear"] = "constant",
     warmup_fraction: float = 0.0,
     validate_at_start: bool = False,

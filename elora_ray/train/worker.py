@@ -164,10 +164,13 @@ def train_loop_per_worker(config: dict) -> None:
         def validate() -> dict[str, float]:
             logits, gold = predict_logits(peft_model, model, by_name, val_rows, batch_size=64, device=device)
             m = classification_metrics(logits, gold)
+            m["task_accuracy"] = m["accuracy"]
             if len(job.tasks) > 1:  # which tasks moved: the job record keeps each check's per-task figures
                 names = np.array([n for n, _ in val_rows])
                 m["per_task"] = {n: classification_metrics(logits[names == n], gold[names == n]) for n in job.tasks
                                  if (names == n).any()}
+                # each task counts once, whatever its validation size (the average the reports show)
+                m["task_accuracy"] = float(np.mean([v["accuracy"] for v in m["per_task"].values()]))
             if val_targets is not None:
                 from ..featurize.gradients import gold_log_odds
 
