@@ -15,6 +15,8 @@ import json
 import logging
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from .config import RunConfig, dump_config
 from .io import fingerprint, write_json, write_parquet, write_text
 from .layout import RunLayout
@@ -74,23 +76,51 @@ def data_fingerprint(cfg: RunConfig) -> str:
     return fingerprint(part)
 
 
+def same_prepared_data(layout: RunLayout, previous: dict, tasks, tables: dict) -> bool:
+    """True when the run directory already holds exactly ``tables`` (every task and split, same rows in
+    the same order) with the same labels and verbalizers: the data a run's artifacts were made from."""
+    old_tasks = previous.get("tasks", {})
+    if list(old_tasks) != [t.name for t in tasks]:
+        return False
+    for t in tasks:
+        meta = old_tasks[t.name]
+        if list(meta.get("labels", [])) != list(t.labels) or meta.get("verbalizer") != t.verbalizer:
+            return False
+    for (name, split), table in tables.items():
+        path = layout.data_split(name, split)
+        if not path.is_file():
+            return False
+        stored = pq.read_table(path)
+        if stored.schema != table.schema or not stored.equals(table):
+            return False
+    return True
+
+
 def prepare(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
     """Load tasks and write them; skip if the run directory already holds the same data."""
     layout = RunLayout(run_dir)
     manifest_path = layout.data_manifest
     fp = data_fingerprint(cfg)
-    if manifest_path.is_file() and not force:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("fingerprint") == fp:
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if previous is not None and not force:
+        # "inputs": what the data was read from; manifests written before it kept that in "fingerprint"
+        if previous.get("inputs", previous.get("fingerprint")) == fp:
             log.info("prepare: data already prepared in %s (fingerprint %s), skipping", manifest_path.parent, fp)
-            return manifest
-        log.info("prepare: configuration or data changed since the last prepare; reading the data again")
+            return previous
+        log.info("prepare: configuration or data files changed since the last prepare; reading the data again")
     tasks = load_tasks(cfg)
-    for t in tasks:
-        for split in SPLITS:
-            write_parquet(layout.data_split(t.name, split), t.to_table(split))
+    tables = {(t.name, split): t.to_table(split) for t in tasks for split in SPLITS}
+    kept = previous is not None and same_prepared_data(layout, previous, tasks, tables)
+    if kept:
+        # Same samples, labels and splits (e.g. the files were copied or touched, or the data moved):
+        # the later stages' artifacts stay valid, so the data keeps its fingerprint.
+        log.info("prepare: the data read is identical to what %s holds; later stages stay valid", manifest_path.parent)
+    else:
+        for (name, split), table in tables.items():
+            write_parquet(layout.data_split(name, split), table)
     manifest = {
-        "fingerprint": fp,
+        "fingerprint": previous["fingerprint"] if kept else fp,
+        "inputs": fp,
         "tasks": {
             t.name: {
                 "labels": t.labels,
@@ -103,6 +133,8 @@ def prepare(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
         },
     }
     write_json(manifest_path, manifest)  # written last: its presence means the data is complete
+    if kept:
+        return manifest
     for t in tasks:
         log.info("task %-20s %s labels=%s", t.name, t.sizes(), t.labels)
         for note in t.notes:

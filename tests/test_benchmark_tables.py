@@ -1,0 +1,68 @@
+"""Benchmark tables say how much their numbers mean: the most-common-label row, test-sample intervals,
+tasks at that level, and the kept validation check by the setting's own early-stopping metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the repository's benchmarks/
+    import benchmarks.ensemble_accuracy as ea
+    import benchmarks.training_sweep as ts
+
+    return ea, ts
+
+
+def seed_report(ens: float, single: float, sst2: float) -> dict:
+    def method(acc, per_task, at_majority):
+        return {"avg_accuracy": acc, "per_task": per_task, "train_flops": 1e12, "peak_memory_mb": 100.0, "wall_s": 10.0,
+                "adapters": 1, "adapter_parameters": 10, "ci95": [acc - 0.03, acc + 0.03], "tasks_at_majority": at_majority}
+
+    return {
+        "methods": {"ensemble": method(ens, {"sst2": sst2, "cola": 0.70}, ["cola"]),
+                    "single_adapter": method(single, {"sst2": sst2 - 0.02, "cola": 0.69}, ["cola"])},
+        "ensemble_ablations": {"theta_star": {"avg_accuracy": 0.70}},
+        "majority": {"per_task": {"sst2": {"label": "1", "accuracy": 0.55}, "cola": {"label": "1", "accuracy": 0.70}},
+                     "avg_accuracy": 0.625},
+        "comparisons": {"ensemble_minus_single_adapter": {"difference": ens - single, "ci95": [-0.01, 0.03]}},
+    }
+
+
+def test_ensemble_table_has_the_majority_row_intervals_and_flags(bench):
+    ea, _ = bench
+    reports = [seed_report(0.75, 0.74, 0.80), seed_report(0.76, 0.74, 0.82)]
+    agg = ea.aggregate(reports)
+    assert agg["majority"] == {"avg_accuracy": 0.625, "per_task": {"sst2": 0.55, "cola": 0.70}}
+    data = {"aggregate": agg, "seeds": [3, 4], "config": "c.yaml", "overrides": [], "tasks": 2, "split": "test",
+            "machine": {"cpu": "x", "cores": 2, "gpu": None, "date": "d"}, "groups": [[["sst2", "cola"]]] * 2,
+            "per_seed": [{"seed": s, **r} for s, r in zip([3, 4], reports)]}
+    md = ea.render("t", data)
+    assert "| always the most common training label | 0.6250 |" in md
+    assert "| EnsembleLoRA (ours) | 0.7550 ± 0.0071 | 0.720–0.780 | +0.0000 | 2 |" in md  # seed 3's interval; cola twice
+    assert "| cola | 0.700 ≤ | 0.690 ≤ | 0.700 |" in md and "| sst2 | 0.810 | 0.790 | 0.550 |" in md
+    assert "| 4 | +0.0200 | [-0.0100, +0.0300] |" in md  # the within-seed paired bootstrap
+    # records made before the evaluation stored the majority: no row, no crash
+    for r in reports:
+        del r["majority"]
+    assert "most common training label |" not in ea.render("t", {**data, "aggregate": ea.aggregate(reports)})
+
+
+def test_sweep_reads_the_check_its_metric_kept(bench):
+    _, ts = bench
+    evals = [{"step": 0, "loss": 0.60, "accuracy": 0.70, "per_task": {"a": {"accuracy": 0.9}, "b": {"accuracy": 0.5}}},
+             {"step": 10, "loss": 0.55, "accuracy": 0.72, "per_task": {"a": {"accuracy": 0.95}, "b": {"accuracy": 0.45}}},
+             {"step": 20, "loss": 0.58, "accuracy": 0.71, "per_task": {"a": {"accuracy": 0.8}, "b": {"accuracy": 0.7}}}]
+    assert ts.kept_check(evals, "loss")["step"] == 10
+    assert ts.kept_check(evals, "accuracy")["step"] == 10
+    assert ts.kept_check(evals, "task_accuracy")["step"] == 20  # (0.8 + 0.7) / 2 beats (0.95 + 0.45) / 2
+    assert ts.task_accuracy(evals[2]) == pytest.approx(0.75)
+    assert ts.task_accuracy({**evals[2], "task_accuracy": 0.5}) == 0.5  # the loop's own figure when recorded
+    tied = [dict(e, loss=0.5) for e in evals]
+    assert ts.kept_check(tied, "loss")["step"] == 0  # ties keep the first, as early stopping does
+    # a point's own epochs win over --epochs
+    assert "train.epochs=6.0" in ts.point_overrides({"epochs": 6.0, "lr": 1e-3}, 2.0)
+    assert "train.epochs=2.0" in ts.point_overrides({"lr": 1e-3}, 2.0)
