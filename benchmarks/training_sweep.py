@@ -49,6 +49,9 @@ POINTS: dict[str, dict] = {
                                  "train_heads": False},
     # early stopping on validation accuracy (the average over tasks), a longer budget: validation loss rises
     # while accuracy still improves (more confident mistakes), so stopping on loss ends training early
+    # the same budget and start check, stopping on validation loss: what the metric alone changes
+    "loss_6ep_1e-3": {"lr": 1e-3, "schedule": "constant", "warmup_fraction": 0.0, "validate_at_start": True,
+                      "early_stopping_metric": "loss", "epochs": 6.0, "patience": 4},
     "acc_6ep_1e-3": {"lr": 1e-3, "schedule": "constant", "warmup_fraction": 0.0, "validate_at_start": True,
                      "early_stopping_metric": "task_accuracy", "epochs": 6.0, "patience": 4},
     "acc_6ep_1e-3_frozen_heads": {"lr": 1e-3, "schedule": "constant", "warmup_fraction": 0.0, "validate_at_start": True,
