@@ -139,7 +139,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def render(data: dict) -> str:
     lines = [f"# Training-settings sweep: {data['name']}", "",
              f"Config `{data['config']}`; one adapter on all {data['tasks']} tasks (`{' '.join(SHARED)}`), "
-             f"{data['epochs']} epochs and early stopping on validation loss (patience {data['patience']}) unless a "
+             f"{data['epochs']} epochs and early stopping on validation {data.get('metric', 'loss').replace('_', ' ')} "
+             f"(patience {data['patience']}) unless a "
              f"setting says otherwise; seeds {data['seeds']}. \"val loss\" and \"val acc\" (the average over tasks) are "
              "those of the check early stopping kept; the setting is chosen by that validation accuracy (ties: the first "
              "listed); test accuracy is reported only. \"kept θ*\": with `validate_at_start` the starting point (θ*, "
@@ -204,10 +205,16 @@ def plot(path: Path, data: dict) -> None:
 
     first = [r for r in data["rows"] if r["seed"] == data["seeds"][0]]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in first:
+    styles = ["-", "--", ":", "-."]
+    for i, r in enumerate(first):  # settings that share their first steps overlap: line styles and the kept check tell them apart
         steps = [e["step"] for e in r["curve"]]
-        ax_loss.plot(steps, [e["loss"] for e in r["curve"]], marker="o", ms=3, label=r["point"])
-        ax_acc.plot(steps, [task_accuracy(e) for e in r["curve"]], marker="o", ms=3, label=r["point"])
+        style = dict(ls=styles[i % len(styles)], lw=2.5 - 0.5 * (i % 3), marker="o", ms=3)
+        line, = ax_loss.plot(steps, [e["loss"] for e in r["curve"]], label=r["point"], **style)
+        ax_acc.plot(steps, [task_accuracy(e) for e in r["curve"]], label=r["point"], color=line.get_color(), **style)
+        kept = kept_check(r["curve"], r.get("metric", "loss"))
+        for ax, y in ((ax_loss, kept["loss"]), (ax_acc, task_accuracy(kept))):
+            ax.plot([kept["step"]], [y], marker="*", ms=14, color=line.get_color(), mec="black", mew=0.6, ls="none")
+    ax_acc.plot([], [], marker="*", ms=10, color="grey", mec="black", ls="none", label="check kept")
     ax_acc.axhline(first[0]["majority_accuracy"], color="grey", ls=":", lw=1)
     ax_acc.annotate("most common label (test)", (0, first[0]["majority_accuracy"]), fontsize=7, color="grey",
                     xytext=(2, 2), textcoords="offset points")
@@ -258,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(config, overrides)
     data = {"name": name, "config": str(config.resolve().relative_to(HERE.parent)) if config else "embedded default",
             "overrides": overrides, "seeds": args.seeds, "epochs": args.epochs, "patience": cfg.train.patience,
+            "metric": cfg.train.early_stopping_metric,
             "tasks": len(rows[0]["test_per_task"]), "points": {p: POINTS[p] for p in args.points},
             "rows": rows, "aggregate": agg, "chosen": chosen, "seconds": round(time.perf_counter() - t0, 1),
             "command": "training_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
