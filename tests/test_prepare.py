@@ -30,7 +30,7 @@ ROWS_A = [(f"good movie number {i}" if i % 2 else f"bad movie number {i}", "pos"
 ROWS_B = [(f"sentence {i} is {'fine' if i % 3 else 'wrong'}", "ok" if i % 3 else "bad") for i in range(40)]
 
 
-def test_identical_data_read_again_keeps_the_fingerprint_and_files(tmp_path):
+def test_identical_data_read_again_keeps_the_fingerprint_and_files(tmp_path, monkeypatch):
     data, out = tmp_path / "data", tmp_path / "run"
     write_csv(data / "a.csv", ROWS_A)
     write_csv(data / "b.csv", ROWS_B)
@@ -52,8 +52,12 @@ def test_identical_data_read_again_keeps_the_fingerprint_and_files(tmp_path):
     shutil.copytree(data, moved)
     assert prepare(config(moved), out)["fingerprint"] == first["fingerprint"]
 
-    # nothing changed since: skipped without reading
-    assert prepare(config(moved), out)["inputs"] == prepare(config(moved), out)["inputs"]
+    # nothing changed since: skipped without reading the files
+    def must_not_read(cfg):
+        raise AssertionError("prepare read the data again although nothing changed")
+
+    monkeypatch.setattr("elora_ray.prepare.load_tasks", must_not_read)
+    assert prepare(config(moved), out)["fingerprint"] == first["fingerprint"]
 
 
 def test_changed_data_gets_a_new_fingerprint(tmp_path):
