@@ -14,6 +14,7 @@ copied for every setting (their artifacts do not depend on the training settings
     python benchmarks/training_sweep.py --seeds 0 1 --points current linear_1e-3
     python benchmarks/training_sweep.py --suite               # the embedded suite (what `make demo` trains)
     python benchmarks/training_sweep.py --quick               # tiny-bert smoke test
+    python benchmarks/training_sweep.py --seeds 0 1 2 --reuse-recorded   # add seeds 1, 2 to a recorded seed 0
 
 Writes ``benchmarks/results/training_sweep_<name>.{json,md,png}``.
 """
@@ -32,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RUNS, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
 from elora_ray import load_config, run_pipeline, run_stages  # noqa: E402
 
 DEFAULT_CONFIG = HERE / "configs" / "glue_ensemble_minilm.yaml"
@@ -95,6 +96,28 @@ def best_validation(run: Path, metric: str = "loss") -> dict:
             "train_seconds": rec["metrics"]["train_seconds"], "curve": evals}
 
 
+def recorded_rows(path: Path) -> dict[tuple[int, str], dict]:
+    """Rows of an earlier recorded sweep (its results JSON), keyed by (seed, setting)."""
+    if not path.exists():
+        return {}
+    return {(r["seed"], r["point"]): r for r in json.loads(path.read_text()).get("rows", [])}
+
+
+def reusable(row: dict | None, overrides: list[str]) -> bool:
+    """A recorded row stands for a (seed, setting) only if it ran with exactly these overrides."""
+    return row is not None and list(row.get("overrides", [])) == list(overrides)
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def run_point(cfg_path: Path | None, overrides: list[str], seed: int, name: str, base: Path, out: Path) -> dict:
     if not (out / "evaluation.json").exists():
         if out.exists():
@@ -112,7 +135,7 @@ def run_point(cfg_path: Path | None, overrides: list[str], seed: int, name: str,
         "test_per_task": single["per_task"], "tasks_at_majority": single.get("tasks_at_majority", []),
         "theta_star_accuracy": theta["avg_accuracy"], "theta_star_per_task": theta["per_task"],
         "majority_accuracy": ev["majority"]["avg_accuracy"],
-        "wall_s": report["wall_s"], "metric": metric, **best_validation(out, metric),
+        "wall_s": report["wall_s"], "metric": metric, "code": git_commit(), **best_validation(out, metric),
     }
 
 
@@ -128,7 +151,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         out.append({"point": name, "seeds": [r["seed"] for r in rs], "val_loss": stat("val_loss"),
                     "val_accuracy": stat("val_accuracy"), "test_accuracy": stat("test_accuracy"),
                     "theta_star_accuracy": stat("theta_star_accuracy"), "majority_accuracy": stat("majority_accuracy"),
-                    "gain_over_theta_star": stat("gain"), "ci95": rs[0]["test_ci95"] if len(rs) == 1 else None,
+                    "gain_over_theta_star": stat("gain"), "ci95": rs[0]["test_ci95"],
                     "stopped_early": sum(r["stopped_early"] for r in rs), "train_seconds": stat("train_seconds"),
                     "kept_start": sum(r["best_step"] == 0 for r in rs),
                     "gain_ci95": paired_stats([r["gain"] for r in rs])["ci95"],
@@ -145,9 +168,10 @@ def render(data: dict) -> str:
              "those of the check early stopping kept; the setting is chosen by that validation accuracy (ties: the first "
              "listed); test accuracy is reported only. \"kept θ*\": with `validate_at_start` the starting point (θ*, "
              "the probed heads) is a checkpoint, and early stopping kept it because no later check beat it.", "",
-             "| setting | train settings | val loss | val acc | test acc | 95% CI (seed 0) | θ* test acc | test − θ* | "
-             "most common label | stopped early | kept θ* | train s |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "Figures are mean ± std over the setting's seeds; the 95% CI is the bootstrap over test samples of its first seed.", "",
+             "| setting | train settings | seeds | val loss | val acc | test acc | 95% CI (first seed) | θ* test acc | "
+             "test − θ* | most common label | stopped early | kept θ* | train s |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for a in data["aggregate"]:
         s = POINTS.get(a["point"], {})
         ci = f"{a['ci95'][0]:.3f}–{a['ci95'][1]:.3f}" if a["ci95"] else "—"
@@ -156,7 +180,8 @@ def render(data: dict) -> str:
         def pm(v: tuple[float, float], f: str = ".4f") -> str:
             return f"{v[0]:{f}}" + (f" ± {v[1]:{f.lstrip('+')}}" if len(a["seeds"]) > 1 else "")
 
-        lines.append(f"| {a['point']}{chosen} | {', '.join(f'{k}={v}' for k, v in s.items())} | {pm(a['val_loss'])} | "
+        lines.append(f"| {a['point']}{chosen} | {', '.join(f'{k}={v}' for k, v in s.items())} | {len(a['seeds'])} | "
+                     f"{pm(a['val_loss'])} | "
                      f"{pm(a['val_accuracy'], '.3f')} | {pm(a['test_accuracy'], '.3f')} | {ci} | "
                      f"{pm(a['theta_star_accuracy'], '.3f')} | {pm(a['gain_over_theta_star'], '+.3f')} | "
                      f"{a['majority_accuracy'][0]:.3f} | {a['stopped_early']}/{len(a['seeds'])} | "
@@ -191,6 +216,12 @@ def render(data: dict) -> str:
                 end = kept_check(curve, first[p].get("metric", "loss"))["per_task"][t]["loss"]
                 cells.append(f"{end:.3f} | {end - start[t]['loss']:+.3f}")
             lines.append(f"| {t} | {start[t]['loss']:.3f} | " + " | ".join(cells) + " |")
+    reused = [r for r in data["rows"] if r.get("reused")]
+    if reused:
+        lines += ["", "Recorded by an earlier run of this script with the same overrides and taken as they are "
+                  "(`--reuse-recorded`): " + ", ".join(f"seed {r['seed']} {r['point']}"
+                                                       + (f" (code {r['code']})" if r.get("code") else "")
+                                                       for r in reused) + "."]
     m = data["machine"]
     lines += ["", f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Command: `python benchmarks/{data['command']}`. "
               f"Wall time {data['seconds']:.0f} s."]
@@ -237,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--suite", action="store_true", help="the embedded suite with the default model (what the demo runs)")
     ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert (smoke test)")
+    ap.add_argument("--reuse-recorded", action="store_true",
+                    help="take a (seed, setting) from the recorded results JSON when it ran with the same overrides "
+                         "(its run directory may be gone) instead of training it again")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the markdown table and plot from the recorded results JSON (no training)")
     args = ap.parse_args(argv)
     overrides = [*SHARED, *args.overrides]
     if args.suite:
@@ -247,18 +283,30 @@ def main(argv: list[str] | None = None) -> int:
                      "featurize.dim=32", *overrides]
     else:
         config, name = args.config, args.name or args.config.stem
+    if args.render_only:
+        data = json.loads((RESULTS / f"training_sweep_{name}.json").read_text())
+        path = write_results(f"training_sweep_{name}", data, render(data))
+        plot(path.with_suffix(".png"), data)
+        return 0
     t0, rows = time.perf_counter(), []
     root = RUNS / f"training_sweep_{name}"
+    recorded = recorded_rows(RESULTS / f"training_sweep_{name}.json") if args.reuse_recorded else {}
     for seed in args.seeds:
         base = root / f"seed{seed}" / "base"
-        run_stages(load_config(config, [*overrides, f"seed={seed}"]), base, until="cluster")
+        todo = [p for p in args.points if not reusable(recorded.get((seed, p)),
+                                                          [*overrides, *point_overrides(POINTS[p], args.epochs)])]
+        if todo:
+            run_stages(load_config(config, [*overrides, f"seed={seed}"]), base, until="cluster")
         for point in args.points:
             o = [*overrides, *point_overrides(POINTS[point], args.epochs)]
-            row = run_point(config, o, seed, point, base, root / f"seed{seed}" / point)
-            row["gain"] = row["test_accuracy"] - row["theta_star_accuracy"]
+            if point in todo:
+                row = run_point(config, o, seed, point, base, root / f"seed{seed}" / point)
+                row["gain"] = row["test_accuracy"] - row["theta_star_accuracy"]
+            else:
+                row = {**recorded[(seed, point)], "reused": True}
             rows.append(row)
-            print(f"seed {seed} {point}: val loss {row['val_loss']:.4f}, test {row['test_accuracy']:.4f} "
-                  f"(θ* {row['theta_star_accuracy']:.4f})", flush=True)
+            print(f"seed {seed} {point}{' (recorded)' if row.get('reused') else ''}: val loss {row['val_loss']:.4f}, "
+                  f"test {row['test_accuracy']:.4f} (θ* {row['theta_star_accuracy']:.4f})", flush=True)
     agg = aggregate(rows)
     # chosen on validation by what the reports show on test: the average accuracy over tasks (ties: the first listed)
     chosen = max(agg, key=lambda a: a["val_accuracy"][0])["point"]
