@@ -14,7 +14,7 @@ copied for every setting (their artifacts do not depend on the training settings
     python benchmarks/training_sweep.py --seeds 0 1 --points current linear_1e-3
     python benchmarks/training_sweep.py --suite               # the embedded suite (what `make demo` trains)
     python benchmarks/training_sweep.py --quick               # tiny-bert smoke test
-    python benchmarks/training_sweep.py --seeds 0 1 2 --reuse-recorded   # add seeds 1, 2 to a recorded seed 0
+    python benchmarks/training_sweep.py --seeds 1 2 --reuse-recorded   # add seeds 1, 2 to the recorded sweep
 
 Writes ``benchmarks/results/training_sweep_<name>.{json,md,png}``.
 """
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", action="store_true", help="the embedded suite with the default model (what the demo runs)")
     ap.add_argument("--quick", action="store_true", help="embedded suite + tiny-bert (smoke test)")
     ap.add_argument("--reuse-recorded", action="store_true",
-                    help="take a (seed, setting) from the recorded results JSON when it ran with the same overrides "
-                         "(its run directory may be gone) instead of training it again")
+                    help="keep every (seed, setting) of the recorded results JSON that ran with the same overrides "
+                         "(its run directory may be gone): it is not trained again, and the table shows it")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the markdown table and plot from the recorded results JSON (no training)")
     args = ap.parse_args(argv)
@@ -307,12 +307,20 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"seed {seed} {point}{' (recorded)' if row.get('reused') else ''}: val loss {row['val_loss']:.4f}, "
                   f"test {row['test_accuracy']:.4f} (θ* {row['theta_star_accuracy']:.4f})", flush=True)
+    done = {(r["seed"], r["point"]) for r in rows}
+    for (seed, point), row in recorded.items():  # other recorded seeds and settings made with the same overrides
+        if (seed, point) not in done and point in POINTS and \
+                reusable(row, [*overrides, *point_overrides(POINTS[point], args.epochs)]):
+            rows.append({**row, "reused": True})
+    order = list(POINTS)
+    rows.sort(key=lambda r: (order.index(r["point"]), r["seed"]))
+    seeds = sorted({r["seed"] for r in rows})
     agg = aggregate(rows)
     # chosen on validation by what the reports show on test: the average accuracy over tasks (ties: the first listed)
     chosen = max(agg, key=lambda a: a["val_accuracy"][0])["point"]
     cfg = load_config(config, overrides)
     data = {"name": name, "config": str(config.resolve().relative_to(HERE.parent)) if config else "embedded default",
-            "overrides": overrides, "seeds": args.seeds, "epochs": args.epochs, "patience": cfg.train.patience,
+            "overrides": overrides, "seeds": seeds, "epochs": args.epochs, "patience": cfg.train.patience,
             "metric": cfg.train.early_stopping_metric,
             "tasks": len(rows[0]["test_per_task"]), "points": {p: POINTS[p] for p in args.points},
             "rows": rows, "aggregate": agg, "chosen": chosen, "seconds": round(time.perf_counter() - t0, 1),

@@ -66,3 +66,50 @@ def test_sweep_reads_the_check_its_metric_kept(bench):
     # a point's own epochs win over --epochs
     assert "train.epochs=6.0" in ts.point_overrides({"epochs": 6.0, "lr": 1e-3}, 2.0)
     assert "train.epochs=2.0" in ts.point_overrides({"lr": 1e-3}, 2.0)
+
+
+def test_sweep_adds_seeds_to_a_recorded_sweep_without_training_it_again(bench, tmp_path, monkeypatch):
+    """``--reuse-recorded``: recorded (seed, setting) rows with identical overrides are kept, not retrained;
+    a row made with other overrides is trained again; the table says which rows were taken as recorded."""
+    import json
+
+    _, ts = bench
+    monkeypatch.setattr(ts, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(ts, "RUNS", tmp_path / "runs")
+    def write(name, data, md, **_):
+        (tmp_path / f"{name}.md").write_text(md)
+        return tmp_path / f"{name}.md"
+
+    monkeypatch.setattr(ts, "write_results", write)
+    monkeypatch.setattr(ts, "plot", lambda path, data: None)
+    monkeypatch.setattr(ts, "run_stages", lambda *a, **k: None)
+    monkeypatch.setattr(ts, "load_config", lambda *a, **k: type("C", (), {"train": type("T", (), {
+        "patience": 4, "early_stopping_metric": "task_accuracy"})()})())
+    trained = []
+
+    def fake_point(cfg, overrides, seed, name, base, out):
+        trained.append((seed, name))
+        curve = [{"step": 0, "loss": 0.7, "accuracy": 0.6}]
+        return {"point": name, "seed": seed, "overrides": overrides, "test_accuracy": 0.70 + seed / 100,
+                "test_ci95": [0.6, 0.8], "test_per_task": {"a": 0.7}, "theta_star_accuracy": 0.65,
+                "theta_star_per_task": {"a": 0.65}, "majority_accuracy": 0.5, "val_loss": 0.6, "val_accuracy": 0.7,
+                "best_step": 5, "stopped_early": False, "train_seconds": 1.0, "curve": curve, "metric": "task_accuracy"}
+
+    monkeypatch.setattr(ts, "run_point", fake_point)
+    shared = [*ts.SHARED]
+    acc = [*shared, *ts.point_overrides(ts.POINTS["acc_6ep_1e-3"], 3.0)]
+    loss = [*shared, *ts.point_overrides(ts.POINTS["loss_6ep_1e-3"], 3.0)]
+    recorded = [{**fake_point(None, acc, 0, "acc_6ep_1e-3", None, None), "code": "abc1234", "gain": 0.05},
+                {**fake_point(None, loss, 0, "loss_6ep_1e-3", None, None), "gain": 0.04},
+                {**fake_point(None, [*acc, "train.lr=0.5"], 1, "acc_6ep_1e-3", None, None), "gain": 0.0}]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "training_sweep_x.json").write_text(json.dumps({"rows": recorded}))
+    trained.clear()
+    ts.main(["--name", "x", "--points", "acc_6ep_1e-3", "--seeds", "0", "1", "2", "--reuse-recorded"])
+    assert trained == [(1, "acc_6ep_1e-3"), (2, "acc_6ep_1e-3")]  # seed 0 recorded; seed 1's record ran otherwise
+    md = (tmp_path / "training_sweep_x.md").read_text()
+    assert "seed 0 loss_6ep_1e-3, seed 0 acc_6ep_1e-3 (code abc1234)." in md
+    assert "| acc_6ep_1e-3 | +0.060 | [+0.035, +0.085] | 3/3 |" in md  # paired over the three seeds
+    trained.clear()
+    ts.main(["--name", "y", "--points", "acc_6ep_1e-3", "--seeds", "0"])  # without the flag: nothing is reused
+    assert trained == [(0, "acc_6ep_1e-3")]
