@@ -162,9 +162,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def render(data: dict) -> str:
     lines = [f"# Training-settings sweep: {data['name']}", "",
              f"Config `{data['config']}`; one adapter on all {data['tasks']} tasks (`{' '.join(SHARED)}`), "
-             f"{data['epochs']} epochs and early stopping on validation {data.get('metric', 'loss').replace('_', ' ')} "
-             f"(patience {data['patience']}) unless a "
-             f"setting says otherwise; seeds {data['seeds']}. \"val loss\" and \"val acc\" (the average over tasks) are "
+             f"{data['epochs']} epochs (`--epochs`) and early stopping on validation "
+             f"{data.get('metric', 'loss').replace('_', ' ')} (patience {data['patience']}) unless a "
+             f"setting's train settings say otherwise; seeds {data['seeds']}. \"val loss\" and \"val acc\" (the average over tasks) are "
              "those of the check early stopping kept; the setting is chosen by that validation accuracy (ties: the first "
              "listed); test accuracy is reported only. \"kept θ*\": with `validate_at_start` the starting point (θ*, "
              "the probed heads) is a checkpoint, and early stopping kept it because no later check beat it.", "",
@@ -189,11 +189,12 @@ def render(data: dict) -> str:
     paired = [a for a in data["aggregate"] if a.get("gain_ci95")]
     if paired:
         lines += ["", "Trained adapter − θ* on test, paired by seed (95% t-interval over seeds):", "",
-                  "| setting | difference | 95% interval | seeds ahead |", "|---|---:|---|---:|"]
+                  "| setting | difference | 95% interval | seeds ahead | per seed |", "|---|---:|---|---:|---|"]
         for a in paired:
             lo, hi = a["gain_ci95"]
+            per_seed = ", ".join(f"{r['seed']}: {r['gain']:+.3f}" for r in data["rows"] if r["point"] == a["point"])
             lines.append(f"| {a['point']} | {a['gain_over_theta_star'][0]:+.3f} | [{lo:+.3f}, {hi:+.3f}] | "
-                         f"{a['seeds_ahead']}/{len(a['seeds'])} |")
+                         f"{a['seeds_ahead']}/{len(a['seeds'])} | {per_seed} |")
     lines += ["", "Per task (test accuracy, mean over each setting's seeds; θ* over all rows):", "",
               "| task | θ* | " + " | ".join(a["point"] for a in data["aggregate"]) + " |",
               "|---|---:|" + "---:|" * len(data["aggregate"])]

@@ -109,7 +109,7 @@ def test_sweep_adds_seeds_to_a_recorded_sweep_without_training_it_again(bench, t
     assert trained == [(1, "acc_6ep_1e-3"), (2, "acc_6ep_1e-3")]  # seed 0 recorded; seed 1's record ran otherwise
     md = (tmp_path / "training_sweep_x.md").read_text()
     assert "seed 0 loss_6ep_1e-3, seed 0 acc_6ep_1e-3 (code abc1234)." in md
-    assert "| acc_6ep_1e-3 | +0.060 | [+0.035, +0.085] | 3/3 |" in md  # paired over the three seeds
+    assert "| acc_6ep_1e-3 | +0.060 | [+0.035, +0.085] | 3/3 | 0: +0.050, 1: +0.060, 2: +0.070 |" in md  # paired over seeds
     trained.clear()
     ts.main(["--name", "y", "--points", "acc_6ep_1e-3", "--seeds", "0"])  # without the flag: nothing is reused
     assert trained == [(0, "acc_6ep_1e-3")]
