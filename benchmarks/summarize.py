@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         if "single_adapter" in a:
             lines.append(f"| ensemble vs single LoRA adapter ({d['name']}) | – | {cmp('single_adapter')} | {src} |")
         for pr in d["aggregate"].get("paired", []):
+            if (pr["a"], pr["b"]) == ("single_adapter", "theta_star") and isinstance(pr["ci95"], list):
+                lines.append(f"| trained single adapter vs untrained probed model θ*, paired by seed ({d['name']}) | > 0 | "
+                             f"{100 * pr['mean']:+.1f} points, 95% interval [{100 * pr['ci95'][0]:+.1f}, "
+                             f"{100 * pr['ci95'][1]:+.1f}], ahead in {pr['a_ahead']}/{pr['seeds']} seeds | {src} |")
             if (pr["a"], pr["b"]) in (("ensemble", "random_groups"), ("groups_only", "random_groups")) and isinstance(pr["ci95"], list):
                 who = "ensemble" if pr["a"] == "ensemble" else "our groups alone (no boosting)"
                 lines.append(f"| {who} vs random groups, paired by seed ({d['name']}) | – | {100 * pr['mean']:+.1f} points, "
@@ -176,6 +180,17 @@ def main(argv: list[str] | None = None) -> int:
             r = a["mtl_ft"]
             lines.append(f"| ensemble vs MTL-FT: accuracy, compute ({d['name']}) | ≈ same accuracy, 45% less compute | "
                          f"{cmp('mtl_ft')}; {_less_or_more(ens['train_flops_mean'] / r['train_flops_mean'])} FLOPs | {src} |")
+    for f in sorted(RESULTS.glob("training_sweep_*.json")):
+        d = _read(f)
+        if _skip(d["name"]):
+            continue
+        chosen = next(a for a in d["aggregate"] if a["point"] == d["chosen"])
+        if len(chosen["seeds"]) > 1 and chosen.get("gain_ci95"):
+            lo, hi = chosen["gain_ci95"]
+            lines.append(f"| trained single adapter ({d['chosen']}, chosen on validation) vs untrained probed model θ*, "
+                         f"paired by seed ({d['name']}) | > 0 | {100 * chosen['gain_over_theta_star'][0]:+.1f} points, "
+                         f"95% interval [{100 * lo:+.1f}, {100 * hi:+.1f}], ahead in {chosen['seeds_ahead']}/"
+                         f"{len(chosen['seeds'])} seeds | `{f.with_suffix('.md').name}` |")
     for f in sorted(RESULTS.glob("federated_*.json")):
         d = _read(f)
         if f.stem.startswith("federated_engines"):
