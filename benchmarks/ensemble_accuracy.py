@@ -250,7 +250,8 @@ def plot(path: Path, data: dict) -> None:
     colors = ["tab:red" if m == "ensemble" else "tab:blue" for m in names]
     ax[0].bar(range(len(names)), means, yerr=stds, color=colors, capsize=4)
     ax[0].set_xticks(range(len(names)), [METHOD_LABELS.get(m, m) for m in names], rotation=30, ha="right")
-    bottom = max(0.0, min(means) - 0.08)
+    majority = (data["aggregate"].get("majority") or {}).get("avg_accuracy")
+    bottom = max(0.0, min([*means, *([majority] if majority is not None else [])]) - 0.08)
     ax[0].set_ylim(bottom, min(1.0, max(means) + 0.05))
     ax[0].set_ylabel(f"average {data['split']} accuracy (± std over {len(data['seeds'])} seeds)"
                      + (f"\naxis starts at {bottom:.2f}, not 0" if bottom > 0 else ""))
@@ -258,15 +259,23 @@ def plot(path: Path, data: dict) -> None:
     if theta:  # the no-training baseline: the base model with its probed heads
         for a in ax:
             a.axhline(theta["avg_accuracy_mean"], color="gray", ls="--", lw=1, label="θ* (no fine-tuning)")
+    if majority is not None:
+        ax[0].axhline(majority, color="black", ls=":", lw=1, label="always the most common label")
     ax[0].grid(axis="y", alpha=0.3)
-    if theta:
+    if theta or majority is not None:
         ax[0].legend(fontsize=7, loc="upper right")
+    flops = [agg[m]["train_flops_mean"] for m in names if agg[m]["train_flops_mean"] > 0]
+    log_axis = bool(flops) and max(flops) / min(flops) >= 10  # within one decade a log axis only crowds its labels
+    unit = 10.0 ** np.floor(np.log10(min(flops))) if flops and not log_axis else 1.0
     for m in names:
         r = agg[m]
-        ax[1].errorbar(r["train_flops_mean"], r["avg_accuracy_mean"], yerr=r["avg_accuracy_std"], fmt="*" if m == "ensemble" else "o",
-                       ms=12 if m == "ensemble" else 7, capsize=3, label=METHOD_LABELS.get(m, m))
-    ax[1].set_xscale("log")
-    ax[1].set_xlabel("training FLOPs (ensemble includes featurisation)")
+        ax[1].errorbar(r["train_flops_mean"] / unit, r["avg_accuracy_mean"], yerr=r["avg_accuracy_std"],
+                       fmt="*" if m == "ensemble" else "o", ms=12 if m == "ensemble" else 7, capsize=3,
+                       label=METHOD_LABELS.get(m, m))
+    if log_axis:
+        ax[1].set_xscale("log")
+    ax[1].set_xlabel("training FLOPs" + (f" (× 1e{int(np.log10(unit))})" if unit != 1.0 else "")
+                     + " (ensemble includes featurisation)")
     ax[1].set_ylabel("average accuracy")
     ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax[1].grid(alpha=0.3)
