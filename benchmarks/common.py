@@ -98,3 +98,18 @@ def paired_stats(diffs) -> dict:
     return {"per_seed": d.tolist(), "mean": mean, "std": std,
             "ci95": [mean - half, mean + half] if half is not None else None,
             "a_ahead": int((d > 0).sum()), "seeds": len(d)}
+
+
+def current_commit() -> str:
+    """The checkout's short commit, "+changes" when elora_ray/ has uncommitted edits, "unknown" outside git."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "elora_ray"], cwd=repo, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return out + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

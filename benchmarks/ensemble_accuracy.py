@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, RUNS, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, current_commit, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
 from elora_ray import load_config  # noqa: E402
 from elora_ray.io import fingerprint  # noqa: E402
 from elora_ray import run_pipeline  # noqa: E402
@@ -121,17 +120,6 @@ def config_fingerprint(cfg) -> str:
     """The configuration without its seed and without where the data lives (an absolute path that differs
     between checkouts and machines): seeds of one benchmark share it."""
     return fingerprint({k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("seed", "data_root")})
-
-
-def current_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "elora_ray"], cwd=HERE.parent, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return out + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def seed_record_path(name: str, seed: int) -> Path:

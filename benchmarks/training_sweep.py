@@ -33,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, RUNS, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, current_commit, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
 from elora_ray import load_config, run_pipeline, run_stages  # noqa: E402
 
 DEFAULT_CONFIG = HERE / "configs" / "glue_ensemble_minilm.yaml"
@@ -108,16 +108,6 @@ def reusable(row: dict | None, overrides: list[str]) -> bool:
     return row is not None and list(row.get("overrides", [])) == list(overrides)
 
 
-def git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
 def run_point(cfg_path: Path | None, overrides: list[str], seed: int, name: str, base: Path, out: Path) -> dict:
     if not (out / "evaluation.json").exists():
         if out.exists():
@@ -135,7 +125,7 @@ def run_point(cfg_path: Path | None, overrides: list[str], seed: int, name: str,
         "test_per_task": single["per_task"], "tasks_at_majority": single.get("tasks_at_majority", []),
         "theta_star_accuracy": theta["avg_accuracy"], "theta_star_per_task": theta["per_task"],
         "majority_accuracy": ev["majority"]["avg_accuracy"],
-        "wall_s": report["wall_s"], "metric": metric, "code": git_commit(), **best_validation(out, metric),
+        "wall_s": report["wall_s"], "metric": metric, "code": current_commit(), **best_validation(out, metric),
     }
 
 
@@ -286,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config, name = args.config, args.name or args.config.stem
     if args.render_only:
-        data = json.loads((RESULTS / f"training_sweep_{name}.json").read_text())
+        recorded = RESULTS / f"training_sweep_{name}.json"
+        if not recorded.exists():
+            ap.error(f"--render-only: no recorded sweep {recorded} (run the sweep first, or pass --name)")
+        data = json.loads(recorded.read_text())
         path = write_results(f"training_sweep_{name}", data, render(data))
         plot(path.with_suffix(".png"), data)
         return 0
