@@ -250,6 +250,34 @@ def plot(path: Path, data: dict) -> None:
     save_figure(fig, path)
 
 
+def record(rows: list[dict], recorded: dict, args, argv, config, name: str, overrides: list[str], t0: float) -> dict:
+    """The sweep's results so far (``rows`` plus every other recorded row with the same overrides), written
+    as ``training_sweep_<name>.{json,md,png}``."""
+    rows = list(rows)
+    done = {(r["seed"], r["point"]) for r in rows}
+    for (seed, point), row in recorded.items():  # other recorded seeds and settings made with the same overrides
+        if (seed, point) not in done and point in POINTS and \
+                reusable(row, [*overrides, *point_overrides(POINTS[point], args.epochs)]):
+            rows.append({**row, "reused": True})
+    order = list(POINTS)
+    rows.sort(key=lambda r: (order.index(r["point"]), r["seed"]))
+    seeds = sorted({r["seed"] for r in rows})
+    agg = aggregate(rows)
+    # chosen on validation by what the reports show on test: the average accuracy over tasks (ties: the first listed)
+    chosen = max(agg, key=lambda a: a["val_accuracy"][0])["point"]
+    cfg = load_config(config, overrides)
+    data = {"name": name, "config": str(config.resolve().relative_to(HERE.parent)) if config else "embedded default",
+            "overrides": overrides, "seeds": seeds, "epochs": args.epochs, "patience": cfg.train.patience,
+            "metric": cfg.train.early_stopping_metric,
+            "tasks": len(rows[0]["test_per_task"]), "points": {p: POINTS[p] for p in args.points},
+            "rows": rows, "aggregate": agg, "chosen": chosen, "seconds": round(time.perf_counter() - t0, 1),
+            "command": "training_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": machine_info()}
+    path = write_results(f"training_sweep_{name}", data, render(data))
+    plot(path.with_suffix(".png"), data)
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -302,27 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"seed {seed} {point}{' (recorded)' if row.get('reused') else ''}: val loss {row['val_loss']:.4f}, "
                   f"test {row['test_accuracy']:.4f} (θ* {row['theta_star_accuracy']:.4f})", flush=True)
-    done = {(r["seed"], r["point"]) for r in rows}
-    for (seed, point), row in recorded.items():  # other recorded seeds and settings made with the same overrides
-        if (seed, point) not in done and point in POINTS and \
-                reusable(row, [*overrides, *point_overrides(POINTS[point], args.epochs)]):
-            rows.append({**row, "reused": True})
-    order = list(POINTS)
-    rows.sort(key=lambda r: (order.index(r["point"]), r["seed"]))
-    seeds = sorted({r["seed"] for r in rows})
-    agg = aggregate(rows)
-    # chosen on validation by what the reports show on test: the average accuracy over tasks (ties: the first listed)
-    chosen = max(agg, key=lambda a: a["val_accuracy"][0])["point"]
-    cfg = load_config(config, overrides)
-    data = {"name": name, "config": str(config.resolve().relative_to(HERE.parent)) if config else "embedded default",
-            "overrides": overrides, "seeds": seeds, "epochs": args.epochs, "patience": cfg.train.patience,
-            "metric": cfg.train.early_stopping_metric,
-            "tasks": len(rows[0]["test_per_task"]), "points": {p: POINTS[p] for p in args.points},
-            "rows": rows, "aggregate": agg, "chosen": chosen, "seconds": round(time.perf_counter() - t0, 1),
-            "command": "training_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": machine_info()}
-    path = write_results(f"training_sweep_{name}", data, render(data))
-    plot(path.with_suffix(".png"), data)
+        # written after every seed: a sweep stopped later keeps the seeds it finished (--reuse-recorded adds the rest)
+        data = record(rows, recorded, args, argv, config, name, overrides, t0)
     print(render(data))
     return 0
 

@@ -113,3 +113,44 @@ def test_sweep_adds_seeds_to_a_recorded_sweep_without_training_it_again(bench, t
     trained.clear()
     ts.main(["--name", "y", "--points", "acc_6ep_1e-3", "--seeds", "0"])  # without the flag: nothing is reused
     assert trained == [(0, "acc_6ep_1e-3")]
+
+
+def test_a_sweep_stopped_midway_keeps_the_seeds_it_finished(bench, tmp_path, monkeypatch):
+    """Results are written after every seed: a failure (or a kill) in seed 1 leaves seed 0's row recorded,
+    which ``--reuse-recorded`` then keeps instead of training it again."""
+    import json
+
+    _, ts = bench
+    monkeypatch.setattr(ts, "RESULTS", tmp_path)
+    monkeypatch.setattr(ts, "RUNS", tmp_path / "runs")
+
+    def write(name, data, md, **_):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        return tmp_path / f"{name}.md"
+
+    monkeypatch.setattr(ts, "write_results", write)
+    monkeypatch.setattr(ts, "plot", lambda path, data: None)
+    monkeypatch.setattr(ts, "run_stages", lambda *a, **k: None)
+    monkeypatch.setattr(ts, "load_config", lambda *a, **k: type("C", (), {"train": type("T", (), {
+        "patience": 4, "early_stopping_metric": "task_accuracy"})()})())
+    trained = []
+
+    def fake_point(cfg, overrides, seed, name, base, out):
+        if seed == 1 and "restart" not in trained:
+            raise KeyboardInterrupt  # the sweep is stopped during seed 1
+        trained.append(seed)
+        return {"point": name, "seed": seed, "overrides": overrides, "test_accuracy": 0.7, "test_ci95": [0.6, 0.8],
+                "test_per_task": {"a": 0.7}, "theta_star_accuracy": 0.65, "theta_star_per_task": {"a": 0.65},
+                "majority_accuracy": 0.5, "val_loss": 0.6, "val_accuracy": 0.7, "best_step": 5,
+                "stopped_early": False, "train_seconds": 1.0, "curve": [], "metric": "task_accuracy"}
+
+    monkeypatch.setattr(ts, "run_point", fake_point)
+    with pytest.raises(KeyboardInterrupt):
+        ts.main(["--name", "x", "--points", "acc_6ep_1e-3", "--seeds", "0", "1"])
+    rows = json.loads((tmp_path / "training_sweep_x.json").read_text())["rows"]
+    assert [(r["seed"], r["point"]) for r in rows] == [(0, "acc_6ep_1e-3")]
+    trained.clear()
+    trained.append("restart")  # seed 1 no longer fails
+    ts.main(["--name", "x", "--points", "acc_6ep_1e-3", "--seeds", "0", "1", "--reuse-recorded"])
+    assert trained == ["restart", 1]  # seed 0 came from the record
+    assert [r["seed"] for r in json.loads((tmp_path / "training_sweep_x.json").read_text())["rows"]] == [0, 1]
