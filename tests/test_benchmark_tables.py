@@ -68,6 +68,22 @@ def test_sweep_reads_the_check_its_metric_kept(bench):
     assert "train.epochs=2.0" in ts.point_overrides({"lr": 1e-3}, 2.0)
 
 
+def without_training_stages(ts, monkeypatch, out: Path) -> None:
+    """The sweep's pipeline stages, config loading and plotting replaced; its results (table and JSON) go to ``out``."""
+    import json
+
+    def write(name, data, md, **_):
+        (out / f"{name}.md").write_text(md)
+        (out / f"{name}.json").write_text(json.dumps(data))
+        return out / f"{name}.md"
+
+    monkeypatch.setattr(ts, "write_results", write)
+    monkeypatch.setattr(ts, "plot", lambda path, data: None)
+    monkeypatch.setattr(ts, "run_stages", lambda *a, **k: None)
+    monkeypatch.setattr(ts, "load_config", lambda *a, **k: type("C", (), {"train": type("T", (), {
+        "patience": 4, "early_stopping_metric": "task_accuracy"})()})())
+
+
 def test_sweep_adds_seeds_to_a_recorded_sweep_without_training_it_again(bench, tmp_path, monkeypatch):
     """``--reuse-recorded``: recorded (seed, setting) rows with identical overrides are kept, not retrained;
     a row made with other overrides is trained again; the table says which rows were taken as recorded."""
@@ -76,15 +92,7 @@ def test_sweep_adds_seeds_to_a_recorded_sweep_without_training_it_again(bench, t
     _, ts = bench
     monkeypatch.setattr(ts, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(ts, "RUNS", tmp_path / "runs")
-    def write(name, data, md, **_):
-        (tmp_path / f"{name}.md").write_text(md)
-        return tmp_path / f"{name}.md"
-
-    monkeypatch.setattr(ts, "write_results", write)
-    monkeypatch.setattr(ts, "plot", lambda path, data: None)
-    monkeypatch.setattr(ts, "run_stages", lambda *a, **k: None)
-    monkeypatch.setattr(ts, "load_config", lambda *a, **k: type("C", (), {"train": type("T", (), {
-        "patience": 4, "early_stopping_metric": "task_accuracy"})()})())
+    without_training_stages(ts, monkeypatch, tmp_path)
     trained = []
 
     def fake_point(cfg, overrides, seed, name, base, out):
@@ -123,16 +131,7 @@ def test_a_sweep_stopped_midway_keeps_the_seeds_it_finished(bench, tmp_path, mon
     _, ts = bench
     monkeypatch.setattr(ts, "RESULTS", tmp_path)
     monkeypatch.setattr(ts, "RUNS", tmp_path / "runs")
-
-    def write(name, data, md, **_):
-        (tmp_path / f"{name}.json").write_text(json.dumps(data))
-        return tmp_path / f"{name}.md"
-
-    monkeypatch.setattr(ts, "write_results", write)
-    monkeypatch.setattr(ts, "plot", lambda path, data: None)
-    monkeypatch.setattr(ts, "run_stages", lambda *a, **k: None)
-    monkeypatch.setattr(ts, "load_config", lambda *a, **k: type("C", (), {"train": type("T", (), {
-        "patience": 4, "early_stopping_metric": "task_accuracy"})()})())
+    without_training_stages(ts, monkeypatch, tmp_path)
     trained = []
 
     def fake_point(cfg, overrides, seed, name, base, out):
