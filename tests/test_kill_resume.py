@@ -181,8 +181,9 @@ def _adapter(run: Path, job: str) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_training_killed_midway_resumes_from_checkpoints_with_identical_adapters(tmp_path):
+def test_training_killed_midway_resumes_from_checkpoints_with_identical_adapters(tmp_path, caplog):
     import json
+    import logging
 
     from elora_ray.pipeline import run_stages
 
@@ -223,12 +224,15 @@ def test_training_killed_midway_resumes_from_checkpoints_with_identical_adapters
     last_checkpoint = {j: max([_checkpoint_step(p) for p in (run / "ray_train").glob(f"{j}-*/**/checkpoint_0*/state.json")],
                               default=0) for j in jobs if j not in finished}
 
-    run_stages(cfg, run, until="train")  # the rerun
+    with caplog.at_level(logging.INFO, logger="elora_ray"):
+        run_stages(cfg, run, until="train")  # the rerun
     for j, t in finished.items():
         assert (records / f"{j}.json").stat().st_mtime_ns == t  # not retrained
     resumed = [j for j in jobs if j not in finished and last_checkpoint[j] > 0
                and json.loads((records / f"{j}.json").read_text())["metrics"]["resumed_from_step"] == last_checkpoint[j]]
     assert resumed, f"the interrupted adapter did not resume from its last checkpoint {last_checkpoint}"
+    for j in resumed:  # the log says so: its step count is this run's, not the adapter's total
+        assert f"{j} trained on" in caplog.text and f"after resuming at step {last_checkpoint[j]}," in caplog.text
     for j in jobs:
         a, b = _adapter(ref, j), _adapter(run, j)
         assert a.keys() == b.keys()

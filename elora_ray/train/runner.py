@@ -303,10 +303,12 @@ def run_jobs(
                     desc, job.id, len(job.tasks), rec["wall_s"], m.get("fit_r2_uncentered", float("nan")),
                 )
             else:
+                resumed = m.get("resumed_from_step", -1.0)
                 log.info(
-                    "%s: %s trained on %d tasks in %.1fs (%d steps, best step %s, val %s)",
-                    desc, job.id, len(job.tasks), rec["wall_s"], int(m.get("steps", 0)), m.get("best_step"),
-                    _fmt_val(m),
+                    "%s: %s trained on %d tasks in %.1fs (%d steps%s, best step %s, val %s)",
+                    desc, job.id, len(job.tasks), rec["wall_s"], int(m.get("steps", 0)),
+                    f" after resuming at step {int(resumed)}" if resumed is not None and resumed >= 0 else "",
+                    _int_or_none(m.get("best_step")), _fmt_val(m),
                 )
             if on_done is not None:
                 on_done(rec)
@@ -316,6 +318,10 @@ def run_jobs(
     if failures:
         raise TrainJobError(f"{desc}: {len(failures)} adapter job(s) failed:\n  " + "\n  ".join(failures))
     return {j.id: records[j.id] for j in jobs}
+
+
+def _int_or_none(value) -> int | None:
+    return None if value is None else int(value)
 
 
 def _fmt_val(m: dict) -> str:
