@@ -82,6 +82,27 @@ def _skip(name: str) -> bool:
     return "quick" in name and not INCLUDE_QUICK
 
 
+# (a, b) of a paired comparison in an ensemble benchmark -> (target, headline row label)
+PAIRED_ROWS = {
+    ("ensemble", "single_adapter"): ("–", "ensemble vs single LoRA adapter"),
+    ("single_adapter", "theta_star"): ("> 0", "trained single adapter vs untrained probed model θ*"),
+    ("ensemble", "random_groups"): ("–", "ensemble vs random groups"),
+    ("groups_only", "random_groups"): ("–", "our groups alone (no boosting) vs random groups"),
+}
+
+
+def points(x: float) -> str:
+    """A difference of accuracies in signed points, one decimal. The sign stays on values that
+    round to zero: an interval bound of -0.0 says the interval reaches below 0."""
+    return f"{100 * x:+.1f}"
+
+
+def paired_points(pr: dict) -> str:
+    lo, hi = pr["ci95"]
+    return (f"{points(pr['mean'])} points, 95% interval [{points(lo)}, {points(hi)}], "
+            f"ahead in {pr['a_ahead']}/{pr['seeds']} seeds")
+
+
 def main(argv: list[str] | None = None) -> int:
     global RESULTS, INCLUDE_QUICK
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,15 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         if "single_adapter" in a:
             lines.append(f"| ensemble vs single LoRA adapter ({d['name']}) | – | {cmp('single_adapter')} | {src} |")
         for pr in d["aggregate"].get("paired", []):
-            if (pr["a"], pr["b"]) == ("single_adapter", "theta_star") and isinstance(pr["ci95"], list):
-                lines.append(f"| trained single adapter vs untrained probed model θ*, paired by seed ({d['name']}) | > 0 | "
-                             f"{100 * pr['mean']:+.1f} points, 95% interval [{100 * pr['ci95'][0]:+.1f}, "
-                             f"{100 * pr['ci95'][1]:+.1f}], ahead in {pr['a_ahead']}/{pr['seeds']} seeds | {src} |")
-            if (pr["a"], pr["b"]) in (("ensemble", "random_groups"), ("groups_only", "random_groups")) and isinstance(pr["ci95"], list):
-                who = "ensemble" if pr["a"] == "ensemble" else "our groups alone (no boosting)"
-                lines.append(f"| {who} vs random groups, paired by seed ({d['name']}) | – | {100 * pr['mean']:+.1f} points, "
-                             f"95% interval [{100 * pr['ci95'][0]:+.1f}, {100 * pr['ci95'][1]:+.1f}], ahead in "
-                             f"{pr['a_ahead']}/{pr['seeds']} seeds | {src} |")
+            if not isinstance(pr["ci95"], list):
+                continue
+            target, what = PAIRED_ROWS.get((pr["a"], pr["b"]), (None, None))
+            if what is not None:
+                lines.append(f"| {what}, paired by seed ({d['name']}) | {target} | {paired_points(pr)} | {src} |")
         if "mtl_ft" in a:
             r = a["mtl_ft"]
             lines.append(f"| ensemble vs MTL-FT: accuracy, compute ({d['name']}) | ≈ same accuracy, 45% less compute | "
@@ -188,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(chosen["seeds"]) > 1 and chosen.get("gain_ci95"):
             lo, hi = chosen["gain_ci95"]
             lines.append(f"| trained single adapter ({d['chosen']}, chosen on validation) vs untrained probed model θ*, "
-                         f"paired by seed ({d['name']}) | > 0 | {100 * chosen['gain_over_theta_star'][0]:+.1f} points, "
-                         f"95% interval [{100 * lo:+.1f}, {100 * hi:+.1f}], ahead in {chosen['seeds_ahead']}/"
+                         f"paired by seed ({d['name']}) | > 0 | {points(chosen['gain_over_theta_star'][0])} points, "
+                         f"95% interval [{points(lo)}, {points(hi)}], ahead in {chosen['seeds_ahead']}/"
                          f"{len(chosen['seeds'])} seeds | `{f.with_suffix('.md').name}` |")
     for f in sorted(RESULTS.glob("federated_*.json")):
         d = _read(f)
