@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +20,11 @@ def test_summary_renders_every_committed_result_and_matches_the_committed_page(t
     for source in ("federated_engines.md", "fidelity_surrogates.md", "select_m.md", "affinity_planted_full_rank.md"):
         assert f"`{source}`" in text, source
     # every ensemble benchmark's ensemble − single adapter difference comes with its interval over seeds
-    import json
-
     for f in sorted((ROOT / "benchmarks" / "results").glob("ensemble_accuracy_*.json")):
-        paired = json.loads(f.read_text())["aggregate"].get("paired", [])
-        pair = next((p for p in paired if (p["a"], p["b"]) == ("ensemble", "single_adapter")), None)
+        result = json.loads(f.read_text())
+        pair = next((p for p in result["aggregate"].get("paired", []) if (p["a"], p["b"]) == ("ensemble", "single_adapter")), None)
         if pair is not None and isinstance(pair["ci95"], list):
-            name = json.loads(f.read_text())["name"]
+            name = result["name"]
             lo, hi = (f"{100 * x:+.1f}" for x in pair["ci95"])
             assert f"| ensemble vs single LoRA adapter, paired by seed ({name}) | – | " in text, name
             assert f"95% interval [{lo}, {hi}], ahead in {pair['a_ahead']}/{pair['seeds']} seeds | `{f.stem}.md` |" in text, name
