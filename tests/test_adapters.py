@@ -192,3 +192,30 @@ def test_bottleneck_placement_and_parameter_count():
     assert wrapped == [f"base_model.model.backbone.encoder.layer.{i}.{p}" for i in (0, 1) for p in ("attention.output.dense", "output.dense")]
     d, b = 64, 64 // 8
     assert count_parameters(model) == len(wrapped) * (2 * d * b + b + d)
+
+
+@pytest.mark.parametrize("model_name", ["tiny-bert", "tiny-llama"])
+def test_peft_sees_a_4bit_base_and_merges_it_correctly(model_name):
+    """PEFT must wrap 4-bit layers in its bitsandbytes-aware LoRA layer: its generic layer would
+    'merge' a float delta into packed 4-bit bytes. The merged layer must equal base + B A."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bf
+    from peft.tuners.lora.bnb import Linear4bit as PeftLinear4bit
+
+    cfg = AdapterConfig(type="qlora", rank=2)
+    model = attach_adapter(build_classifier(ModelConfig(name_or_path=model_name, max_length=16), TASKS, quantize=True), cfg)
+    wrapped = [m for m in model.modules() if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), bnb.nn.Linear4bit)]
+    assert wrapped, "no LoRA layer over a 4-bit base"
+    assert all(isinstance(m, PeftLinear4bit) for m in wrapped), {type(m).__name__ for m in wrapped}
+    layer = wrapped[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0, 0.5)
+    w = layer.base_layer.weight
+    before = bf.dequantize_4bit(w.data, w.quant_state).float()
+    delta = layer.get_delta_weight("default").float()
+    layer.merge()
+    w = layer.base_layer.weight
+    after = bf.dequantize_4bit(w.data, w.quant_state).float()
+    # requantising costs 4-bit precision, never the delta itself
+    err = (after - (before + delta)).abs().mean() / delta.abs().mean()
+    assert err < 0.5, float(err)

@@ -78,8 +78,21 @@ def build_classifier(
     for p in model.parameters():
         p.requires_grad_(False)
     if quantize:
+        mark_quantized(model)
         disable_cpu_weight_packing(model)
     return model
+
+
+def mark_quantized(model: torch.nn.Module) -> None:
+    """Tell PEFT (and anything that asks as transformers models answer) that the base is 4-bit.
+
+    PEFT picks its bitsandbytes-aware LoRA layer (``peft.tuners.lora.bnb.Linear4bit``: merge and
+    unmerge dequantise and requantise) only when the wrapped model says ``is_loaded_in_4bit``; our
+    multi-task wrapper is not a transformers model, so without this PEFT wraps 4-bit layers in its
+    generic LoRA layer, whose merge would add a float delta to packed 4-bit bytes.
+    """
+    model.is_loaded_in_4bit = True
+    model.quantization_method = "bitsandbytes"
 
 
 def disable_cpu_weight_packing(model: torch.nn.Module) -> int:
