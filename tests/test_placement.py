@@ -189,3 +189,39 @@ def test_use_gpu_true_is_taken_as_is_on_a_cluster_that_has_no_gpu_yet(monkeypatc
         assert runner.resolve_use_gpu(cfg) is True
     assert "wait until the autoscaler adds GPU nodes" in caplog.text
     assert runner.resolve_use_gpu(load_config(None, [])) is False  # auto: the GPUs the cluster has now
+
+
+def test_nccl_ranks_never_share_a_gpu_refused_before_anything_starts(monkeypatch, tmp_path):
+    """Two data-parallel ranks with half a GPU each would land on one GPU, where NCCL refuses them
+    (minutes into a run). Refused up front: in the config (use_gpu true), when the training stage
+    starts on a GPU cluster (use_gpu auto), and for the federated Ray Train engine."""
+    import numpy as np
+
+    from elora_ray.config import load_config
+    from elora_ray.errors import ConfigError
+    from elora_ray.federated import train_fedavg
+    from elora_ray import raysession
+    from elora_ray.train import runner
+    from elora_ray.train.jobs import AdapterJob
+
+    with pytest.raises(ConfigError, match="two NCCL ranks on one GPU"):
+        load_config(None, ["train.use_gpu=true", "train.num_workers=2", "train.gpus_per_worker=0.5"])
+    load_config(None, ["train.use_gpu=true", "train.num_workers=0", "train.gpus_per_worker=0.5"])  # local mode packs: fine
+    load_config(None, ["train.num_workers=2", "train.gpus_per_worker=0.5"])  # auto: decided when the stage starts
+
+    cfg = load_config(None, ["train.num_workers=2", "train.gpus_per_worker=0.5"])
+    monkeypatch.setattr(runner, "ensure_ray", lambda *_: None)
+    monkeypatch.setattr(runner, "resolve_use_gpu", lambda _cfg: True)
+    monkeypatch.setattr(runner, "read_data_manifest", lambda _d: {"fingerprint": "f"})
+    monkeypatch.setattr(runner, "job_done", lambda *_: False)
+    started = []
+    monkeypatch.setattr(runner, "run_job", lambda *a: started.append(a))
+    with pytest.raises(DeviceError, match="two NCCL ranks on one GPU.*train.gpus_per_worker=1"):
+        runner.run_jobs(cfg, tmp_path, [AdapterJob(id="g0", method="ensemble", tasks=["a"])])
+    assert not started
+
+    fed = load_config(None, ["federated.engine=ray_train", "federated.train_workers=2"])
+    monkeypatch.setattr(raysession, "cluster_gpus", lambda: 1)  # 2 groups x 2 workers share 1 GPU: 0.25 each
+    with pytest.raises(DeviceError, match="two NCCL ranks on one GPU.*federated.gpus_per_worker=1"):
+        train_fedavg.run_fedavg_ray_train(fed, {"g0": ["a"], "g1": ["b"]}, {"w": np.zeros(2, np.float32)}, tmp_path,
+                                          tmp_path / "ckpt")

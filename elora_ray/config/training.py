@@ -79,6 +79,14 @@ class TrainConfig(_Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=lambda: DeepSpeedConfig())
 
     @model_validator(mode="after")
+    def _nccl_ranks_on_own_gpus(self) -> "TrainConfig":
+        if self.use_gpu is True and self.num_workers >= 2 and self.gpus_per_worker < 1:
+            raise ValueError(f"train.num_workers={self.num_workers} data-parallel workers with gpus_per_worker="
+                             f"{self.gpus_per_worker:g} would put two NCCL ranks on one GPU (NCCL refuses that); set "
+                             "train.gpus_per_worker: 1, or train.num_workers: 0 to pack adapters on a GPU by fraction")
+        return self
+
+    @model_validator(mode="after")
     def _deepspeed_needs_workers(self) -> "TrainConfig":
         if self.strategy == "deepspeed" and self.num_workers < 1:
             raise ValueError("strategy: deepspeed needs train.num_workers ≥ 1 (Ray Train workers with a process group)")

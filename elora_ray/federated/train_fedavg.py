@@ -181,6 +181,11 @@ def run_fedavg_ray_train(cfg: RunConfig, groups: dict[str, list[str]], init: dic
     local = cfg.federated.train_workers == 0
     # each Ray Train worker (local mode: each group's task) gets a GPU share, as the client actors do
     gpus = gpu_share(cfg.federated.gpus_per_worker, len(groups) * max(1, cfg.federated.train_workers), cluster_gpus())
+    if not local:
+        from ..models.placement import check_collective_gpu_share
+
+        check_collective_gpu_share(cfg.federated.train_workers, gpus, "federated (engine: ray_train)",
+                                   "federated.gpus_per_worker")
     remote = ray.remote(train_group).options(num_cpus=1 if local else 0, num_gpus=gpus if local else 0, max_retries=0)
     cfg_data = cfg.model_dump(mode="json")
     t0 = time.perf_counter()

@@ -21,8 +21,8 @@ import torch
 
 from ..errors import DeviceError
 
-__all__ = ["DeviceError", "assert_one_device", "devices_of", "is_quantized", "place_model", "reserved_gpu_ids",
-           "worker_device"]
+__all__ = ["DeviceError", "assert_one_device", "check_collective_gpu_share", "devices_of", "is_quantized", "place_model",
+           "reserved_gpu_ids", "worker_device"]
 
 
 def reserved_gpu_ids() -> list:
@@ -42,6 +42,21 @@ def gpu_share(setting: float | str, workers: int, gpus: float) -> float:
     if setting != "auto":
         return float(setting)
     return min(1.0, gpus / max(1, workers)) if gpus > 0 else 0.0
+
+
+def check_collective_gpu_share(workers: int, gpus_per_worker: float, what: str, setting: str) -> None:
+    """Refuse, before anything starts, a data-parallel group whose ranks could share one GPU.
+
+    With two or more Ray Train workers on GPUs, each rank is an NCCL rank, and NCCL refuses two
+    ranks on one device ("Duplicate GPU detected"), which shows up minutes later as a hung or crashed
+    run. Ray packs fractional GPU requests onto the same GPU, so ``gpus_per_worker`` < 1 with ≥ 2
+    workers is such a group. ``what`` names the group, ``setting`` the option to change.
+    """
+    if workers >= 2 and 0 < gpus_per_worker < 1:
+        raise DeviceError(
+            f"{what}: {workers} data-parallel workers with {gpus_per_worker:g} GPU each would put two NCCL ranks on "
+            f"one GPU (NCCL refuses that). Give each worker a whole GPU ({setting}=1), or use one worker per adapter "
+            "(train.num_workers: 0 packs several adapters on a GPU by fraction instead)")
 
 
 def worker_device(reserved_gpu: bool, what: str) -> torch.device:

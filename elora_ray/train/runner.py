@@ -277,6 +277,10 @@ def run_jobs(
         return {j.id: records[j.id] for j in jobs}
     ensure_ray(cfg.ray)
     use_gpu = resolve_use_gpu(cfg)
+    if use_gpu:
+        from ..models.placement import check_collective_gpu_share
+
+        check_collective_gpu_share(cfg.train.num_workers, cfg.train.gpus_per_worker, "train", "train.gpus_per_worker")
     remote = ray.remote(run_job).options(**job_resources(cfg, use_gpu), max_retries=0)
     cfg_data = cfg.model_dump(mode="json")
     pending = {remote.remote(cfg_data, str(run_dir), job.to_dict(), fp, use_gpu): job for job, fp in todo}
