@@ -86,6 +86,11 @@ class RunLayout:
         return self.root / "model.json"
 
     @property
+    def plan(self) -> Path:
+        """The resource plan checked at the start of every invocation (:mod:`elora_ray.plan`)."""
+        return self.root / "plan.json"
+
+    @property
     def report_json(self) -> Path:
         return self.root / "report.json"
 

@@ -1,5 +1,9 @@
 """Stage — model check: build the model + adapter once, count truncations, sanity-run a batch.
 
+It runs where the model will run: a Ray task holding the featurize actors' resources (their CPUs,
+and their GPU share on a GPU cluster), never on the driver, so the head needs no GPU and only
+the memory of the tokenizer and the data (an 8B model would otherwise be built, in fp32, on the head).
+
 Writes ``model.json`` into the run directory: model kind and path, adapter type, trainable
 parameter counts (adapter and heads), and per task how many samples had their text
 truncated to fit ``model.max_length`` (for decoders the ``Answer:`` suffix and label
@@ -27,13 +31,47 @@ from .tasks.schema import SPLITS, TaskData
 log = logging.getLogger(__name__)
 
 
-def check_model(cfg: RunConfig, tasks: list[TaskData], run_dir: Path, batch_size: int = 256) -> dict:
+def check_model_on_worker(cfg: RunConfig, run_dir: Path) -> dict:
+    """Run :func:`check_model` in a Ray task with the featurize actors' resources; its result."""
+    import ray
+
+    from .featurize.stage import actor_resources
+    from .raysession import ensure_ray
+
+    ensure_ray(cfg.ray)
+    cpus, gpus = actor_resources(cfg)
+    remote = ray.remote(_check_model_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    return ray.get(remote.remote(cfg.model_dump(mode="json"), str(run_dir)))
+
+
+def _check_model_task(cfg_data: dict, run_dir: str) -> dict:
+    import os
+    import resource
+
+    from .artifacts import read_prepared
+    from .models.placement import reserved_gpu_ids, worker_device
+
+    cfg = RunConfig.model_validate(cfg_data)
+    torch.set_num_threads(max(1, int(cfg.featurize.cpus_per_actor)))
+    device = worker_device(bool(reserved_gpu_ids()), "the model check")
+    info = check_model(cfg, read_prepared(Path(run_dir)), Path(run_dir), device=device)
+    return info | {"process": {"pid": os.getpid(), "device": str(device),
+                               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}
+
+
+def check_model(cfg: RunConfig, tasks: list[TaskData], run_dir: Path, batch_size: int = 256,
+                device: str | torch.device = "cpu") -> dict:
+    from .models.placement import place_model
+
     t0 = time.perf_counter()
     specs = [TaskSpec.of(t) for t in tasks]
     quantize = needs_quantized_base(cfg.adapter)
-    model = build_classifier(cfg.model, specs, quantize=quantize, quant_type=cfg.adapter.quant_type, seed=cfg.seed)
+    model = build_classifier(cfg.model, specs, quantize=quantize, quant_type=cfg.adapter.quant_type, seed=cfg.seed,
+                             device=device)
+    place_model(model, device)
     base_params = sum(p.numel() for p in model.parameters())
     peft_model = attach_adapter(model, cfg.adapter, seed=cfg.seed)
+    place_model(peft_model, device)
     stats = TokenizeStats()
     total = {t.name: 0 for t in tasks}
     for t in tqdm(tasks, desc="tokenize (truncation check)", unit="task", leave=False):
@@ -45,8 +83,8 @@ def check_model(cfg: RunConfig, tasks: list[TaskData], run_dir: Path, batch_size
     # One real forward/backward on a mixed batch: the adapter and heads must receive gradients.
     sample = [(t.name, t.splits["train"][0]) for t in tasks[:8]] * 2
     batch = model.tokenize([n for n, _ in sample], [e.text for _, e in sample], [e.text_pair for _, e in sample])
-    labels = torch.tensor([tasks[model.task_index[n]].label_id(e.label) for n, e in sample])
-    logits = peft_model(**batch)
+    labels = torch.tensor([tasks[model.task_index[n]].label_id(e.label) for n, e in sample], device=device)
+    logits = peft_model(**{k: v.to(device) for k, v in batch.items()})
     loss = torch.nn.functional.cross_entropy(logits, labels)
     reg = regularization_loss(peft_model, cfg.adapter)
     (loss + reg if reg is not None else loss).backward()

@@ -43,6 +43,7 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     init_run_dir(cfg, out)
     _check_storage_once(cfg, out)
+    check_plan(cfg, out)
     results: dict = {}
     seconds: dict[str, float] = {}
     last = STAGES.index(until)
@@ -55,6 +56,23 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
     results["_work_seconds"] = {k: work.get(k, {}).get("seconds", v) for k, v in seconds.items()}
     results["_skipped"] = [k for k in seconds if work.get(k, {}).get("skipped_last", False)]
     return results
+
+
+def check_plan(cfg: RunConfig, out: Path) -> None:
+    """The resource plan (:mod:`elora_ray.plan`) before any stage loads the model, written to
+    ``plan.json``. On this machine's own Ray instance a stage that cannot fit stops the run here, with
+    the settings that would fit; connected to a cluster (whose GPU memory Ray does not report) the
+    problems are logged as warnings: check the cluster's node shape with ``elora plan --gpu-memory …``."""
+    from .plan import NodeShape, build_plan
+
+    connected = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    plan = build_plan(cfg, NodeShape.this_machine())
+    write_json(RunLayout(out).plan, plan.to_dict() | {"checked": not connected})
+    if plan.problems and connected:
+        for p in plan.problems:
+            log.warning("plan (this machine's shape, not the cluster's): %s", p.text())
+        return
+    plan.check()
 
 
 _CHECKED: set[str] = set()

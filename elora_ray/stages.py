@@ -74,10 +74,9 @@ def _prepare(cfg: RunConfig, out: Path, force: bool = False) -> dict:
 
 
 def _model_check(cfg: RunConfig, out: Path, force: bool = False) -> dict:
-    from .artifacts import read_prepared
-    from .model_check import check_model
+    from .model_check import check_model_on_worker
 
-    return check_model(cfg, read_prepared(out), out)
+    return check_model_on_worker(cfg, out)
 
 
 def _featurize(cfg: RunConfig, out: Path, force: bool = False) -> dict:

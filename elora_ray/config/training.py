@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -60,6 +60,15 @@ class TrainConfig(_Section):
     loss can rise while accuracy still improves (a few confident mistakes cost more loss than new
     correct answers save), so stopping on loss ends training early; the defaults (task_accuracy,
     6 epochs, patience 4) were chosen by ``benchmarks/training_sweep.py`` (see its results)."""
+    micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """Samples per forward/backward; gradients accumulate over the micro-batches of each
+    ``batch_size`` batch, so the adapter does not depend on it (up to float rounding). ``auto``: the
+    whole batch. Either way, a micro-batch that runs out of memory is halved and retried (the size
+    that ran is in the job record, ``metrics.micro_batch_size``)."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute each transformer layer's activations in the backward instead of keeping them
+    (activations ~layers× smaller, ~30% more compute). ``auto``: on for decoders of 1B parameters
+    or more (``elora plan`` shows the effect), off below, where memory is never the limit."""
     num_workers: int = Field(0, ge=0)
     """Ray Train workers per adapter. 0: Ray Train local mode inside one Ray task per adapter
     (adapters train concurrently as CPUs allow); ≥ 1: data-parallel (DDP) workers."""

@@ -100,7 +100,7 @@ def map_samples(tables: list[pa.Table], cfg: RunConfig, specs: list[dict], heads
 
     f = cfg.featurize
     gpus = cluster_gpus() if f.gpus_per_actor == "auto" or f.actors == "auto" else 0
-    per_actor = (1.0 if gpus else 0.0) if f.gpus_per_actor == "auto" else float(f.gpus_per_actor)
+    _, per_actor = actor_resources(cfg, gpus)
     if f.actors == "auto":
         actors = int(gpus // per_actor) if per_actor and gpus else max(1, int(cluster_cpus() // f.cpus_per_actor))
     else:
@@ -125,6 +125,15 @@ def map_samples(tables: list[pa.Table], cfg: RunConfig, specs: list[dict], heads
     log.info("featurize[%s]: %d actor(s), %s per actor", mode, actors,
              f"{per_actor:g} GPU" if per_actor else f"{f.cpus_per_actor:g} CPU")
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def actor_resources(cfg: RunConfig, cluster_gpu_count: int | None = None) -> tuple[float, float]:
+    """(CPUs, GPU share) each featurize actor reserves (the model check's task reserves the same)."""
+    f = cfg.featurize
+    if f.gpus_per_actor != "auto":
+        return f.cpus_per_actor, float(f.gpus_per_actor)
+    gpus = cluster_gpus() if cluster_gpu_count is None else cluster_gpu_count
+    return f.cpus_per_actor, 1.0 if gpus else 0.0
 
 
 LOCAL_PROBE_MAX_SAMPLES = 20_000
