@@ -192,3 +192,39 @@ def test_full_rank_features_align_with_a_direct_sketch(run, tmp_path):
     feats = read_features(other, "train")
     row = list(feats[t.name].sample_ids).index(ex.sample_id)
     np.testing.assert_allclose(feats[t.name].grad[row], g[0].detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("gradient", ["full_rank", "adapter"])
+def test_featurize_out_of_memory_backs_off_to_smaller_slices_with_the_same_features(gradient, caplog):
+    """An injected out-of-memory error for forwards of more than 2 samples: the actor halves its slice
+    (4 -> 2), the features equal those of whole batches, the size is kept for later batches and reported."""
+    import numpy as np
+    import torch
+
+    from elora_ray.config import load_config
+    from elora_ray.featurize.worker import SampleFeaturizer
+
+    cfg = load_config(None, ["model.name_or_path=tiny-llama", "featurize.dim=32", f"featurize.gradient={gradient}"])
+    specs = [{"name": "sent", "labels": ["negative", "positive"]}, {"name": "nli", "labels": ["yes", "no"]}]
+    batch = {"task": np.array(["sent", "nli", "sent", "nli"], dtype=object),
+             "text": np.array(["a fine film", "it rains", "awful plot and worse acting", "the cat sat"], dtype=object),
+             "split": np.array(["train"] * 4, dtype=object), "sample_id": np.array(["0", "1", "2", "3"], dtype=object),
+             "label": np.array(["positive", "no", "negative", "yes"], dtype=object),
+             "label_id": np.array([1, 1, 0, 0]), "shard": np.array([0] * 4)}
+    ref = SampleFeaturizer(cfg.model_dump(mode="json"), specs, None, "gradients")(dict(batch))
+    feat = SampleFeaturizer(cfg.model_dump(mode="json"), specs, None, "gradients")
+    real = feat._gradients
+
+    def limited(enc, labels):
+        if labels.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(enc, labels)
+
+    feat._gradients = limited
+    out = feat(dict(batch))
+    np.testing.assert_allclose(out["grad"], ref["grad"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["h0"], ref["h0"], rtol=1e-5, atol=1e-6)
+    assert feat.micro_batch == 2 and set(out["micro_batch"]) == {2} and set(ref["micro_batch"]) == {4}
+    assert "out of memory at 4 samples" in caplog.text
+    feat(dict(batch))  # later batches start at the size that fit
+    assert feat.micro_batch == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -157,3 +158,67 @@ def test_distributed_ranks_take_rank0s_early_stopping_decisions(tmp_path):
     assert r0["stopped"] and r1["stopped"] and r0["steps"] == r1["steps"] and r0["best_step"] == r1["best_step"]
     for r in (r0, r1):
         assert r["ignored_frozen"] and r["synced_trainable"] and 0 < r["synced"] and r["frozen"] > 0
+
+
+def _loop_setup(micro=None, checkpointing=False):
+    from elora_ray.adapters import attach_adapter
+    from elora_ray.config import AdapterConfig, ModelConfig
+    from elora_ray.models.build import build_classifier
+    from elora_ray.models.checkpointing import maybe_enable_checkpointing
+    from elora_ray.models.classifier import TaskSpec
+    from elora_ray.tasks.schema import Example, TaskData
+
+    task = TaskData("t", ["a", "b"], {"train": [Example(f"s{i}", f"word {i} " * (1 + i % 5), ["a", "b"][i % 2]) for i in range(24)]})
+    model = build_classifier(ModelConfig(name_or_path="tiny-llama", max_length=32), [TaskSpec.of(task)])
+    if checkpointing:
+        assert maybe_enable_checkpointing(model, True)
+    torch.manual_seed(0)
+    peft_model = attach_adapter(model, AdapterConfig(type="lora", rank=2), seed=0)
+    return peft_model, model, {"t": task}, [("t", e) for e in task.splits["train"]]
+
+
+def test_micro_batches_and_checkpointing_give_the_same_adapter():
+    """Gradient accumulation over micro-batches and recomputed activations change memory, not the result."""
+    from elora_ray.train.loop import train_adapter, trainable_state
+
+    results = []
+    for micro, ckpt in ((None, False), (4, False), (3, True)):
+        peft_model, model, tasks, rows = _loop_setup(micro, ckpt)
+        stats = train_adapter(peft_model, model, tasks, rows, epochs=1, lr=1e-2, batch_size=12, seed=0,
+                              micro_batch_size=micro, count_flops=False)
+        assert stats.micro_batch_size == (micro or 12)
+        results.append((trainable_state(peft_model), stats.losses))
+    ref, ref_losses = results[0]
+    for state, losses in results[1:]:  # float summation order only (AdamW magnifies it slightly: ≤ 0.1% of the weights)
+        assert np.allclose(losses, ref_losses, atol=1e-5)
+        for k, v in ref.items():
+            assert torch.allclose(state[k], v, atol=2e-4), k
+
+
+def test_out_of_memory_halves_the_micro_batch_and_records_it(caplog):
+    """An injected out-of-memory error for forwards of more than 3 samples: the step is redone with
+    halved micro-batches, training finishes with the same adapter, and the size that ran is recorded."""
+    from elora_ray.train.loop import train_adapter, trainable_state
+
+    peft_model, model, tasks, rows = _loop_setup()
+    ref = train_adapter(peft_model, model, tasks, rows, epochs=1, lr=1e-2, batch_size=12, seed=0, count_flops=False)
+    ref_state = trainable_state(peft_model)
+
+    peft_model, model, tasks, rows = _loop_setup()
+    real_forward = model.forward
+
+    def forward(input_ids, attention_mask, task_index):
+        if input_ids.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real_forward(input_ids, attention_mask, task_index)
+
+    model.forward = forward
+    stats = train_adapter(peft_model, model, tasks, rows, epochs=1, lr=1e-2, batch_size=12, seed=0, count_flops=False)
+    assert stats.micro_batch_size == 3 and stats.oom_backoffs == 2  # 12 -> 6 -> 3
+    assert "out of memory at 12 samples" in caplog.text
+    assert np.allclose(stats.losses, ref.losses, atol=1e-5)
+    for k, v in ref_state.items():
+        assert torch.allclose(trainable_state(peft_model)[k], v, atol=2e-4), k
+    model.forward = lambda **k: (_ for _ in ()).throw(RuntimeError("some other error"))
+    with pytest.raises(RuntimeError, match="some other error"):  # only memory errors are retried
+        train_adapter(peft_model, model, tasks, rows, epochs=1, lr=1e-2, batch_size=12, seed=0, count_flops=False)

@@ -253,6 +253,7 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
     grad_params = state.get("gradient_parameters")
     buffers: dict[str, list[dict]] = {}
     counts: dict[str, int] = {}
+    micro: int | None = None
     t_grad = time.perf_counter()
     if todo:
         with tqdm(total=remaining, desc="featurize: projected gradients", unit="sample", disable=not progress) as bar:
@@ -267,6 +268,8 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
                         _check_finite(parts, out_dir / f"{key}.parquet")
                         write_parquet(out_dir / f"{key}.parquet", _shard_table(parts))
                 grad_params = int(batch["grad_params"][0])
+                if "micro_batch" in batch and len(batch["micro_batch"]):
+                    micro = min(micro or 1 << 30, int(batch["micro_batch"].min()))
                 bar.update(len(batch["shard"]))
     grad_s = time.perf_counter() - t_grad
     if grad_params is not None and state.get("gradient_parameters") != grad_params:
@@ -290,6 +293,7 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
         "samples_per_node": summary["nodes"],
         "shards": len(shard_rows),
         "shards_resumed": done_before,
+        "micro_batch_size_this_run": micro,
         "seconds": round(time.perf_counter() - t0, 2),
         "gradient_seconds_this_run": round(grad_s, 2),
         "samples_per_s_this_run": round(remaining / grad_s, 2) if remaining and grad_s > 0 else None,
@@ -322,6 +326,7 @@ def _shard_table(parts: list[dict]) -> pa.Table:
     d = grad.shape[1]
     order = np.argsort(cols["sample_id"].astype(str), kind="stable")
     cols.pop("grad_params", None)
+    cols.pop("micro_batch", None)
     table = {
         "task": pa.array(cols["task"].astype(str)[order]),
         "split": pa.array(cols["split"].astype(str)[order]),

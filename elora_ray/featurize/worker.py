@@ -61,6 +61,8 @@ class SampleFeaturizer:
                     self.device,
                 )
         self.flops_per_token: float | None = None
+        self.micro_batch: int | None = None
+        """Samples per forward/backward after out-of-memory back-off (None: the whole batch so far)."""
         from ..raysession import current_node_id
 
         self.node_id = current_node_id() or "local"
@@ -87,11 +89,10 @@ class SampleFeaturizer:
             from ..models.flops import FlopCounter
 
             with FlopCounter(self.peft_model) as counter:
-                h, grads = self._gradients(enc, labels)
+                h, proj = self._features_backing_off(enc, labels)
             self.flops_per_token = counter.total / max(1, padded)
         else:
-            h, grads = self._gradients(enc, labels)
-        proj = grads if self.sketch is not None else self.projector.project(grads)
+            h, proj = self._features_backing_off(enc, labels)
         width = enc["input_ids"].shape[1]
         out["h0"] = h.detach().float().cpu().numpy()
         out["grad"] = proj.cpu().numpy()
@@ -99,7 +100,36 @@ class SampleFeaturizer:
         p = self.sketch.p if self.sketch is not None else self.projector.p
         out["grad_params"] = np.full(len(tokens), p, dtype=np.int64)
         out["node"] = np.full(len(tokens), self.node_id, dtype=object)
+        out["micro_batch"] = np.full(len(tokens), self.micro_batch or len(tokens), dtype=np.int64)
         return out
+
+    def _features_backing_off(self, enc: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, projected gradients) of a batch, in slices of ``self.micro_batch`` samples; a slice that runs
+        out of memory halves it for this and every later batch. Per-sample gradients do not depend on
+        which samples share a forward (the padding is the batch's), so the features are the same."""
+        from ..train.loop import free_cached_memory, is_out_of_memory
+
+        n = int(labels.shape[0])
+        while True:
+            size = min(n, self.micro_batch or n)
+            try:
+                hs, ps = [], []
+                for i in range(0, n, size):
+                    part = {k: v[i : i + size] for k, v in enc.items()}
+                    h, grads = self._gradients(part, labels[i : i + size])
+                    hs.append(h.detach())
+                    ps.append(grads if self.sketch is not None else self.projector.project(grads))
+                return torch.cat(hs), torch.cat(ps)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+                if not is_out_of_memory(exc) or size <= 1:
+                    raise
+                hs = ps = []
+                free_cached_memory(self.device)
+                self.micro_batch = max(1, size // 2)
+                import logging
+
+                logging.getLogger(__name__).warning("featurize: out of memory at %d samples per forward/backward; "
+                                                    "continuing with %d", size, self.micro_batch)
 
     def _gradients(self, enc: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from ..models.precision import autocast

@@ -22,5 +22,20 @@ def enable_checkpointing(backbone: nn.Module) -> bool:
     inputs that need no grad, unlike the reentrant variant). Returns whether the model supports it."""
     if not getattr(backbone, "supports_gradient_checkpointing", False):
         return False
-    backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers ≥ 5
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return True
+
+
+def maybe_enable_checkpointing(model: nn.Module, setting: bool | str) -> bool:
+    """Turn checkpointing on for a :class:`MultiTaskClassifier`'s backbone when ``setting`` (or its
+    ``auto`` rule) says so; returns whether it is on."""
+    backbone = getattr(model, "lm", None) or getattr(model, "backbone", None)
+    if backbone is None:
+        return False
+    params = sum(p.numel() for p in backbone.parameters())
+    if not use_checkpointing(setting, getattr(model, "kind", "encoder"), params):
+        return False
+    return enable_checkpointing(backbone)

@@ -35,6 +35,9 @@ class TrainStats:
     best_step: int | None = None
     best_metric: float | None = None
     stopped_early: bool = False
+    micro_batch_size: int = 0
+    """Samples per forward/backward that ran (after any out-of-memory back-off)."""
+    oom_backoffs: int = 0
 
 
 @dataclass
@@ -110,6 +113,7 @@ def train_adapter(
     count_flops: bool = True,
     progress: Callable[[int, int, float], None] | None = None,
     engine: Any = None,
+    micro_batch_size: int | None = None,
 ) -> TrainStats:
     """AdamW on the trainable parameters over shuffled mixed-task batches.
 
@@ -126,6 +130,10 @@ def train_adapter(
     optimizer stay fp32); validation is always fp32.
     ``validate_at_start``: check (and checkpoint) the starting point before the first step, so the
     result is never worse on validation than the model it started from.
+    ``micro_batch_size``: samples per forward/backward (default: the whole batch); gradients
+    accumulate over a batch's micro-batches, each weighted by its share of the batch, so the result
+    does not depend on it. A micro-batch that runs out of memory is halved and the step redone
+    (``stats.micro_batch_size`` is the size that ran). A DeepSpeed engine always takes whole batches.
     """
     if loss == "log_odds_mse" and (targets is None or len(targets) != len(rows)):
         raise ValueError("loss 'log_odds_mse' needs one target per row")
@@ -148,6 +156,7 @@ def train_adapter(
         if opt_state and engine is None:
             opt.load_state_dict(opt_state)
     stats = TrainStats(best_step=state.best_step, best_metric=state.best_metric)
+    micro = batch_size if engine is not None or not micro_batch_size else max(1, min(micro_batch_size, batch_size))
     best_params: dict[str, torch.Tensor] | None = trainable_state(peft_model) if resume is not None else None
     flops_per_token: float | None = None
     tgt = torch.as_tensor(targets, dtype=torch.float32) if targets is not None else None
@@ -190,23 +199,41 @@ def train_adapter(
         for g in groups:
             g["lr"] = lr_at(state.step)
         idx = orders[state.step][rank::world]
-        batch_rows = [rows[i] for i in idx]
-        enc, labels = _batch(model, tasks, batch_rows, device)
-        batch_targets = tgt[idx].to(labels.device) if tgt is not None else None
-        padded = enc["input_ids"].numel()
-        if count_flops and flops_per_token is None:
-            from ..models.flops import FlopCounter
+        while True:
+            chunks = [idx[i : i + micro] for i in range(0, len(idx), micro)]
+            batches = []
+            for chunk in chunks:
+                enc, labels = _batch(model, tasks, [rows[i] for i in chunk], device)
+                batches.append((enc, labels, tgt[chunk].to(labels.device) if tgt is not None else None, len(chunk) / len(idx)))
+            padded = sum(b[0]["input_ids"].numel() for b in batches)
+            try:
+                if count_flops and flops_per_token is None:
+                    from ..models.flops import FlopCounter
 
-            with FlopCounter(fwd) as counter:
-                value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer, precision)
-            flops_per_token = counter.total / max(1, padded)
-        else:
-            value = _step(fwd, opt, enc, labels, loss, batch_targets, regularizer, precision)
+                    with FlopCounter(fwd) as counter:
+                        value = _step(fwd, opt, batches, loss, regularizer, precision)
+                    flops_per_token = counter.total / max(1, padded)
+                else:
+                    value = _step(fwd, opt, batches, loss, regularizer, precision)
+                break
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+                if not is_out_of_memory(exc) or micro <= 1:
+                    raise
+                opt.zero_grad(set_to_none=True)
+                del batches
+                free_cached_memory(device)
+                micro = max(1, micro // 2)
+                stats.oom_backoffs += 1
+                import logging
+
+                logging.getLogger(__name__).warning("out of memory at %d samples per forward/backward; retrying the "
+                                                    "step with %d (train.micro_batch_size)", micro * 2, micro)
+        stats.micro_batch_size = micro
         state.step += 1
         stats.losses.append(value)
         stats.steps += 1
         stats.samples += len(idx)
-        stats.tokens += int(enc["attention_mask"].sum())
+        stats.tokens += int(sum(int(b[0]["attention_mask"].sum()) for b in batches))
         stats.flops += (flops_per_token or 0.0) * padded
         if progress is not None:
             progress(state.step, total_steps, value)
@@ -267,28 +294,55 @@ class _EngineStep:
         self.engine.step()
 
 
-def _step(fwd, opt, enc, labels, loss: str, targets, regularizer, precision: str = "fp32") -> float:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator failing to allocate."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def free_cached_memory(device) -> None:
+    import gc
+
+    gc.collect()
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _step(fwd, opt, batches, loss: str, regularizer, precision: str = "fp32") -> float:
+    """One optimizer step over ``batches``: [(encoding, labels, targets, weight)], the micro-batches of
+    one batch, each weighted by its share of it. Gradients accumulate; a DDP model synchronises them
+    on the last micro-batch only."""
+    import contextlib
+
     from ..models.precision import autocast
 
-    with autocast(precision, labels.device):  # the forward only; the loss and the backward in fp32
-        logits = fwd(**enc)
-    logits = logits.float()
-    if loss == "ce":
-        value = torch.nn.functional.cross_entropy(logits, labels)
-    else:
-        value = ((gold_log_odds(logits, labels) - targets) ** 2).mean()
-    total = value
-    if regularizer is not None:
-        extra = regularizer()
-        if extra is not None:
-            total = total + extra
     opt.zero_grad(set_to_none=True)
-    if isinstance(opt, _EngineStep):
-        opt.backward(total)
-    else:
-        total.backward()
+    value_sum = 0.0
+    for i, (enc, labels, targets, weight) in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(fwd, "no_sync") else fwd.no_sync()
+        with sync:
+            with autocast(precision, labels.device):  # the forward only; the loss and the backward in fp32
+                logits = fwd(**enc)
+            logits = logits.float()
+            if loss == "ce":
+                value = torch.nn.functional.cross_entropy(logits, labels)
+            else:
+                value = ((gold_log_odds(logits, labels) - targets) ** 2).mean()
+            total = value * weight if len(batches) > 1 else value
+            if last and regularizer is not None:
+                extra = regularizer()
+                if extra is not None:
+                    total = total + extra
+            if isinstance(opt, _EngineStep):
+                opt.backward(total)
+            else:
+                total.backward()
+        value_sum += float(value.detach()) * weight
     opt.step()
-    return float(value.detach())
+    return value_sum
 
 
 def fit_adapter(

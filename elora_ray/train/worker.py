@@ -138,6 +138,9 @@ def train_loop_per_worker(config: dict) -> None:
     with PeakMemory() as mem:
         torch.manual_seed(job.seed)
         peft_model, model = build_job_model(cfg, job, run_dir, specs, device)
+        from ..models.checkpointing import maybe_enable_checkpointing
+
+        checkpointing = maybe_enable_checkpointing(model, cfg.train.gradient_checkpointing)
         train_rows = job_rows(tasks, job.tasks, "train")
         val_rows = job_rows(tasks, job.tasks, "validation")
         targets = val_targets = None
@@ -231,6 +234,7 @@ def train_loop_per_worker(config: dict) -> None:
             precision=precision,
             metric="loss" if job.loss != "ce" else t.early_stopping_metric,
             on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward, progress=on_step, engine=engine,
+            micro_batch_size=None if t.micro_batch_size == "auto" else t.micro_batch_size,
         )
         if reporter is not None:
             reporter.close()
@@ -239,6 +243,8 @@ def train_loop_per_worker(config: dict) -> None:
         "train_seconds": stats.seconds, "train_flops": stats.flops * world,
         "best_step": float(stats.best_step if stats.best_step is not None else stats.steps),
         "stopped_early": float(stats.stopped_early), "world_size": float(world),
+        "micro_batch_size": float(stats.micro_batch_size), "oom_backoffs": float(stats.oom_backoffs),
+        "gradient_checkpointing": float(checkpointing),
         "resumed_from_step": resumed_from_step,
         "first_loss": float(np.mean(stats.losses[:5])) if stats.losses else float("nan"),
         "last_loss": float(np.mean(stats.losses[-5:])) if stats.losses else float("nan"),
