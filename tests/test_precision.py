@@ -73,3 +73,29 @@ def test_bf16_training_learns_like_fp32():
         final[precision] = trainable_state(peft_model)
         assert all(v.dtype == torch.float32 for v in final[precision].values())  # weights stay fp32
     assert any(not torch.equal(final["fp32"][k], final["bf16"][k]) for k in final["fp32"])
+
+
+@bf16_cpu
+def test_exported_outputs_run_in_the_training_precision(tmp_path):
+    """Exports (every adapter's logits on train/validation/test, the θ* reference's too) run under the
+    same autocast as training: under bf16 the logits move by bf16 rounding, and the job record says so."""
+    import json
+
+    from elora_ray.pipeline import run_stages
+    from elora_ray.train.runner import compute_outputs, export_job
+
+    cfg = _cfg("suite.samples_per_task=24", "suite.tasks_per_group=[1,1]", "compute.precision=bf16")
+    out = tmp_path / "run"
+    run_stages(cfg, out, until="prepare")
+    tasks = load_tasks(cfg)
+    specs = [TaskSpec.of(t) for t in tasks]
+    peft_model, model = build_model_at_init(cfg, specs, None, "cpu")
+    want = {"validation": [t.name for t in tasks]}
+    a = compute_outputs(peft_model, model, tasks, want, precision="fp32").column("logits").to_pylist()
+    b = compute_outputs(peft_model, model, tasks, want, precision="bf16").column("logits").to_pylist()
+    a, b = np.array(a, dtype=np.float64), np.array(b, dtype=np.float64)
+    assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.1)
+    job = AdapterJob(id="ref", method="reference", tasks=[t.name for t in tasks], output_tasks=want, kind="reference")
+    record = export_job(cfg, out, job, None, {}, "fp", 0.0, built=(peft_model, model))
+    assert record["export"]["precision"] == "bf16"
+    assert json.loads((out / "train" / "jobs" / "ref.json").read_text())["export"]["precision"] == "bf16"

@@ -367,14 +367,20 @@ def fit_adapter(
 
 @torch.no_grad()
 def predict_logits(
-    peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu"
+    peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu",
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, max_labels] with −inf beyond a task's labels, gold label ids [N])."""
+    """(logits [N, max_labels] with −inf beyond a task's labels, gold label ids [N]). ``precision``:
+    ``bf16`` runs the forwards under bf16 autocast (the logits come back fp32)."""
+    from ..models.precision import autocast
+
     peft_model.eval()
     out, gold = [], []
     for start in range(0, len(rows), batch_size):
         enc, labels = _batch(model, tasks, rows[start : start + batch_size], device)
-        out.append(peft_model(**enc).float().cpu().numpy())
+        with autocast(precision, device):
+            logits = peft_model(**enc)
+        out.append(logits.float().cpu().numpy())
         gold.append(labels.cpu().numpy())
     width = model.max_labels
     return (np.concatenate(out) if out else np.zeros((0, width), np.float32)), (
@@ -383,10 +389,11 @@ def predict_logits(
 
 
 def evaluate_examples(
-    peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu"
+    peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu",
+    precision: str = "fp32",
 ) -> dict[str, np.ndarray]:
     """Per-sample gold log-odds h (so loss = softplus(−h)) and argmax correctness."""
-    logits, gold = predict_logits(peft_model, model, tasks, rows, batch_size, device)
+    logits, gold = predict_logits(peft_model, model, tasks, rows, batch_size, device, precision)
     t = torch.from_numpy(logits)
     g = torch.from_numpy(gold).long()
     return {

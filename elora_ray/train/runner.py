@@ -53,8 +53,10 @@ class TrainJobError(EloraError):
     """An adapter job failed; the message names the job and the cause."""
 
 
-def compute_outputs(peft_model, model, tasks, output_tasks: dict[str, list[str]], batch_size: int = 64, device="cpu") -> pa.Table:
-    """Logits of ``peft_model`` on every (split, task) requested, keyed by sample id."""
+def compute_outputs(peft_model, model, tasks, output_tasks: dict[str, list[str]], batch_size: int = 64, device="cpu",
+                    precision: str = "fp32") -> pa.Table:
+    """Logits of ``peft_model`` on every (split, task) requested, keyed by sample id (forwards in
+    ``precision``, as training ran them: bf16 autocast on a GPU by default)."""
     by_name = {t.name: t for t in tasks}
     cols: dict[str, list] = {k: [] for k in OUTPUT_SCHEMA.names}
     for split, names in output_tasks.items():
@@ -62,7 +64,7 @@ def compute_outputs(peft_model, model, tasks, output_tasks: dict[str, list[str]]
             rows = [(name, e) for e in by_name[name].splits.get(split, [])]
             if not rows:
                 continue
-            logits, gold = predict_logits(peft_model, model, by_name, rows, batch_size, device)
+            logits, gold = predict_logits(peft_model, model, by_name, rows, batch_size, device, precision)
             cols["split"] += [split] * len(rows)
             cols["task"] += [name] * len(rows)
             cols["sample_id"] += [e.sample_id for _, e in rows]
@@ -107,14 +109,19 @@ def export_job(
     adapter_params = count_parameters(peft_model)
     save_adapter(peft_model, job_config(cfg, job).adapter, RunLayout(run_dir).adapter(job.id), extra={"job": job.to_dict()})
     t0 = time.perf_counter()
-    table = compute_outputs(peft_model, model, tasks, job.output_tasks, cfg.evaluate.batch_size, device)
+    from ..models.precision import apply_tf32, resolve_precision
+
+    apply_tf32(cfg.compute.tf32)
+    precision = resolve_precision(cfg.compute.precision, device)
+    table = compute_outputs(peft_model, model, tasks, job.output_tasks, cfg.evaluate.batch_size, device, precision)
     write_parquet(RunLayout(run_dir).output(job.id), table)
     record = {
         "id": job.id, "method": job.method, "kind": job.kind, "tasks": job.tasks, "fingerprint": fingerprint,
         "job": job.to_dict(), "adapter_parameters": adapter_params,
         "metrics": {k: v for k, v in metrics.items()}, "wall_s": round(wall_s, 3),
         "output_seconds": round(time.perf_counter() - t0, 3), "output_rows": table.num_rows,
-        "node_id": current_node_id(), "export": {"device": str(device), "resources": _assigned_resources()},
+        "node_id": current_node_id(),
+        "export": {"device": str(device), "precision": precision, "resources": _assigned_resources()},
     }
     write_json(RunLayout(run_dir).job_record(job.id), record)
     return record
