@@ -225,3 +225,17 @@ def test_nccl_ranks_never_share_a_gpu_refused_before_anything_starts(monkeypatch
     with pytest.raises(DeviceError, match="two NCCL ranks on one GPU.*federated.gpus_per_worker=1"):
         train_fedavg.run_fedavg_ray_train(fed, {"g0": ["a"], "g1": ["b"]}, {"w": np.zeros(2, np.float32)}, tmp_path,
                                           tmp_path / "ckpt")
+
+
+def test_federated_pool_is_sized_by_gpus_and_memory_not_cpus():
+    """An 8-CPU node with one GPU gets one client actor (each holds a model copy on its GPU), not 8;
+    on CPUs the memory caps the pool as well as the CPUs."""
+    from elora_ray.models.placement import client_pool_size
+
+    GiB = 2**30
+    assert client_pool_size(None, "auto", cpus=8, gpus=1, host_bytes=32 * GiB, actor_host_bytes=2 * GiB) == 1
+    assert client_pool_size(None, "auto", cpus=32, gpus=4, host_bytes=256 * GiB, actor_host_bytes=2 * GiB) == 4
+    assert client_pool_size(None, 0.5, cpus=32, gpus=4, host_bytes=256 * GiB, actor_host_bytes=2 * GiB) == 8
+    assert client_pool_size(None, "auto", cpus=16, gpus=0, host_bytes=24 * GiB, actor_host_bytes=6 * GiB) == 4
+    assert client_pool_size(None, "auto", cpus=2, gpus=0, host_bytes=24 * GiB, actor_host_bytes=1 * GiB) == 2
+    assert client_pool_size(3, "auto", cpus=2, gpus=0, host_bytes=1 * GiB, actor_host_bytes=1 * GiB) == 3  # given: as is

@@ -103,7 +103,7 @@ class FederatedRun:
         self.meta = prepare_windows(cfg, self.fed)
         self.clients: list[str] = self.meta["clients"]
         ensure_ray(cfg.ray)
-        self.workers = self.fcfg.workers or cluster_cpus()
+        self.workers = self._pool_size()
         self.pool = self._new_pool()
         info = self.pool.broadcast("info")[0]
         self.theta_star: dict[str, np.ndarray] = info["theta_star"]
@@ -112,6 +112,21 @@ class FederatedRun:
         log.info("federated: %d client workers; adapter %s with %d parameters; FLOPs per window: train %.3g, "
                  "forward %.3g, featurize %.3g", self.pool.size, cfg.adapter.type, self.adapter_parameters,
                  self.units["train"], self.units["forward"], self.units["featurize"])
+
+    def _pool_size(self) -> int:
+        """``federated.workers``, else sized by GPUs and memory (:func:`client_pool_size`), not by CPUs."""
+        if self.fcfg.workers:
+            return self.fcfg.workers
+        from ..models.placement import client_pool_size
+        from ..plan import NodeShape, build_plan
+
+        here = NodeShape.this_machine()
+        actor = next(s for s in build_plan(self.cfg, here).stages if s.stage == "featurize")
+        size = client_pool_size(None, self.fcfg.gpus_per_worker, cluster_cpus(), cluster_gpus(), here.host_bytes,
+                                actor.host_peak_bytes)
+        log.info("federated: %d client actors (%d CPUs, %d GPUs, ~%.1f GiB of host memory per actor)", size,
+                 cluster_cpus(), cluster_gpus(), actor.host_peak_bytes / 2**30)
+        return size
 
     def _new_pool(self) -> ActorPool:
         return ActorPool(ClientWorker, (self.cfg.model_dump(mode="json"), str(self.fed / "windows.parquet")), self.workers,

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import DeviceError
 
-__all__ = ["DeviceError", "assert_one_device", "check_collective_gpu_share", "devices_of", "is_quantized", "place_model",
+__all__ = ["DeviceError", "assert_one_device", "check_collective_gpu_share", "client_pool_size", "devices_of", "is_quantized", "place_model",
            "reserved_gpu_ids", "worker_device"]
 
 
@@ -42,6 +42,20 @@ def gpu_share(setting: float | str, workers: int, gpus: float) -> float:
     if setting != "auto":
         return float(setting)
     return min(1.0, gpus / max(1, workers)) if gpus > 0 else 0.0
+
+
+def client_pool_size(workers: int | None, gpus_per_worker: float | str, cpus: int, gpus: int, host_bytes: int,
+                     actor_host_bytes: int) -> int:
+    """Actors of the federated client pool: ``workers`` when given; on a GPU cluster one per GPU (or
+    ``gpus / gpus_per_worker`` for a given fraction) — every actor holds a model copy on its GPU, so
+    one per CPU would put 8 copies on each GPU of an 8-CPU node; on CPUs as many as both the CPUs and
+    the memory allow (each actor holds a model copy in RAM)."""
+    if workers:
+        return int(workers)
+    if gpus > 0:
+        share = 1.0 if gpus_per_worker == "auto" else float(gpus_per_worker)
+        return max(1, int(gpus // share)) if share > 0 else max(1, min(cpus, int(host_bytes // max(1, actor_host_bytes))))
+    return max(1, min(cpus, int(host_bytes // max(1, actor_host_bytes))))
 
 
 def check_collective_gpu_share(workers: int, gpus_per_worker: float, what: str, setting: str) -> None:
