@@ -107,7 +107,7 @@ class SampleFeaturizer:
         """(h, projected gradients) of a batch, in slices of ``self.micro_batch`` samples; a slice that runs
         out of memory halves it for this and every later batch. Per-sample gradients do not depend on
         which samples share a forward (the padding is the batch's), so the features are the same."""
-        from ..train.loop import free_cached_memory, is_out_of_memory
+        from ..models.memory import free_cached_memory, is_out_of_memory
 
         n = int(labels.shape[0])
         while True:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..featurize.gradients import gold_log_odds
+from ..models.memory import free_cached_memory, is_out_of_memory
 from ..tasks.schema import Example, TaskData
 
 
@@ -292,22 +293,6 @@ class _EngineStep:
 
     def step(self) -> None:
         self.engine.step()
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A CUDA out-of-memory error, or the CPU allocator failing to allocate."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def free_cached_memory(device) -> None:
-    import gc
-
-    gc.collect()
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _step(fwd, opt, batches, loss: str, regularizer, precision: str = "fp32") -> float:
