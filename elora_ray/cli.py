@@ -184,6 +184,9 @@ def _cmd_predict(args) -> None:
 
 
 def _cmd_validate(args) -> None:
+    """Everything ``run`` checks before training that needs no model weights: the config, every task's
+    data, the model name, and with the model's tokenizer the verbalizer words (decoders) and how many
+    samples ``model.max_length`` truncates (warnings)."""
     from .runlog import setup_logging
     from .tasks.load import load_tasks
 
@@ -196,9 +199,16 @@ def _cmd_validate(args) -> None:
     except EloraError as exc:
         raise ConfigError(str(exc) if "model.name_or_path" in str(exc) else f"model.name_or_path: {exc}") from None
     tasks = load_tasks(cfg)
+    from .models.classifier import TaskSpec
+    from .models.tokenizer_check import check_with_tokenizer
+
+    truncated = check_with_tokenizer(cfg.model, kind, tasks)
     print(f"config OK: {len(tasks)} tasks, model {cfg.model.name_or_path} ({kind}), adapter {cfg.adapter.type}")
     for t in tasks:
-        print(f"  {t.name:24s} {t.sizes()} labels={t.labels}")
+        words = f" words={TaskSpec.of(t).words()}" if kind == "decoder" else ""
+        cut = truncated[t.name]
+        cut_note = f" truncated={cut['count']}" if cut["count"] else ""
+        print(f"  {t.name:24s} {t.sizes()} labels={t.labels}{words}{cut_note}")
         for note in t.notes:
             print(f"    note: {note}")
 
@@ -225,9 +235,11 @@ def _cmd_formats(args) -> None:
     from .tasks.builtin import BUILTIN_FORMATS
 
     print("generic formats: " + ", ".join(GENERIC_FORMATS))
-    print("built-in readers (format: NAME, path: folder or {data_root}/<benchmark>/<Task>):")
+    print("built-in readers (format: NAME, path: folder or {data_root}/<benchmark>/<Task>),")
+    print("with the words decoder models score by default (label → word; tasks[].verbalizer overrides):")
     for name in sorted(BUILTIN_FORMATS):
-        print(f"  {name}")
+        words = ", ".join(f"{lab} → {w}" for lab, w in BUILTIN_FORMATS[name].verbalizer.items())
+        print(f"  {name:18s} {words}")
 
 
 COMMANDS = {

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from .config import RunConfig, dump_config
 from .io import fingerprint, write_json, write_parquet, write_text
 from .layout import RunLayout
-from .tasks.load import load_tasks
+from .tasks.load import default_verbalizers, load_tasks
 from .tasks.schema import SPLITS
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ def data_fingerprint(cfg: RunConfig) -> str:
         "data_root": str(cfg.resolved_data_root()),
         "carving": CARVING_VERSION,
     }
+    defaults = default_verbalizers(cfg)
+    if defaults:  # decoder runs of built-in readers only: encoder runs keep their fingerprints
+        part["default_verbalizers"] = defaults
     return fingerprint(part)
 
 

@@ -3,6 +3,7 @@ e.g. under ``ray job submit``) or a local instance on this machine."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -37,6 +38,28 @@ def quiet_ray_logs() -> None:
                 handler.addFilter(QuietRay())
 
 
+WORKER_SETUP_HOOK = "elora_ray.runlog.quiet_worker_logs"
+
+
+def worker_runtime_env() -> dict:
+    """The runtime environment this driver gives its Ray workers: a setup hook that keeps the harmless
+    library notices (:data:`elora_ray.runlog.HARMLESS_LIBRARY_MESSAGES`) off the console, unless
+    ``--verbose``, or unless a submitted job's own runtime environment already sets a setup hook
+    (Ray refuses to merge two)."""
+    from .runlog import is_verbose
+
+    if is_verbose():
+        return {}
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        try:
+            if "worker_process_setup_hook" in (json.loads(job).get("runtime_env") or {}):
+                return {}
+        except (ValueError, AttributeError):
+            return {}
+    return {"worker_process_setup_hook": WORKER_SETUP_HOOK}
+
+
 _LOCAL_INSTANCE = False
 
 
@@ -56,12 +79,15 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     # Workers must import elora_ray the same way the driver does (editable install or cwd).
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
+    hook = worker_runtime_env()
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, **({"runtime_env": hook} if hook else {}))
         log.info("connected to Ray at %s", address)
     else:
         if cfg.num_cpus is not None:
             kwargs["num_cpus"] = cfg.num_cpus
+        if hook:
+            kwargs["runtime_env"] = hook
         ray.init(**kwargs)
         _LOCAL_INSTANCE = True
         log.info("started a local Ray instance (%s CPUs)", ray.cluster_resources().get("CPU"))

@@ -46,6 +46,45 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+HARMLESS_LIBRARY_MESSAGES = (
+    # bitsandbytes, imported by peft in every process that builds a model, asks the `kernels` package
+    # for a fused CPU kernel on AVX512-BF16 CPUs; offline (HF_HUB_OFFLINE=1) `kernels` cannot check the
+    # kernel's publisher and says so, then the kernel is not found and bitsandbytes keeps its own
+    # dequantise-and-matmul path (the one elora uses anyway, see models.build.disable_cpu_weight_packing)
+    ("kernels._internals.hf_hub", "Skipping publisher trust check"),
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
+)
+"""(logger, message start) of third-party log lines that say nothing actionable: dropped unless
+``--verbose``, in the driver (:func:`setup_logging`) and in Ray workers (:func:`quiet_worker_logs`)."""
+
+
+class QuietLibraries(logging.Filter):
+    """Drops the :data:`HARMLESS_LIBRARY_MESSAGES` records unless ``--verbose``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _VERBOSE:
+            return True
+        return not any(record.name == name and str(record.msg).startswith(start)
+                       for name, start in HARMLESS_LIBRARY_MESSAGES)
+
+
+def quiet_library_logs() -> None:
+    """Attach :class:`QuietLibraries` to the loggers that write :data:`HARMLESS_LIBRARY_MESSAGES`
+    (a logger's own filter applies whatever handler ends up writing the record; idempotent)."""
+    for name, _ in HARMLESS_LIBRARY_MESSAGES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietLibraries) for f in logger.filters):
+            logger.addFilter(QuietLibraries())
+
+
+def quiet_worker_logs() -> None:
+    """Ray's ``worker_process_setup_hook`` for every worker of a run that is not ``--verbose``
+    (:func:`elora_ray.raysession.ensure_ray` installs it): the harmless library notices stay off the
+    console there too (a worker has no logging set up, so Python prints any warning to stderr, and Ray
+    forwards that to the driver's console)."""
+    quiet_library_logs()
+
+
 _VERBOSE = False
 
 
@@ -84,6 +123,7 @@ def setup_logging(run_dir: Path | None = None, verbose: bool | None = None) -> N
         fh._elora = True  # type: ignore[attr-defined]
         fh.addFilter(RedactSecrets())
         root.addHandler(fh)
+    quiet_library_logs()
     for noisy in ("bitsandbytes", "transformers", "peft", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")

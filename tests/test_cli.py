@@ -197,6 +197,26 @@ def test_decoder_run_reports_truncation(tmp_path):
     assert "| qa |" in (out / "report.md").read_text()
 
 
+def test_validate_runs_the_model_checks_that_need_only_the_tokenizer(tmp_path, capsys, caplog):
+    """What `run` would stop at before training, `validate` finds: verbalizer words sharing a first token
+    (decoders only: an encoder never scores them), and truncation (a warning, the model check's count)."""
+    data = tmp_path / "d.jsonl"
+    rows = [{"text": ("long words " * 60 if i < 3 else "short"), "label": ["no", "yes"][i % 2]} for i in range(40)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "c.yaml"
+    task = f"{{name: qa, train: {data}, verbalizer: {{'no': not good, 'yes': not bad}}}}"
+    cfg.write_text(f"model: {{name_or_path: tiny-llama, max_length: 32}}\ntasks: [{task}]\n")
+    assert main(["validate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "task 'qa': verbalizer words ['not good', 'not bad'] share a first token ('not')" in err
+    assert "Traceback" not in err
+    assert main(["validate", "--config", str(cfg), "--set", "model.name_or_path=tiny-bert"]) == 0
+    caplog.clear()
+    assert main(["validate", "--config", str(cfg), "--set", "tasks.0.verbalizer.yes=fine"]) == 0
+    assert "words=['not good', 'fine'] truncated=3" in capsys.readouterr().out
+    assert "task qa: 3 of 40 samples exceed model.max_length=32; their text is truncated (the Answer: suffix" in caplog.text
+
+
 def test_elora_set_overrides_come_before_the_command_line_and_bad_entries_are_named(monkeypatch, capsys):
     from elora_ray.cli import main
 

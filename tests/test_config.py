@@ -124,3 +124,37 @@ def test_deepspeed_settings_are_checked_up_front():
         load_config(None, ["train.strategy=deepspeed", "train.num_workers=2", "train.deepspeed.zero_stage=3"])
     with pytest.raises(ConfigError, match=r"train.deepspeed.extra: .*'optimizer' is set from train.lr"):
         load_config(None, ["train.strategy=deepspeed", "train.num_workers=2", "train.deepspeed.extra={optimizer: {type: Adam}}"])
+
+
+def test_a_yaml_boolean_or_number_in_a_verbalizer_says_to_quote_it(tmp_path):
+    """`verbalizer: {"0": no, "1": yes}`: YAML reads the words as booleans. The error names the task, the
+    label and the line, and quotes the word as written (it used to say 'Input should be a valid string')."""
+    p = write(tmp_path, """
+        tasks:
+          - {name: rte, format: superglue/rte}
+          - name: sst2
+            format: glue/sst2
+            verbalizer:
+              "0": negative
+              "1": Yes
+    """)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == (f'{p}:8: tasks[1] (sst2).verbalizer["1"]: got the boolean true — YAML reads '
+                            'yes/no/true/false/on/off as booleans; quote the word: "Yes"')
+    p = write(tmp_path, 'tasks: [{name: sst2, format: glue/sst2, verbalizer: {"0": 0, "1": "one"}}]\n')
+    with pytest.raises(ConfigError, match=r'cfg\.yaml:1: tasks\[0\] \(sst2\)\.verbalizer\["0"\]: got the number 0 .*quote it: "0"'):
+        load_config(p)
+    p = write(tmp_path, "tasks: [{name: boolq, format: superglue/boolq, verbalizer: {on: a, 'false': b}}]\n")
+    with pytest.raises(ConfigError, match=r'tasks\[0\] \(boolq\)\.verbalizer: the label on was read as the boolean true .*quote the label: "on"'):
+        load_config(p)
+    # from --set, where the text as written is gone, and from Python
+    with pytest.raises(ConfigError, match=r'verbalizer\["0"\]: got the boolean false .*quote the word, e.g. "no"'):
+        load_config(write(tmp_path, "tasks: [{name: t, train: x.jsonl}]\n"), ['tasks.0.verbalizer={"0": no}'])
+    from elora_ray.config import TaskConfig
+
+    with pytest.raises(ValueError, match=r"task 't': verbalizer\[\"1\"\]: got the boolean true"):
+        TaskConfig(name="t", verbalizer={"1": True})
+    # integer labels are the data's labels as text; quoted words pass
+    cfg = load_config(write(tmp_path, "tasks: [{name: t, train: x.jsonl, verbalizer: {0: 'no', 1: 'yes'}}]\n"))
+    assert cfg.tasks[0].verbalizer == {"0": "no", "1": "yes"}

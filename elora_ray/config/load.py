@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 from ..io import is_uri
 from .run import RunConfig
+from .sections import verbalizer_problem
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -26,6 +27,66 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _mapping_value(node: Any, key: str) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    return None
+
+
+def _verbalizer_nodes(text: str) -> dict[int, list[tuple[Any, Any]]]:
+    """Task index → the (label node, word node) pairs of its ``verbalizer`` as written in the YAML text
+    (for what was written there and on which line); ``{}`` when the text has none or does not compose."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    tasks = _mapping_value(root, "tasks")
+    out = {}
+    for i, task in enumerate(tasks.value if isinstance(tasks, yaml.SequenceNode) else []):
+        verbalizer = _mapping_value(task, "verbalizer")
+        if isinstance(verbalizer, yaml.MappingNode):
+            out[i] = [(k, v) for k, v in verbalizer.value
+                      if isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.ScalarNode)]
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _check_verbalizers(data: dict[str, Any], text: str | None, source: str) -> None:
+    """A verbalizer word (or label) that YAML read as a boolean or a number is an error naming the task,
+    the label and the file's line, and saying to quote it (``yes``/``no`` are YAML booleans)."""
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list):
+        return
+    nodes = None
+    for i, task in enumerate(tasks):
+        verbalizer = task.get("verbalizer") if isinstance(task, dict) else None
+        if not isinstance(verbalizer, dict):
+            continue
+        for label, word in verbalizer.items():
+            if verbalizer_problem(label, word) is None:
+                continue
+            if nodes is None:
+                nodes = _verbalizer_nodes(text) if text else {}
+            label_text = word_text = line = None
+            loader = yaml.SafeLoader("")
+            for k, v in nodes.get(i, []):
+                if _same(loader.construct_object(k), label):  # the file's entry (unless an override replaced it)
+                    label_text, line = k.value, k.start_mark.line + 1
+                    if _same(loader.construct_object(v), word):
+                        word_text, line = v.value, v.start_mark.line + 1
+                    break
+            name = task.get("name")
+            where = f"tasks[{i}]" + (f" ({name})" if isinstance(name, str) else "")
+            problem = verbalizer_problem(label, word, label_text, word_text)
+            at = f"{source}:{line}" if line is not None else source
+            raise ConfigError(f"{at}: {where}.verbalizer{'' if problem.startswith('[') else ': '}{problem}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -98,6 +159,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read, override and validate a configuration. ``path=None`` gives the embedded default."""
     data: dict[str, Any] = {}
     source = "<embedded default>"
+    text = None
     base = Path.cwd()
     if path is not None:
         p = Path(path)
@@ -105,7 +167,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
+            loaded = yaml.safe_load(text)
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except yaml.YAMLError as exc:
@@ -122,6 +185,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for text in overrides or []:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
+    _check_verbalizers(data, text, source)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:

@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import numbers
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..adapter_types import ADAPTER_TYPES
 
 GENERIC_FORMATS = ("auto", "jsonl", "json", "csv", "tsv", "parquet", "hf_disk")
+
+
+YAML_BOOLEANS = "YAML reads yes/no/true/false/on/off as booleans"
+
+
+def _scalar_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, numbers.Number):
+        return "number"
+    return None
+
+
+def verbalizer_problem(
+    label: Any, word: Any, label_text: str | None = None, word_text: str | None = None
+) -> str | None:
+    """What is wrong with one ``verbalizer`` entry (a label or a word that YAML read as a boolean or a
+    number), or None. It starts with ``[label]: `` when it is about the word. ``*_text``: the scalar as
+    written in the YAML file, when known (the suggestion then quotes exactly that)."""
+    if isinstance(label, bool) or (isinstance(label, numbers.Number) and not isinstance(label, numbers.Integral)):
+        kind = _scalar_kind(label)
+        written = label_text if label_text is not None else json.dumps(label)
+        why = YAML_BOOLEANS if kind == "boolean" else "labels are text"
+        return (f"the label {written} was read as the {kind} {json.dumps(label)} — {why}; "
+                f"quote the label: {json.dumps(written)}")
+    kind = _scalar_kind(word)
+    if kind is None:
+        return None
+    where = f"[{json.dumps(str(label))}]"
+    if kind == "boolean":
+        example = json.dumps("yes" if word else "no")
+        quoted = f": {json.dumps(word_text)}" if word_text is not None else f", e.g. {example}"
+        return f"{where}: got the boolean {json.dumps(word)} — {YAML_BOOLEANS}; quote the word{quoted}"
+    written = json.dumps(word_text or str(word))
+    return f"{where}: got the number {word} — a verbalizer word is text; quote it: {written}"
 
 
 class _Section(BaseModel):
@@ -97,6 +134,20 @@ class TaskConfig(_Section):
         if bad:
             raise ValueError(f"task names are used in file names; remove {sorted(bad)!r}")
         return v
+
+    @field_validator("verbalizer", mode="before")
+    @classmethod
+    def _words_are_text(cls, v: Any, info: ValidationInfo) -> Any:
+        """Integer labels become text (``{0: negative}`` names label ``"0"``, as the data's labels are
+        read); a boolean or number where a word belongs is an error that says to quote it."""
+        if not isinstance(v, dict):
+            return v
+        for label, word in v.items():
+            problem = verbalizer_problem(label, word)
+            if problem is not None:
+                name = info.data.get("name")
+                raise ValueError(f"task {name!r}: verbalizer{'' if problem.startswith('[') else ': '}{problem}")
+        return {str(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k: w for k, w in v.items()}
 
 
 class SuiteConfig(_Section):

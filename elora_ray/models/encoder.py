@@ -22,6 +22,20 @@ def pooling_mode(model_dir: Path) -> str:
     return "mean" if (model_dir / "modules.json").is_file() else "cls"
 
 
+def encoder_too_long(tokenizer, texts: Sequence[str], pairs: Sequence[str | None], max_length: int) -> list[bool]:
+    """Whether each sample (text, or text + pair, with special tokens) exceeds ``max_length`` tokens
+    and gets truncated. Needs only the tokenizer."""
+    out = [False] * len(texts)
+    for with_pair in (False, True):
+        rows = [i for i, p in enumerate(pairs) if (p is not None) == with_pair]
+        if rows:
+            full = tokenizer([texts[i] for i in rows], [pairs[i] for i in rows] if with_pair else None,
+                             truncation=False)["input_ids"]
+            for j, i in enumerate(rows):
+                out[i] = len(full[j]) > max_length
+    return out
+
+
 class EncoderClassifier(MultiTaskClassifier):
     kind = "encoder"
 
@@ -54,13 +68,10 @@ class EncoderClassifier(MultiTaskClassifier):
             for j, i in enumerate(rows):
                 ids[i] = enc["input_ids"][j]
                 types[i] = enc["token_type_ids"][j] if "token_type_ids" in enc else [0] * len(ids[i])
-            if stats is not None:
-                full = self.tokenizer(
-                    [texts[i] for i in rows], [pairs[i] for i in rows] if with_pair else None, truncation=False
-                )["input_ids"]
-                for j, i in enumerate(rows):
-                    if len(full[j]) > self.max_length:
-                        stats.add(tasks[i])
+        if stats is not None:
+            for name, cut in zip(tasks, encoder_too_long(self.tokenizer, texts, pairs, self.max_length)):
+                if cut:
+                    stats.add(name)
         width = max(len(r) for r in ids)
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(ids), width), pad, dtype=torch.long)

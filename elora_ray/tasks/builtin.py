@@ -34,6 +34,9 @@ class BuiltinFormat:
     folder: str  # under data_root
     files: dict[str, str]  # split -> file name
     parse: Callable[[Path], list[tuple[int, Record]]]
+    verbalizer: dict[str, str]
+    """Decoder models: label → the word the LM scores when ``tasks[].verbalizer`` does not name the
+    label (natural words whose first tokens differ, unlike ``0``/``1``; encoders never use them)."""
 
 
 def normalize_label(
@@ -150,16 +153,25 @@ def _tsv(
 
 
 _GLUE_SPLITS = {"train": "train.tsv", "validation": "dev.tsv"}
+_ENTAILMENT = {"entailment": "yes", "not_entailment": "no"}
+_YES_NO = {"0": "no", "1": "yes"}
 
 BUILTIN_FORMATS: dict[str, BuiltinFormat] = {
-    "superglue/boolq": BuiltinFormat("superglue/BoolQ", {"validation": "val.jsonl"}, _simple_jsonl("passage", "question")),
-    "superglue/rte": BuiltinFormat("superglue/RTE", {"validation": "val.jsonl"}, _simple_jsonl("premise", "hypothesis")),
-    "superglue/multirc": BuiltinFormat("superglue/MultiRC", {"validation": "val.jsonl"}, _multirc),
-    "glue/sst2": BuiltinFormat("glue/SST-2", _GLUE_SPLITS, _tsv({"text": "sentence", "label": "label"})),
-    "glue/cola": BuiltinFormat("glue/CoLA", _GLUE_SPLITS, _tsv({"text": 3, "label": 1}, header=False, width=4)),
-    "glue/mrpc": BuiltinFormat("glue/MRPC", _GLUE_SPLITS, _tsv({"text": "#1 String", "text_pair": "#2 String", "label": "Quality"})),
-    "glue/qnli": BuiltinFormat("glue/QNLI", {"validation": "dev.tsv"}, _tsv({"text": "question", "text_pair": "sentence", "label": "label", "row_id": "index"})),
-    "glue/wnli": BuiltinFormat("glue/WNLI", _GLUE_SPLITS, _tsv({"text": "sentence1", "text_pair": "sentence2", "label": "label", "row_id": "index"})),
+    "superglue/boolq": BuiltinFormat("superglue/BoolQ", {"validation": "val.jsonl"}, _simple_jsonl("passage", "question"),
+                                     {"false": "no", "true": "yes"}),
+    "superglue/rte": BuiltinFormat("superglue/RTE", {"validation": "val.jsonl"}, _simple_jsonl("premise", "hypothesis"),
+                                   _ENTAILMENT),
+    "superglue/multirc": BuiltinFormat("superglue/MultiRC", {"validation": "val.jsonl"}, _multirc, _YES_NO),
+    "glue/sst2": BuiltinFormat("glue/SST-2", _GLUE_SPLITS, _tsv({"text": "sentence", "label": "label"}),
+                               {"0": "negative", "1": "positive"}),
+    "glue/cola": BuiltinFormat("glue/CoLA", _GLUE_SPLITS, _tsv({"text": 3, "label": 1}, header=False, width=4),
+                               {"0": "unacceptable", "1": "acceptable"}),
+    "glue/mrpc": BuiltinFormat("glue/MRPC", _GLUE_SPLITS, _tsv({"text": "#1 String", "text_pair": "#2 String", "label": "Quality"}),
+                               _YES_NO),
+    "glue/qnli": BuiltinFormat("glue/QNLI", {"validation": "dev.tsv"}, _tsv({"text": "question", "text_pair": "sentence", "label": "label", "row_id": "index"}),
+                               _ENTAILMENT),
+    "glue/wnli": BuiltinFormat("glue/WNLI", _GLUE_SPLITS, _tsv({"text": "sentence1", "text_pair": "sentence2", "label": "label", "row_id": "index"}),
+                               _YES_NO),
 }
 _ALIASES = {"glue/sst-2": "glue/sst2"}
 
@@ -169,6 +181,11 @@ def canonical_format(fmt: str) -> str | None:
     key = fmt.strip().lower()
     key = _ALIASES.get(key, key)
     return key if key in BUILTIN_FORMATS else None
+
+
+def builtin_verbalizer(fmt: str) -> dict[str, str]:
+    """The default label → word map of a built-in reader (decoder models only)."""
+    return dict(BUILTIN_FORMATS[_require(fmt)].verbalizer)
 
 
 def _require(fmt: str) -> str:

@@ -10,7 +10,9 @@ import numpy as np
 
 from ..config import GENERIC_FORMATS, RunConfig, SplitConfig, TaskConfig
 from ..errors import DataError
-from .builtin import BUILTIN_FORMATS, builtin_default_dir, canonical_format, normalize_label, read_builtin
+from .builtin import (
+    BUILTIN_FORMATS, builtin_default_dir, builtin_verbalizer, canonical_format, normalize_label, read_builtin,
+)
 from .readers import read_records
 from .remote import localize
 from .schema import SPLITS, Example, TaskData
@@ -211,8 +213,13 @@ def _check_label_count(cfg: TaskConfig, data: dict[str, list[Row]]) -> None:
     )
 
 
-def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> TaskData:
-    """Read, validate, carve and cap one task; every problem is a :class:`DataError`."""
+def load_task(
+    cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path, default_verbalizer: dict[str, str] | None = None
+) -> TaskData:
+    """Read, validate, carve and cap one task; every problem is a :class:`DataError`.
+
+    ``default_verbalizer``: words for the labels ``cfg.verbalizer`` does not name (a built-in reader's
+    defaults when the model is a decoder, see :func:`default_verbalizers`)."""
     notes: list[str] = []
     sources: dict[str, str] = {}
     data: dict[str, list[tuple[Example, int, Path]]] = {}
@@ -297,6 +304,8 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
         if unknown:
             raise DataError(f"verbalizer names labels not in the task: {sorted(unknown)} (labels: {labels})", task=cfg.name)
     grouped = any(_is_grouped(data[s]) for s in SPLITS if data.get(s))
+    verbalizer = {lab: w for lab, w in (default_verbalizer or {}).items() if lab in labels}
+    verbalizer.update(cfg.verbalizer or {})
     return TaskData(
         name=cfg.name,
         labels=labels,
@@ -305,8 +314,27 @@ def load_task(cfg: TaskConfig, splits_cfg: SplitConfig, data_root: Path) -> Task
                 for s in SPLITS},
         notes=notes,
         sources=sources,
-        verbalizer=dict(cfg.verbalizer) if cfg.verbalizer else None,
+        verbalizer=verbalizer or None,
     )
+
+
+def default_verbalizers(cfg: RunConfig) -> dict[str, dict[str, str]]:
+    """Task name → the built-in reader's default words for the labels its ``verbalizer`` does not
+    name, for tasks read by a built-in reader when the model is a decoder; ``{}`` otherwise.
+
+    Encoders never score words, so their tasks (and their data fingerprints) stay as they were."""
+    wanted = {}
+    for t in cfg.tasks:
+        fmt = canonical_format(t.format)
+        if fmt is not None:
+            rest = {lab: w for lab, w in builtin_verbalizer(fmt).items() if lab not in (t.verbalizer or {})}
+            if rest:
+                wanted[t.name] = rest
+    if not wanted:
+        return {}
+    from ..models.registry import check_model_name  # no weights are loaded (or converted)
+
+    return wanted if check_model_name(cfg.model) == "decoder" else {}
 
 
 def load_tasks(cfg: RunConfig) -> list[TaskData]:
@@ -319,4 +347,5 @@ def load_tasks(cfg: RunConfig) -> list[TaskData]:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise DataError(f"duplicate task names: {sorted(dup)}")
-    return [load_task(t, cfg.splits, cfg.resolved_data_root()) for t in cfg.tasks]
+    defaults = default_verbalizers(cfg)
+    return [load_task(t, cfg.splits, cfg.resolved_data_root(), defaults.get(t.name)) for t in cfg.tasks]
