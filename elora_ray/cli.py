@@ -93,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common_suite.add_argument("--samples-per-task", type=int, default=None)
     _common_suite.add_argument("--seed", type=int, default=None)
 
+    p = sub.add_parser("plan", help="print each stage's processes, devices and peak memory; refuse what cannot fit",
+                       description="Build the model on the meta device from its config.json (no weights are read) and "
+                       "print, per stage, where it runs, how many processes, dtype, batch size and estimated peak GPU "
+                       "and host memory; exit 2 with the settings to change when a stage cannot fit. The machine is "
+                       "this one unless given: --gpus 1 --gpu-memory 80GB --memory 128GiB --head-memory 16GiB.")
+    _common(p, out=False)
+    p.add_argument("--nodes", type=int, default=None, help="worker nodes of the shape below (default 1)")
+    p.add_argument("--cpus", type=int, default=None, help="CPUs per node (default: this machine's)")
+    p.add_argument("--memory", default=None, help="host memory per node, e.g. 128GiB (default: this machine's)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: this machine's)")
+    p.add_argument("--gpu-memory", dest="gpu_memory", default=None, help="memory of each GPU, e.g. 80GB")
+    p.add_argument("--head-memory", dest="head_memory", default=None, help="memory of the head node (the driver)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
     sub.add_parser("formats", help="list the built-in dataset readers (format: ...)",
                    description="List generic formats and built-in GLUE/SuperGLUE readers.")
     return parser
@@ -213,6 +227,38 @@ def _cmd_validate(args) -> None:
             print(f"    note: {note}")
 
 
+def _cmd_plan(args) -> None:
+    import json
+
+    from .plan import NodeShape, build_plan, parse_bytes
+    from .runlog import setup_logging
+
+    setup_logging(None, args.verbose)
+    cfg = _config(args)
+    here = NodeShape.this_machine()
+    gpus = here.gpus if args.gpus is None else args.gpus
+    if gpus and args.gpu_memory is None and not here.gpus:
+        raise ConfigError("--gpus given without --gpu-memory (this machine has no GPU to read it from)")
+    given = any(v is not None for v in (args.nodes, args.cpus, args.memory, args.gpus, args.gpu_memory, args.head_memory))
+    node = NodeShape(
+        cpus=args.cpus or here.cpus, host_bytes=parse_bytes(args.memory) if args.memory else here.host_bytes,
+        gpus=gpus, gpu_bytes=parse_bytes(args.gpu_memory) if args.gpu_memory else (here.gpu_bytes if gpus else 0),
+        nodes=args.nodes or 1, head_bytes=parse_bytes(args.head_memory) if args.head_memory else None,
+        bf16=here.bf16 if not args.gpu_memory else True, source="given" if given else "this machine")
+    plan = build_plan(cfg, node)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        sh = plan.shape
+        print(f"model {sh.name} ({sh.kind}, {sh.model_type}): {sh.parameters / 1e9:.3g}B parameters; adapter "
+              f"{sh.adapter_type} with {sh.adapter_parameters:,} trainable; on {node.describe()}")
+        print(plan.table(), end="")
+        print("the head holds no model weights (the model check runs as a Ray task with the featurize resources)")
+    plan.check()
+    if not args.json:
+        print("plan OK: every stage fits")
+
+
 def _cmd_config(args) -> None:
     print(dump_config(_config(args)), end="")
 
@@ -247,6 +293,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "validate": _cmd_validate,
     "config": _cmd_config,
+    "plan": _cmd_plan,
     "suite": _cmd_suite,
     "formats": _cmd_formats,
 }

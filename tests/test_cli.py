@@ -237,7 +237,7 @@ def test_the_model_check_is_never_reported_skipped_even_when_its_result_repeats(
     from elora_ray.config import load_config
     from elora_ray.pipeline import run_stages
 
-    monkeypatch.setattr(model_check, "check_model", lambda cfg, tasks, out: {"seconds": 1.0})
+    monkeypatch.setattr(model_check, "check_model_on_worker", lambda cfg, out: {"seconds": 1.0})
     cfg = load_config(None, list(TINY))
     run_stages(cfg, tmp_path / "run", until="model_check")
     again = run_stages(cfg, tmp_path / "run", until="model_check")
