@@ -212,7 +212,7 @@ def _cmd_validate(args) -> None:
         kind = check_model_name(cfg.model)
     except EloraError as exc:
         raise ConfigError(str(exc) if "model.name_or_path" in str(exc) else f"model.name_or_path: {exc}") from None
-    tasks = load_tasks(cfg)
+    tasks = load_tasks(cfg, kind)
     from .models.classifier import TaskSpec
     from .models.tokenizer_check import check_with_tokenizer
 

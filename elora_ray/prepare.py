@@ -63,6 +63,18 @@ def write_run_config(cfg: RunConfig, run_dir: Path) -> None:
     write_text(RunLayout(run_dir).config, dump_config(cfg))
 
 
+def model_kind(cfg: RunConfig) -> str | None:
+    """``decoder``/``encoder`` when a task uses a built-in reader (whose default words only decoders
+    score), else None: the model is not looked up for tasks it cannot change. No weights are read."""
+    from .tasks.builtin import canonical_format
+
+    if not any(canonical_format(t.format) is not None for t in cfg.tasks):
+        return None
+    from .models.registry import check_model_name
+
+    return check_model_name(cfg.model)
+
+
 def data_fingerprint(cfg: RunConfig) -> str:
     """Hash of everything that decides the prepared data (tasks, inputs, suite, splits)."""
     part = {
@@ -73,7 +85,7 @@ def data_fingerprint(cfg: RunConfig) -> str:
         "data_root": str(cfg.resolved_data_root()),
         "carving": CARVING_VERSION,
     }
-    defaults = default_verbalizers(cfg)
+    defaults = default_verbalizers(cfg, model_kind(cfg))
     if defaults:  # decoder runs of built-in readers only: encoder runs keep their fingerprints
         part["default_verbalizers"] = defaults
     return fingerprint(part)
@@ -111,7 +123,7 @@ def prepare(cfg: RunConfig, run_dir: Path, force: bool = False) -> dict:
             log.info("prepare: data already prepared in %s (fingerprint %s), skipping", manifest_path.parent, fp)
             return previous
         log.info("prepare: configuration or data files changed since the last prepare; reading the data again")
-    tasks = load_tasks(cfg)
+    tasks = load_tasks(cfg, model_kind(cfg))
     tables = {(t.name, split): t.to_table(split) for t in tasks for split in SPLITS}
     kept = previous is not None and same_prepared_data(layout, previous, tasks, tables)
     if kept:

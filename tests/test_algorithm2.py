@@ -294,7 +294,7 @@ def test_ddp_workers_train_an_adapter_on_their_batch_slices(run, tmp_path):
     assert (copy / "adapters" / job.id / "adapter_model.safetensors").is_file()
     # the export (a forward pass over every requested split) ran in a task holding one worker's
     # resources (a GPU with it on a GPU cluster), not on the 0-CPU launcher
-    assert rec["export"] == {"device": "cpu", "resources": {"CPU": float(cfg2.train.cpus_per_worker)}}
+    assert rec["export"] == {"device": "cpu", "precision": "fp32", "resources": {"CPU": float(cfg2.train.cpus_per_worker)}}
     local = run_jobs(cfg, copy, group_jobs(cfg, [names[:1]], names, prefix="local"), progress=False)
     assert next(iter(local.values()))["export"]["resources"] == {"CPU": float(cfg.train.cpus_per_worker)}
 

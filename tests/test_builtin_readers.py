@@ -274,7 +274,7 @@ def test_builtin_glue_tasks_validate_and_pass_the_model_check_with_no_verbalizer
     from elora_ray.models.tokenizer_check import check_with_tokenizer
 
     cfg = load_config(path)
-    tasks = load_tasks(cfg)
+    tasks = load_tasks(cfg, "decoder")
     assert [t.verbalizer for t in tasks] == [{"0": "negative", "1": "positive"}, {"entailment": "yes", "not_entailment": "no"}]
     if model == "smollm2":  # the weights stay unconverted: the tokenizer is what decides
         verbalizer_first_tokens(_tokenizer(model), [TaskSpec.of(t) for t in tasks])
@@ -300,9 +300,9 @@ def test_default_words_are_for_decoders_only_and_user_words_override_them(shared
         return RunConfig(tasks=[t], data_root=str(shared_data), model=ModelConfig(name_or_path=model))
 
     encoder, decoder = config("default"), config("tiny-llama")
-    assert default_verbalizers(encoder) == {} and load_tasks(encoder)[0].verbalizer is None
-    assert default_verbalizers(decoder) == {"sst2": {"0": "negative", "1": "positive"}}
+    assert default_verbalizers(encoder, "encoder") == {} and load_tasks(encoder, "encoder")[0].verbalizer is None
+    assert default_verbalizers(decoder, "decoder") == {"sst2": {"0": "negative", "1": "positive"}}
     assert data_fingerprint(encoder) == data_fingerprint(config("tiny-bert")) != data_fingerprint(decoder)
     mine = config("tiny-llama", verbalizer={"1": "great"})
-    assert load_tasks(mine)[0].verbalizer == {"0": "negative", "1": "great"}
-    assert default_verbalizers(config("tiny-llama", verbalizer={"0": "bad", "1": "great"})) == {}
+    assert load_tasks(mine, "decoder")[0].verbalizer == {"0": "negative", "1": "great"}
+    assert default_verbalizers(config("tiny-llama", verbalizer={"0": "bad", "1": "great"}), "decoder") == {}

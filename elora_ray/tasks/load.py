@@ -318,11 +318,15 @@ def load_task(
     )
 
 
-def default_verbalizers(cfg: RunConfig) -> dict[str, dict[str, str]]:
+def default_verbalizers(cfg: RunConfig, model_kind: str | None) -> dict[str, dict[str, str]]:
     """Task name → the built-in reader's default words for the labels its ``verbalizer`` does not
-    name, for tasks read by a built-in reader when the model is a decoder; ``{}`` otherwise.
+    name, for tasks read by a built-in reader when ``model_kind`` is ``decoder``; ``{}`` otherwise.
 
-    Encoders never score words, so their tasks (and their data fingerprints) stay as they were."""
+    Encoders never score words, so their tasks (and their data fingerprints) stay as they were. The
+    kind comes from the caller (``elora_ray.models.registry.check_model_name``): tasks sit below
+    models in the layers, so they never look the model up themselves."""
+    if model_kind != "decoder":
+        return {}
     wanted = {}
     for t in cfg.tasks:
         fmt = canonical_format(t.format)
@@ -330,15 +334,13 @@ def default_verbalizers(cfg: RunConfig) -> dict[str, dict[str, str]]:
             rest = {lab: w for lab, w in builtin_verbalizer(fmt).items() if lab not in (t.verbalizer or {})}
             if rest:
                 wanted[t.name] = rest
-    if not wanted:
-        return {}
-    from ..models.registry import check_model_name  # no weights are loaded (or converted)
-
-    return wanted if check_model_name(cfg.model) == "decoder" else {}
+    return wanted
 
 
-def load_tasks(cfg: RunConfig) -> list[TaskData]:
-    """All configured tasks, or the embedded suite when none are configured."""
+def load_tasks(cfg: RunConfig, model_kind: str | None = None) -> list[TaskData]:
+    """All configured tasks, or the embedded suite when none are configured. ``model_kind``
+    (``decoder``/``encoder``): a decoder's built-in-reader tasks get the readers' default words
+    (:func:`default_verbalizers`); the prepare stage and ``elora validate`` pass it."""
     if not cfg.tasks:
         from .suite import generate_suite
 
@@ -347,5 +349,5 @@ def load_tasks(cfg: RunConfig) -> list[TaskData]:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise DataError(f"duplicate task names: {sorted(dup)}")
-    defaults = default_verbalizers(cfg)
+    defaults = default_verbalizers(cfg, model_kind)
     return [load_task(t, cfg.splits, cfg.resolved_data_root(), defaults.get(t.name)) for t in cfg.tasks]
