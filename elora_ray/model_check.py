@@ -13,6 +13,8 @@ position are always kept; only the text is cut).
 from __future__ import annotations
 
 import logging
+import os
+import resource
 import time
 from pathlib import Path
 
@@ -45,18 +47,13 @@ def check_model_on_worker(cfg: RunConfig, run_dir: Path) -> dict:
 
 
 def _check_model_task(cfg_data: dict, run_dir: str) -> dict:
-    import os
-    import resource
-
     from .artifacts import read_prepared
     from .models.placement import reserved_gpu_ids, worker_device
 
     cfg = RunConfig.model_validate(cfg_data)
     torch.set_num_threads(max(1, int(cfg.featurize.cpus_per_actor)))
     device = worker_device(bool(reserved_gpu_ids()), "the model check")
-    info = check_model(cfg, read_prepared(Path(run_dir)), Path(run_dir), device=device)
-    return info | {"process": {"pid": os.getpid(), "device": str(device),
-                               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}
+    return check_model(cfg, read_prepared(Path(run_dir)), Path(run_dir), device=device)
 
 
 def check_model(cfg: RunConfig, tasks: list[TaskData], run_dir: Path, batch_size: int = 256,
@@ -103,6 +100,8 @@ def check_model(cfg: RunConfig, tasks: list[TaskData], run_dir: Path, batch_size
         "max_length": cfg.model.max_length,
         "truncated": {n: {"count": stats.truncated.get(n, 0), "of": total[n]} for n in total},
         "seconds": round(time.perf_counter() - t0, 2),
+        "process": {"pid": os.getpid(), "device": str(device),
+                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
     }
     for n, c in info["truncated"].items():
         if c["count"]:

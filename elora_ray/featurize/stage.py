@@ -254,6 +254,7 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
     buffers: dict[str, list[dict]] = {}
     counts: dict[str, int] = {}
     micro: int | None = None
+    peak_rss = 0
     t_grad = time.perf_counter()
     if todo:
         with tqdm(total=remaining, desc="featurize: projected gradients", unit="sample", disable=not progress) as bar:
@@ -270,6 +271,7 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
                 grad_params = int(batch["grad_params"][0])
                 if "micro_batch" in batch and len(batch["micro_batch"]):
                     micro = min(micro or 1 << 30, int(batch["micro_batch"].min()))
+                    peak_rss = max(peak_rss, int(batch["peak_rss"].max()))
                 bar.update(len(batch["shard"]))
     grad_s = time.perf_counter() - t_grad
     if grad_params is not None and state.get("gradient_parameters") != grad_params:
@@ -294,6 +296,7 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
         "shards": len(shard_rows),
         "shards_resumed": done_before,
         "micro_batch_size_this_run": micro,
+        "peak_rss_bytes_per_actor_this_run": peak_rss or None,
         "seconds": round(time.perf_counter() - t0, 2),
         "gradient_seconds_this_run": round(grad_s, 2),
         "samples_per_s_this_run": round(remaining / grad_s, 2) if remaining and grad_s > 0 else None,
@@ -327,6 +330,7 @@ def _shard_table(parts: list[dict]) -> pa.Table:
     order = np.argsort(cols["sample_id"].astype(str), kind="stable")
     cols.pop("grad_params", None)
     cols.pop("micro_batch", None)
+    cols.pop("peak_rss", None)
     table = {
         "task": pa.array(cols["task"].astype(str)[order]),
         "split": pa.array(cols["split"].astype(str)[order]),

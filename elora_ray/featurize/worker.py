@@ -101,6 +101,9 @@ class SampleFeaturizer:
         out["grad_params"] = np.full(len(tokens), p, dtype=np.int64)
         out["node"] = np.full(len(tokens), self.node_id, dtype=object)
         out["micro_batch"] = np.full(len(tokens), self.micro_batch or len(tokens), dtype=np.int64)
+        import resource
+
+        out["peak_rss"] = np.full(len(tokens), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, dtype=np.int64)
         return out
 
     def _features_backing_off(self, enc: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
