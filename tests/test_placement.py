@@ -239,3 +239,48 @@ def test_federated_pool_is_sized_by_gpus_and_memory_not_cpus():
     assert client_pool_size(None, "auto", cpus=16, gpus=0, host_bytes=24 * GiB, actor_host_bytes=6 * GiB) == 4
     assert client_pool_size(None, "auto", cpus=2, gpus=0, host_bytes=24 * GiB, actor_host_bytes=1 * GiB) == 2
     assert client_pool_size(3, "auto", cpus=2, gpus=0, host_bytes=1 * GiB, actor_host_bytes=1 * GiB) == 3  # given: as is
+
+
+def test_reference_and_linearised_jobs_hold_the_device_they_compute_on(monkeypatch, tmp_path):
+    """With Ray Train workers a trained job's task only launches the worker group (0 CPUs), but the θ*
+    reference and a linearised learner compute in their own task: they reserve one worker's CPUs and
+    GPU share instead of landing, resource-free, anywhere (the head included)."""
+    import ray
+
+    from elora_ray.config import load_config
+    from elora_ray.train import runner
+    from elora_ray.train.jobs import AdapterJob
+
+    cfg = load_config(None, ["train.num_workers=2", "train.cpus_per_worker=2"])
+    monkeypatch.setattr(runner, "ensure_ray", lambda *_: None)
+    monkeypatch.setattr(runner, "resolve_use_gpu", lambda _cfg: True)
+    monkeypatch.setattr(runner, "read_data_manifest", lambda _d: {"fingerprint": "f"})
+    monkeypatch.setattr(runner, "job_done", lambda *_: False)
+    asked = {}
+
+    class Launch:
+        def __init__(self, fn):
+            self.kw = {}
+
+        def options(self, **kw):
+            new = Launch(None)
+            new.kw = kw
+            return new
+
+        def remote(self, cfg_data, run_dir, job, fp, use_gpu):
+            asked[job["id"]] = self.kw
+            return job["id"]
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(ray, "remote", Launch)
+    monkeypatch.setattr(ray, "wait", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+    jobs = [AdapterJob(id="g0", method="ensemble", tasks=["a"]),
+            AdapterJob(id="theta", method="reference", tasks=[], kind="reference"),
+            AdapterJob(id="lin", method="boost", tasks=["a"], kind="linearized")]
+    with pytest.raises(Stop):
+        runner.run_jobs(cfg.model_copy(update={"train": cfg.train.model_copy(update={"gpus_per_worker": 1.0})}), tmp_path, jobs)
+    assert asked["g0"]["num_cpus"] == 0 and "num_gpus" not in asked["g0"]  # the worker group holds the rest
+    for job in ("theta", "lin"):
+        assert asked[job]["num_cpus"] == 2 and asked[job]["num_gpus"] == 1.0, asked[job]

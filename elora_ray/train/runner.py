@@ -151,10 +151,10 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     torch.set_num_threads(threads)
     from ..models.placement import worker_device
 
-    # Only a local-mode job reserves a GPU itself (num_gpus=1); with Ray Train workers this task is
-    # a 0-resource launcher (references and linearised learners then run on its CPU; a trained job's
-    # export gets its own task below).
-    device = str(worker_device(use_gpu and cfg.train.num_workers == 0, f"training job {job.id}"))
+    # A local-mode job, a θ* reference and a linearised learner reserve one worker's resources (a GPU
+    # share with use_gpu) and compute here; with Ray Train workers a trained job's task is a 0-resource
+    # launcher (its export gets its own task below).
+    device = str(worker_device(use_gpu and (cfg.train.num_workers == 0 or job.kind != "trained"), f"training job {job.id}"))
     if job.kind == "reference":
         return export_job(cfg, run, job, None, {}, fingerprint, time.perf_counter() - t0, device)
     if job.kind == "linearized":
@@ -219,7 +219,8 @@ def job_resources(cfg: RunConfig, use_gpu: bool, workers: bool = True) -> dict:
     """Ray resources of one adapter job's Ray task. ``workers``: the task that trains (local mode:
     ``train.cpus_per_worker`` CPUs and a GPU when used; with Ray Train workers a 0-CPU launcher, the
     worker group reserving the rest). ``workers=False``: the resources of one training worker (what
-    an export after distributed training reserves). GPUs: ``train.gpus_per_worker`` of one."""
+    an export after distributed training, a θ* reference and a linearised learner reserve: they
+    compute in their own task). GPUs: ``train.gpus_per_worker`` of one."""
     local = cfg.train.num_workers == 0
     if workers and not local:
         return {"num_cpus": 0}
@@ -288,9 +289,10 @@ def run_jobs(
         from ..models.placement import check_collective_gpu_share
 
         check_collective_gpu_share(cfg.train.num_workers, cfg.train.gpus_per_worker, "train", "train.gpus_per_worker")
-    remote = ray.remote(run_job).options(**job_resources(cfg, use_gpu), max_retries=0)
+    remote = ray.remote(run_job)
     cfg_data = cfg.model_dump(mode="json")
-    pending = {remote.remote(cfg_data, str(run_dir), job.to_dict(), fp, use_gpu): job for job, fp in todo}
+    pending = {remote.options(**job_resources(cfg, use_gpu, workers=job.kind == "trained"), max_retries=0)
+               .remote(cfg_data, str(run_dir), job.to_dict(), fp, use_gpu): job for job, fp in todo}
     bar = tqdm(total=len(jobs), initial=len(records), desc=desc, unit="adapter", disable=not progress)
     failures: list[str] = []
     try:
