@@ -222,3 +222,40 @@ def test_out_of_memory_halves_the_micro_batch_and_records_it(caplog):
     model.forward = lambda **k: (_ for _ in ()).throw(RuntimeError("some other error"))
     with pytest.raises(RuntimeError, match="some other error"):  # only memory errors are retried
         train_adapter(peft_model, model, tasks, rows, epochs=1, lr=1e-2, batch_size=12, seed=0, count_flops=False)
+
+
+def _sharded_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from elora_ray.train.loop import predict_sharded
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    seen = []
+
+    def predict(rows):
+        seen.extend(rows)
+        return np.array([[r, -r] for r in rows], np.float32).reshape(len(rows), 2), np.array([r % 2 for r in rows])
+
+    logits, gold = predict_sharded(predict, list(range(11)), (rank, world))
+    with open(f"{out_dir}/{rank}.json", "w") as f:
+        json.dump({"seen": seen, "logits": logits.tolist(), "gold": gold.tolist()}, f)
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_validate_their_shard_and_gather(tmp_path):
+    """Each of 2 ranks predicts only its half of the validation rows; both get every row, in order."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sharded_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert got[0]["seen"] == [0, 2, 4, 6, 8, 10] and got[1]["seen"] == [1, 3, 5, 7, 9]
+    for g in got:
+        assert g["logits"] == [[float(r), float(-r)] for r in range(11)] and g["gold"] == [r % 2 for r in range(11)]

@@ -27,7 +27,7 @@ from ..config import RunConfig
 from ..io import atomic_path
 from ..models.classifier import TaskSpec
 from .jobs import AdapterJob
-from .loop import LoopState, classification_metrics, predict_logits, train_adapter
+from .loop import LoopState, classification_metrics, predict_logits, predict_sharded, train_adapter
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,9 @@ def train_loop_per_worker(config: dict) -> None:
             return regularization_loss(peft_model, jcfg_adapter)
 
         def validate() -> dict[str, float]:
-            logits, gold = predict_logits(peft_model, model, by_name, val_rows, batch_size=64, device=device)
+            logits, gold = predict_sharded(
+                lambda rows: predict_logits(peft_model, model, by_name, rows, batch_size=64, device=device), val_rows,
+                (rank, world))
             m = classification_metrics(logits, gold)
             m["task_accuracy"] = m["accuracy"]
             if len(job.tasks) > 1:  # which tasks moved: the job record keeps each check's per-task figures
