@@ -37,12 +37,17 @@ COMMON = ["baselines.methods=[]", "boost.steps=1", "cluster.num_groups=2", "trai
           "train.evals_per_epoch=1", "featurize.batch_size=8", "train.batch_size=8", "evaluate.batch_size=16",
           "model.max_length=64", "estimate.num_subsets=20", "featurize.dim=64", "featurize.shard_size=64"]
 SMALL_SUITE = ["suite.samples_per_task=24", "suite.tasks_per_group=[2,1]"]
+# Long texts, so that batches reach model.max_length as the plan assumes (its estimate is the worst batch):
+# sentence pairs from the shared GLUE/SuperGLUE files, a few samples each.
+CAP = "{train: 24, validation: 8, test: 8}"
+GLUE = [f"tasks=[{{name: qnli, format: glue/qnli, max_samples: {CAP}}}, {{name: rte, format: superglue/rte, "
+        f"max_samples: {CAP}}}, {{name: mrpc, format: glue/mrpc, max_samples: {CAP}}}]"]
 CASES: dict[str, list[str]] = {
-    "minilm_lora": ["model.name_or_path=default", "adapter.type=lora", *SMALL_SUITE],
-    "smollm2_lora": ["model.name_or_path=smollm2", "adapter.type=lora", *SMALL_SUITE],
-    "smollm2_qlora": ["model.name_or_path=smollm2", "adapter.type=qlora", *SMALL_SUITE],
-    "llama1b_lora": ["model.name_or_path={llama1b}", "adapter.type=lora", *SMALL_SUITE],
-    "llama1b_qlora": ["model.name_or_path={llama1b}", "adapter.type=qlora", *SMALL_SUITE],
+    "minilm_lora": ["model.name_or_path=default", "adapter.type=lora", *GLUE],
+    "smollm2_lora": ["model.name_or_path=smollm2", "adapter.type=lora", *GLUE],
+    "smollm2_qlora": ["model.name_or_path=smollm2", "adapter.type=qlora", *GLUE],
+    "llama1b_lora": ["model.name_or_path={llama1b}", "adapter.type=lora", *GLUE],
+    "llama1b_qlora": ["model.name_or_path={llama1b}", "adapter.type=qlora", *GLUE],
 }
 QUICK = {"tiny_llama_qlora": ["model.name_or_path=tiny-llama", "adapter.type=qlora", *SMALL_SUITE]}
 

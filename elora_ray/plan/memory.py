@@ -6,7 +6,8 @@ The model is deliberately simple and says where each byte comes from:
   quantizable linear weights take 0.5 byte plus one fp32 absmax per 64 weights (bitsandbytes nf4/fp4,
   block 64), everything else (embeddings, norms, LM head, task heads) stays in the load dtype.
 - **adapter state** (training): fp32 weight + gradient + two AdamW moments = 16 bytes per parameter.
-- **activations**: per token per layer ``a·(C_HIDDEN·H + C_INTER·I) + a·heads·T`` bytes kept for the
+- **activations** (every sequence at ``model.max_length``: the worst batch, not the average one):
+  per token per layer ``a·(C_HIDDEN·H + C_INTER·I) + a·heads·T`` bytes kept for the
   backward (``a`` = 2 under bf16 autocast, 4 in fp32; the last term is the attention probabilities
   of the math/eager attention), ×layers; with gradient checkpointing only each layer's input
   (``a·H``) is kept, plus one layer's activations during its recomputation. Inference keeps one
@@ -15,6 +16,7 @@ The model is deliberately simple and says where each byte comes from:
 - **featurize capture**: ``full_rank`` keeps each adapted site's input and output gradient per
   token in fp32 (``4·T·Σ(in+out)`` per sample); ``adapter`` keeps per-sample gradients (``4·p``)
   and the cached projection (``min(4·p·d, cache limit)``).
+- **load transient** (CPU, 4-bit): the file's float pages, mapped while the model is quantised.
 - **process baseline**: Python, torch, transformers, Ray and this package imported (0.7 GiB
   measured on the CPU); a GPU process adds the CUDA libraries on the host (1.5 GiB assumed) and
   its context and workspaces on the GPU (0.75 GiB assumed) — to be confirmed by ``gpu_check.py``.
@@ -28,7 +30,7 @@ from ..config import RunConfig
 from .shape import ModelShape
 
 GiB = 1024**3
-C_HIDDEN = 12.0
+C_HIDDEN = 9.0
 C_INTER = 4.0
 HOST_BASELINE = int(0.7 * GiB)
 GPU_HOST_BASELINE = int(1.5 * GiB)
@@ -109,11 +111,12 @@ def process_baselines(device: str) -> tuple[int, int]:
 def load_transient_bytes(shape: ModelShape, dtype: str, quantized: bool, device: str) -> int:
     """Host bytes touched while loading beyond the weights themselves. Weights are read from the
     memory-mapped safetensors file straight into their place: on the CPU the pages become the
-    weights (no second copy when the file's dtype is the load dtype); a GPU process reads one shard
-    at a time through the page cache (HF shards ≤ 5 GB)."""
+    weights (no second copy when the file's dtype is the load dtype), but a 4-bit model is quantised
+    from the file's float weights, whose pages stay mapped until loading ends; a GPU process reads
+    one shard at a time through the page cache (HF shards ≤ 5 GB)."""
     if device == "cuda":
         return min(weights_bytes(shape, dtype, False), 5 * GiB)
-    return 0
+    return weights_bytes(shape, dtype, False) if quantized else 0
 
 
 def compute_bytes(precision: str) -> int:
@@ -148,6 +151,9 @@ def stage_memory(shape: ModelShape, *, dtype: str, quantized: bool, device: str,
     if device == "cuda":
         parts["context"] = dev_base
         host = host_base + load_transient_bytes(shape, dtype, quantized, device)
-    else:
-        host = host_base + sum(parts.values())
+    else:  # loading and computing are not at the same time: the larger of the two
+        transient = load_transient_bytes(shape, dtype, quantized, device)
+        host = host_base + w + max(transient, sum(parts.values()) - w)
+        if transient:
+            parts["load_transient"] = transient
     return w, int(device_peak if device == "cuda" else host), int(host), parts
