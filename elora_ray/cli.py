@@ -107,6 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-memory", dest="head_memory", default=None, help="memory of the head node (the driver)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    p = sub.add_parser("serve", help="serve a finished run's ensemble over HTTP (Ray Serve; needs the serve extra)",
+                       description="Deploy a finished run's ensemble as a Ray Serve application: POST /predict "
+                       "({\"task\": ..., \"text\" or \"texts\": ...} -> labels and probabilities), GET /health, /metadata, "
+                       "/tasks. Texts of concurrent requests are batched; serves until Ctrl-C. On this machine's Ray, "
+                       "or on the cluster of $RAY_ADDRESS (ray job submit). See docs/operations.md.")
+    p.add_argument("--run", type=Path, default=None, help="run directory written by `elora run` (or `run:` in --options)")
+    p.add_argument("--options", type=Path, default=None, help="YAML file of serve options (the flags' names with _); flags win")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 to listen on every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", default="elora", help="Serve application name")
+    p.add_argument("--route-prefix", dest="route_prefix", default="/")
+    p.add_argument("--detach", action="store_true", help="leave the application on the cluster and return")
+    for flag, typ, what in (("replicas", int, "model replicas (default 1)"), ("num-cpus", float, "CPUs per replica (default 1)"),
+                            ("num-gpus", float, "GPUs per replica (default 0)"),
+                            ("device", str, "auto (default: cuda when the replica has a GPU), cpu, cuda, cuda:N"),
+                            ("max-batch-size", int, "texts per forward pass across requests (default 32)"),
+                            ("batch-wait-timeout-s", float, "how long a batch waits to fill (default 0.005)"),
+                            ("max-ongoing-requests", int, "requests one replica holds at once (default 64)"),
+                            ("max-items", int, "texts per request (default 256)"),
+                            ("max-text-chars", int, "characters per text (default 20000)")):
+        p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=typ, default=None, help=what)
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
     sub.add_parser("formats", help="list the built-in dataset readers (format: ...)",
                    description="List generic formats and built-in GLUE/SuperGLUE readers.")
     return parser
@@ -288,9 +311,21 @@ def _cmd_formats(args) -> None:
         print(f"  {name:18s} {words}")
 
 
+def _cmd_serve(args) -> None:
+    from .runlog import setup_logging
+    from .serve.launch import load_options, serve_run
+
+    setup_logging(None, args.verbose)
+    keys = ("replicas", "num_cpus", "num_gpus", "device", "max_batch_size", "batch_wait_timeout_s",
+            "max_ongoing_requests", "max_items", "max_text_chars")
+    opts = load_options(args.options, {"run": args.run, **{k: getattr(args, k) for k in keys}})
+    serve_run(opts, host=args.host, port=args.port, name=args.name, route_prefix=args.route_prefix, detach=args.detach)
+
+
 COMMANDS = {
     "run": _cmd_run,
     "predict": _cmd_predict,
+    "serve": _cmd_serve,
     "validate": _cmd_validate,
     "config": _cmd_config,
     "plan": _cmd_plan,
