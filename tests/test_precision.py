@@ -99,3 +99,26 @@ def test_exported_outputs_run_in_the_training_precision(tmp_path):
     record = export_job(cfg, out, job, None, {}, "fp", 0.0, built=(peft_model, model))
     assert record["export"]["precision"] == "bf16"
     assert json.loads((out / "train" / "jobs" / "ref.json").read_text())["export"]["precision"] == "bf16"
+
+
+def test_models_load_in_bf16_only_on_gpus_that_have_it_natively(monkeypatch):
+    """model.dtype auto: bf16 weights (and bf16 compute for 4-bit layers, bf16 autocast) on GPUs with
+    compute capability ≥ 8; fp32 on CPUs and on T4/V100, where torch "supports" bf16 by emulation."""
+    from elora_ray.config import ModelConfig
+    from elora_ray.models.build import compute_dtype_for
+    from elora_ray.models.precision import model_fingerprint, resolve_model_dtype
+
+    assert resolve_model_dtype("auto", "cpu") == torch.float32 and compute_dtype_for("cpu") == torch.float32
+    assert resolve_model_dtype("bfloat16", "cpu") == torch.bfloat16  # explicit: as given
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    for capability, native in (((8, 0), True), ((9, 0), True), ((7, 5), False), ((7, 0), False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0, c=capability: c)
+        want = torch.bfloat16 if native else torch.float32
+        assert resolve_model_dtype("auto", "cuda") == want and compute_dtype_for("cuda") == want, capability
+        assert resolve_precision("auto", "cuda") == ("bf16" if native else "fp32"), capability
+    # auto counts as float32 in fingerprints: runs made before the setting existed stay current
+    assert model_fingerprint(ModelConfig()) == model_fingerprint(ModelConfig(dtype="float32"))
+    assert model_fingerprint(ModelConfig(dtype="bfloat16")) != model_fingerprint(ModelConfig())
+    assert features_fingerprint(_cfg(), "x") == features_fingerprint(_cfg("model.dtype=float32"), "x")

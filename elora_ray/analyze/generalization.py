@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..models.precision import model_fingerprint
 from ..adapter_types import ADAPTER_TYPES
 from ..artifacts import read_data_manifest
 from ..config import RunConfig
@@ -82,7 +83,7 @@ def _settings_tag(cfg: RunConfig, task: str, variant: Variant, seed: int, data_f
     s = cfg.analyze.sharpness
     payload = {
         "task": task, "k": variant.k, "rank": variant.rank, "seed": seed, "data": data_fingerprint,
-        "model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
+        "model": model_fingerprint(cfg.model), "adapter": cfg.adapter.model_dump(mode="json"),
         "train": {"epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size, "train_heads": cfg.train.train_heads},
         "hessian": {"points": s.points, "probes": s.probes},
     }

@@ -62,7 +62,10 @@ class ModelConfig(_Section):
     cache_dir: str | None = None
     """Where converted models (GGUF → safetensors) are cached; default ``~/.cache/elora_ray``."""
     trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights as loaded: ``auto`` is bfloat16 on a GPU with native bf16 (compute capability ≥ 8) and
+    float32 on CPUs and older GPUs; 4-bit adapter types quantise the linear layers and keep the rest
+    in this dtype. Fingerprints count ``auto`` as float32."""
 
 
 class ComputeConfig(_Section):

@@ -29,6 +29,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..models.precision import model_fingerprint
 from ..config import RunConfig
 from ..io import fingerprint
 from ..layout import RunLayout
@@ -64,7 +65,7 @@ def regularisation(constant: float, n_samples: int, lr: float, epochs: float, ba
 
 def cache_key(cfg: RunConfig) -> str:
     """Model + adapter (+ projection dim) identify a calibration; training settings do not (λ follows them)."""
-    part = {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
+    part = {"model": model_fingerprint(cfg.model), "adapter": cfg.adapter.model_dump(mode="json"),
             "dim": cfg.featurize.dim, "probe": [cfg.featurize.probe, cfg.featurize.probe_l2]}
     if cfg.feature_gradient() != "adapter":  # another feature space, another constant (older keys unchanged)
         part["gradient"] = cfg.feature_gradient()

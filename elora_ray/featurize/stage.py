@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..models.precision import model_fingerprint
 from ..artifacts import read_prepared
 from ..config import RunConfig
 from ..errors import DataError
@@ -45,7 +46,7 @@ def features_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
     f = cfg.featurize
     part = {
         "data": data_fingerprint,
-        "model": cfg.model.model_dump(mode="json"),
+        "model": model_fingerprint(cfg.model),
         "adapter": cfg.adapter.model_dump(mode="json"),
         "featurize": {k: getattr(f, k) for k in ("dim", "projection", "block_rows", "probe", "probe_samples_per_task", "probe_l2")},
         **({"gradient": cfg.feature_gradient()} if cfg.feature_gradient() != "adapter" else {}),
@@ -62,7 +63,7 @@ def theta_star_fingerprint(cfg: RunConfig, data_fingerprint: str) -> str:
     f = cfg.featurize
     part = {
         "data": data_fingerprint,
-        "model": cfg.model.model_dump(mode="json"),
+        "model": model_fingerprint(cfg.model),
         "adapter": cfg.adapter.model_dump(mode="json"),
         "probe": {k: getattr(f, k) for k in ("probe", "probe_samples_per_task", "probe_l2")},
         "seed": cfg.seed,

@@ -23,7 +23,8 @@ from ..errors import ModelError
 from ..featurize.gradients import PerSampleGradients, gold_log_odds
 from ..featurize.projection import JLProjector
 from ..featurize.worker import gradient_layers_for, projection_seed
-from ..models.build import _DTYPES, disable_cpu_weight_packing, quantization_config
+from ..models.build import compute_dtype_for, disable_cpu_weight_packing, quantization_config
+from ..models.precision import resolve_model_dtype
 from ..models.placement import place_model
 from ..models.registry import detect_kind, load_hf_config, resolve_model_dir
 
@@ -74,12 +75,15 @@ def build_lm(cfg: RunConfig, device: str | torch.device = "cpu"):
     if detect_kind(hf_cfg, cfg.model.kind) != "decoder":
         raise ModelError(f"federated next-token training needs a causal LM; {path} is an encoder")
     quantize = needs_quantized_base(cfg.adapter)
-    kwargs = dict(local_files_only=True, trust_remote_code=cfg.model.trust_remote_code, dtype=_DTYPES[cfg.model.dtype])
     target = torch.device(device)
+    kwargs = dict(local_files_only=True, trust_remote_code=cfg.model.trust_remote_code,
+                  dtype=resolve_model_dtype(cfg.model.dtype, target))
     if quantize:
-        kwargs["quantization_config"] = quantization_config("decoder", cfg.adapter.quant_type)
+        kwargs["quantization_config"] = quantization_config("decoder", cfg.adapter.quant_type, compute_dtype_for(target))
         if target.type != "cpu" or torch.cuda.is_available():  # explicit (else bitsandbytes takes the current GPU)
             kwargs["device_map"] = {"": str(target) if target.index is not None else f"{target.type}:0"}
+    elif target.type == "cuda":  # loaded onto the GPU directly, in its dtype
+        kwargs["device_map"] = {"": str(target) if target.index is not None else "cuda:0"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.model.trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, **kwargs)

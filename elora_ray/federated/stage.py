@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models.precision import model_fingerprint
 from ..cluster.kernel import scaling_for
 from ..cluster.select import resolve_select_m
 from ..config import RunConfig
@@ -68,7 +69,7 @@ def _cluster_fingerprint(cfg: RunConfig) -> dict:
 
 
 def _fingerprint(cfg: RunConfig) -> dict:
-    return {"model": cfg.model.model_dump(mode="json"), "adapter": cfg.adapter.model_dump(mode="json"),
+    return {"model": model_fingerprint(cfg.model), "adapter": cfg.adapter.model_dump(mode="json"),
             "federated": cfg.federated.model_dump(mode="json", exclude={"methods", "workers", "max_retries", "engine", "train_workers",
                                                                          "gpus_per_worker"}),
             "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg),

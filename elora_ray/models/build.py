@@ -13,19 +13,28 @@ from .classifier import MultiTaskClassifier, TaskSpec
 from .registry import detect_kind, load_hf_config, resolve_model_dir
 
 log = logging.getLogger(__name__)
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def quantization_config(kind: str, quant_type: str = "nf4"):
-    """bitsandbytes 4-bit config; heads / lm_head stay in float (quantising them breaks them)."""
+def quantization_config(kind: str, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32):
+    """bitsandbytes 4-bit config; heads / lm_head stay in float (quantising them breaks them).
+    ``compute_dtype``: what the 4-bit weights are dequantised to for each matmul (bf16 on GPUs with
+    native bf16: :func:`compute_dtype_for`)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant_type,
-        bnb_4bit_compute_dtype=torch.float32,
+        bnb_4bit_compute_dtype=compute_dtype,
         llm_int8_skip_modules=["lm_head"] if kind == "decoder" else ["pooler", "classifier"],
     )
+
+
+def compute_dtype_for(device: str | torch.device | None) -> torch.dtype:
+    """4-bit layers dequantise to bf16 on a GPU with native bf16, to fp32 elsewhere (a CPU, where fp32 is
+    what the rest of the model computes in)."""
+    from .precision import native_bf16
+
+    return torch.bfloat16 if device is not None and native_bf16(device) else torch.float32
 
 
 def build_classifier(
@@ -40,9 +49,10 @@ def build_classifier(
     """Load the backbone from a local directory and add task heads (encoder) or verbalizers.
 
     The backbone is frozen; adapters and heads are made trainable by :mod:`elora_ray.adapters`.
-    ``seed`` fixes the initialisation of the task heads. ``device``: where a 4-bit backbone is
-    quantised and kept (bitsandbytes places it at load time; the caller moves the rest there with
-    :func:`elora_ray.models.placement.place_model`). Unquantised models are built on the CPU.
+    ``seed`` fixes the initialisation of the task heads. ``device``: where the backbone is loaded (a
+    GPU: straight from the file, in ``model.dtype`` — ``auto`` is bf16 on GPUs that have it natively;
+    a 4-bit backbone is quantised there with bf16 compute); the caller moves the rest (heads,
+    adapters) there with :func:`elora_ray.models.placement.place_model`. On the CPU: float32.
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -53,12 +63,16 @@ def build_classifier(
     path = resolve_model_dir(cfg)
     hf_cfg = load_hf_config(path, cfg.trust_remote_code)
     kind = detect_kind(hf_cfg, cfg.kind)
-    kwargs = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code, dtype=_DTYPES[cfg.dtype])
+    from .precision import resolve_model_dtype
+
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    kwargs = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code, dtype=resolve_model_dtype(cfg.dtype, target))
     if quantize:
-        kwargs["quantization_config"] = quantization_config(kind, quant_type)
-        target = torch.device(device) if device is not None else torch.device("cpu")
+        kwargs["quantization_config"] = quantization_config(kind, quant_type, compute_dtype_for(target))
         if target.type != "cpu" or torch.cuda.is_available():  # explicit (else bitsandbytes takes the current GPU)
             kwargs["device_map"] = {"": str(target) if target.index is not None else f"{target.type}:0"}
+    elif target.type == "cuda":  # straight from the file onto the GPU, in its dtype: no host copy of the weights
+        kwargs["device_map"] = {"": str(target) if target.index is not None else "cuda:0"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
         if kind == "decoder":

@@ -11,14 +11,42 @@ import contextlib
 import torch
 
 
-def resolve_precision(setting: str, device: str | torch.device) -> str:
-    """``fp32`` or ``bf16`` for ``compute.precision`` on ``device`` (``auto``: bf16 on a GPU that supports it)."""
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` is a GPU that computes in bf16 natively (compute capability ≥ 8: A100, A10G,
+    L4, H100…). ``torch.cuda.is_bf16_supported()`` also says yes on T4/V100, where bf16 is emulated
+    and slower than fp32."""
     device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def resolve_precision(setting: str, device: str | torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``compute.precision`` on ``device`` (``auto``: bf16 on a GPU that has it natively)."""
     if setting == "bf16":
         return "bf16"
-    if setting == "auto" and device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if setting == "auto" and native_bf16(device):
         return "bf16"
     return "fp32"
+
+
+def resolve_model_dtype(setting: str, device: str | torch.device) -> torch.dtype:
+    """The dtype the backbone is loaded in: ``model.dtype`` as given, or (``auto``) bfloat16 on a GPU
+    with native bf16 (half the memory of fp32; autocast computes in bf16 there anyway) and float32
+    elsewhere (CPU runs keep their fp32 results)."""
+    if setting == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+
+
+def model_fingerprint(model_cfg) -> dict:
+    """``model`` section as it enters artifact fingerprints: ``dtype: auto`` counts as float32 (what it
+    is on a CPU, and what every run before the setting existed used), like ``compute.precision``."""
+    data = model_cfg.model_dump(mode="json")
+    if data.get("dtype") == "auto":
+        data["dtype"] = "float32"
+    return data
 
 
 def apply_tf32(enabled: bool) -> None:

@@ -124,6 +124,13 @@ def _precision(cfg: RunConfig, device: str, node: NodeShape) -> str:
     return p
 
 
+def _dtype(cfg: RunConfig, device: str, node: NodeShape) -> str:
+    """``model.dtype`` as the process will load it (``auto``: bf16 on GPUs with native bf16)."""
+    if cfg.model.dtype == "auto":
+        return "bfloat16" if device == "cuda" and node.bf16 else "float32"
+    return cfg.model.dtype
+
+
 def _featurize_resources(cfg: RunConfig, node: NodeShape) -> tuple[Resources, int]:
     f = cfg.featurize
     total_gpus = node.gpus * node.nodes
@@ -152,7 +159,7 @@ def _stage(name: str, where: str, processes: int, res: Resources, shape: ModelSh
     device = "cuda" if res.gpus > 0 else "cpu"
     quantized = needs_quantized_base(cfg.adapter)
     precision = _precision(cfg, device, node)
-    dtype = cfg.model.dtype
+    dtype = _dtype(cfg, device, node)
     w, dev, host, parts = stage_memory(shape, dtype=dtype, quantized=quantized, device=device, precision=precision,
                                        batch=batch, seq=cfg.model.max_length, kind=kind, cfg=cfg,
                                        checkpointing=checkpointing)
@@ -233,7 +240,7 @@ def _variants(cfg: RunConfig, s: StagePlan) -> list[tuple[str, list[str]]]:
             b //= 2
     if s.stage == "train" and not s.gradient_checkpointing:
         out.append(("train.gradient_checkpointing=true", ["train.gradient_checkpointing=true"]))
-    if cfg.model.dtype == "float32":
+    if s.dtype.endswith("float32"):
         out.append(("model.dtype=bfloat16", ["model.dtype=bfloat16"]))
     kind = adapter_type(cfg.adapter.type)
     if not kind.quantized:

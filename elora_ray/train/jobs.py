@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..models.precision import model_fingerprint
 from ..artifacts import read_job_record
 from ..config import RunConfig
 from ..io import fingerprint
@@ -60,7 +61,7 @@ class AdapterJob:
         settings, the probed heads' config and the data."""
         relevant = {
             "job": self.to_dict(),
-            "model": cfg.model.model_dump(mode="json"),
+            "model": model_fingerprint(cfg.model),
             "adapter": cfg.adapter.model_dump(mode="json"),
             # DDP (the default) gives the same adapter on any number of workers; DeepSpeed
             # settings (bf16) can change it, so they count only when it is used.
