@@ -122,3 +122,17 @@ def test_models_load_in_bf16_only_on_gpus_that_have_it_natively(monkeypatch):
     assert model_fingerprint(ModelConfig()) == model_fingerprint(ModelConfig(dtype="float32"))
     assert model_fingerprint(ModelConfig(dtype="bfloat16")) != model_fingerprint(ModelConfig())
     assert features_fingerprint(_cfg(), "x") == features_fingerprint(_cfg("model.dtype=float32"), "x")
+
+
+@bf16_cpu
+def test_the_probes_pooled_features_run_in_the_compute_precision():
+    """The linear probe's inputs (pooled encoder features) come from a forward under the same autocast
+    as featurisation and training: bf16-rounded under bf16, exact fp32 otherwise."""
+    specs = [{"name": t.name, "labels": list(t.labels)} for t in TASKS]
+    batch = {"task": np.array(["sent", "nli"], dtype=object), "text": np.array(["a fine film", "it rains"], dtype=object),
+             "split": np.array(["train"] * 2, dtype=object), "sample_id": np.array(["0", "1"], dtype=object),
+             "label": np.array(["positive", "neutral"], dtype=object), "label_id": np.array([1, 1]), "shard": np.array([0, 0])}
+    out = {p: SampleFeaturizer(_cfg(f"compute.precision={p}").model_dump(mode="json"), specs, None, "pooled")(dict(batch))
+           for p in ("fp32", "bf16")}
+    a, b = out["fp32"]["pooled"], out["bf16"]["pooled"]
+    assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.1)

@@ -79,7 +79,9 @@ class SampleFeaturizer:
         tokens = enc["attention_mask"].sum(1).cpu().numpy().astype(np.int32)
         out["tokens"] = tokens
         if self.mode == "pooled":
-            with torch.no_grad():
+            from ..models.precision import autocast
+
+            with torch.no_grad(), autocast(self.precision, self.device):  # the probe's inputs, as training computes them
                 pooled = self.model.pooled(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
             out["pooled"] = pooled.float().cpu().numpy()
             return out
