@@ -175,13 +175,19 @@ def stage_plans(cfg: RunConfig, shape: ModelShape, node: NodeShape) -> list[Stag
     plans = [
         StagePlan("driver", "head (prepare, estimate, cluster, combine, report)", 1, Resources(1, 0), "cpu", "none",
                   "–", 0, 0, HOST_BASELINE, HOST_BASELINE, {"baseline": HOST_BASELINE}),
-        _stage("model_check", "Ray task (featurize resources)", 1, fres, shape, cfg, node, "check", 16),
+        _stage("model_check", "Ray task (featurize resources)", 1, fres, shape, cfg, node, "check", check_batch_size(cfg)),
         _stage("featurize", "Ray Data actor", actors, fres, shape, cfg, node, "featurize", cfg.featurize.batch_size),
         _stage("train", where, workers, tres, shape, cfg, node, "train", micro_batch_size(cfg), ckpt),
         _stage("outputs", "the training job, after training (and θ* reference jobs)", workers, tres, shape, cfg, node,
                "inference", cfg.evaluate.batch_size),
     ]
     return plans
+
+
+def check_batch_size(cfg: RunConfig) -> int:
+    """The model check's one training batch: the first sample of each of the first 8 tasks, twice."""
+    tasks = len(cfg.tasks) if cfg.tasks else sum(cfg.suite.tasks_per_group)
+    return 2 * min(8, max(1, tasks))
 
 
 def micro_batch_size(cfg: RunConfig) -> int:
