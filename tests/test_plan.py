@@ -59,7 +59,7 @@ def test_8b_qlora_fits_one_80gb_gpu_per_worker_and_a_16gib_head(tmp_path):
 
 def test_70b_fp32_on_24gb_gpus_is_refused_naming_the_fix(tmp_path):
     path = config_only(tmp_path, "llama-70b", LLAMA_70B)
-    cfg = load_config(None, [f"model.name_or_path={path}"])
+    cfg = load_config(None, [f"model.name_or_path={path}", "model.dtype=float32"])
     node = NodeShape(cpus=32, host_bytes=parse_bytes("256GiB"), gpus=4, gpu_bytes=parse_bytes("24GB"))
     plan = build_plan(cfg, node)
     assert not plan.fits
