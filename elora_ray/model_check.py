@@ -77,8 +77,9 @@ def check_model(cfg: RunConfig, tasks: list[TaskData], run_dir: Path, batch_size
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
             model.tokenize([t.name] * len(chunk), [e.text for e in chunk], [e.text_pair for e in chunk], stats)
-    # One real forward/backward on a mixed batch: the adapter and heads must receive gradients.
-    sample = [(t.name, t.splits["train"][0]) for t in tasks[:8]] * 2
+    # One real forward/backward on a mixed batch (the first sample of up to 8 tasks): the adapter and
+    # heads must receive gradients. (It used each sample twice: the same loss at twice the memory.)
+    sample = [(t.name, t.splits["train"][0]) for t in tasks[:8]]
     batch = model.tokenize([n for n, _ in sample], [e.text for _, e in sample], [e.text_pair for _, e in sample])
     labels = torch.tensor([tasks[model.task_index[n]].label_id(e.label) for n, e in sample], device=device)
     logits = peft_model(**{k: v.to(device) for k, v in batch.items()})

@@ -76,7 +76,7 @@ def test_a_fraction_of_a_gpu_is_refused_when_the_packed_processes_do_not_fit(tmp
     names (a larger share) is one that fits."""
     path = config_only(tmp_path, "llama-8b", LLAMA_8B)
     cfg = load_config(None, [f"model.name_or_path={path}", "adapter.type=qlora", "train.gpus_per_worker=0.25"])
-    node = NodeShape(cpus=16, host_bytes=parse_bytes("256GiB"), gpus=1, gpu_bytes=parse_bytes("32GB"))
+    node = NodeShape(cpus=16, host_bytes=parse_bytes("256GiB"), gpus=1, gpu_bytes=parse_bytes("24GB"))
     plan = build_plan(cfg, node)
     train = [p for p in plan.problems if p.stage == "train"]
     assert train and "4 processes with 0.25 GPU each share one GPU" in train[0].message

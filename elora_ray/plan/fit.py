@@ -185,9 +185,9 @@ def stage_plans(cfg: RunConfig, shape: ModelShape, node: NodeShape) -> list[Stag
 
 
 def check_batch_size(cfg: RunConfig) -> int:
-    """The model check's one training batch: the first sample of each of the first 8 tasks, twice."""
+    """The model check's one training batch: the first sample of each of the first 8 tasks."""
     tasks = len(cfg.tasks) if cfg.tasks else sum(cfg.suite.tasks_per_group)
-    return 2 * min(8, max(1, tasks))
+    return min(8, max(1, tasks))
 
 
 def micro_batch_size(cfg: RunConfig) -> int:
