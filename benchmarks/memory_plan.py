@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for case, sets in cases.items():
         if "{llama1b}" in " ".join(sets):
-            sets = [s.format(llama1b=llama_1b_fp32_dir()) for s in sets]
+            sets = [s.replace("{llama1b}", str(llama_1b_fp32_dir())) for s in sets]
         print(f"memory_plan: {case} ...", flush=True)
         previous[case] = run_case(case, sets, runs)
         data = {"results": [previous[k] for k in (*CASES, *QUICK) if k in previous], "common_settings": COMMON,

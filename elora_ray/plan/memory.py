@@ -16,7 +16,8 @@ The model is deliberately simple and says where each byte comes from:
 - **featurize capture**: ``full_rank`` keeps each adapted site's input and output gradient per
   token in fp32 (``4·T·Σ(in+out)`` per sample); ``adapter`` keeps per-sample gradients (``4·p``)
   and the cached projection (``min(4·p·d, cache limit)``).
-- **load transient** (CPU, 4-bit): the file's float pages, mapped while the model is quantised.
+- **mapped file** (CPU, 4-bit): the file's float pages, read to quantise and kept mapped (the
+  float embeddings and norms are views of the file), resident for the process's life.
 - **process baseline**: Python, torch, transformers, Ray and this package imported (0.7 GiB
   measured on the CPU); a GPU process adds the CUDA libraries on the host (1.5 GiB assumed) and
   its context and workspaces on the GPU (0.75 GiB assumed) — to be confirmed by ``gpu_check.py``.
@@ -112,8 +113,8 @@ def load_transient_bytes(shape: ModelShape, dtype: str, quantized: bool, device:
     """Host bytes touched while loading beyond the weights themselves. Weights are read from the
     memory-mapped safetensors file straight into their place: on the CPU the pages become the
     weights (no second copy when the file's dtype is the load dtype), but a 4-bit model is quantised
-    from the file's float weights, whose pages stay mapped until loading ends; a GPU process reads
-    one shard at a time through the page cache (HF shards ≤ 5 GB)."""
+    from the file's float weights, whose pages stay mapped; a GPU process reads one shard at a time
+    through the page cache (HF shards ≤ 5 GB)."""
     if device == "cuda":
         return min(weights_bytes(shape, dtype, False), 5 * GiB)
     return weights_bytes(shape, dtype, False) if quantized else 0
@@ -151,9 +152,12 @@ def stage_memory(shape: ModelShape, *, dtype: str, quantized: bool, device: str,
     if device == "cuda":
         parts["context"] = dev_base
         host = host_base + load_transient_bytes(shape, dtype, quantized, device)
-    else:  # loading and computing are not at the same time: the larger of the two
+    else:
+        # A 4-bit model quantised on the CPU keeps the file's mapping (its float embeddings and norms are
+        # views of it), so the float pages it read stay resident: they add to the peak (measured on
+        # SmolLM2: QLoRA processes held ~0.5 GiB, the fp32 file, more than LoRA ones).
         transient = load_transient_bytes(shape, dtype, quantized, device)
-        host = host_base + w + max(transient, sum(parts.values()) - w)
+        host = host_base + sum(parts.values()) + transient
         if transient:
-            parts["load_transient"] = transient
+            parts["mapped_file"] = transient
     return w, int(device_peak if device == "cuda" else host), int(host), parts
