@@ -37,6 +37,8 @@ generated from those files by `python benchmarks/summarize.py`.
 | `demo_time.py` | wall time of `make demo` (the README's figure), fresh run folders |
 | `federated_engines.py` | FedAvg wall time on the client actor pool vs Ray Train (same adapter) |
 | `fidelity_surrogates.py` | the stored fidelity run's real fine-tunes against the surrogate solved three ways (ridge, early-stopped GD, Adam on the linearised model), no new training |
+| `memory_plan.py` | the resource plan (`elora plan`) against each process's measured peak host memory: MiniLM, SmolLM2 and a random Llama-3.2-1B-shaped model, LoRA and QLoRA, on CPUs |
+| `gpu_check.py` | on a lent GPU: our featurize (full_rank, adapter, QLoRA), a Ray Train worker and autocast evaluation against speed targets and the plan's memory (exit code) |
 | `quick.py` | `make bench-quick`: every script above in its smoke-test mode (< 5 min; CI runs it, results not kept) |
 """
 
