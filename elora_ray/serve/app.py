@@ -197,6 +197,10 @@ class EloraIngress:
                 log.warning("model replica died holding a request (%s); sending it again (%d/%d)",
                             type(exc).__name__, attempt + 1, self.opts.retries)
                 await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+            except Exception as exc:  # noqa: BLE001 - a failure in the model is this request's 500, not the server's end
+                log.exception("prediction failed for task %r (%d texts)", req.task, len(req.texts))
+                return JSONResponse({"error": f"prediction failed: {type(exc).__name__}: {exc}"[:1000], "field": None},
+                                    status_code=500)
         return JSONResponse({"task": req.task, "fingerprint": self.meta["fingerprint"], "predictions": predictions})
 
     @staticmethod
@@ -208,11 +212,12 @@ def application(opts: ServeOptions):
     """The Serve application for these options (deploy it with ``serve.run``)."""
     read_metadata(opts.run)  # a wrong run directory fails here, naming the missing file, not in a replica
     args = opts.model_dump()
+    logging_config = {"enable_access_log": opts.access_log}
     model = EloraModel.options(
         num_replicas=opts.replicas, max_ongoing_requests=opts.max_ongoing_requests,
-        ray_actor_options={"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus},
+        ray_actor_options={"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus}, logging_config=logging_config,
     ).bind(args)
-    return EloraIngress.options(num_replicas=opts.ingress_replicas).bind(model, args)
+    return EloraIngress.options(num_replicas=opts.ingress_replicas, logging_config=logging_config).bind(model, args)
 
 
 def build_app(args: dict):

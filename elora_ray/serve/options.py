@@ -26,6 +26,7 @@ class ServeOptions(BaseModel):
     max_text_chars: int = Field(20_000, ge=1, description="characters in one text or text pair")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="bytes of one request body")
     retries: int = Field(3, ge=0, description="times the ingress re-sends a request whose model replica died")
+    access_log: bool = Field(True, description="Serve's per-request log lines (ingress and model replicas); off saves CPU")
 
     @field_validator("device")
     @classmethod
