@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=typ, default=None, help=what)
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
+    p = sub.add_parser("export", help="write a finished run's ensemble as PEFT adapters + weights + a loader",
+                       description="Write each adapter of a finished run's ensemble as a PEFT adapter on the plain "
+                       "Hugging Face base model (encoders: plus each task's head as safetensors), the groups and "
+                       "combination weights as ensemble.json, a loader (load_ensemble.py: torch, transformers, peft, "
+                       "safetensors only) and a README. The base model is not copied.")
+    p.add_argument("--run", type=Path, required=True, help="run directory written by `elora run`")
+    p.add_argument("--to", type=Path, required=True, help="export directory (written atomically)")
+    p.add_argument("--force", action="store_true", help="replace --to if it exists")
+
     sub.add_parser("formats", help="list the built-in dataset readers (format: ...)",
                    description="List generic formats and built-in GLUE/SuperGLUE readers.")
     return parser
@@ -322,6 +331,14 @@ def _cmd_serve(args) -> None:
     serve_run(opts, host=args.host, port=args.port, name=args.name, route_prefix=args.route_prefix, detach=args.detach)
 
 
+def _cmd_export(args) -> None:
+    from .export import export_run
+    from .runlog import setup_logging
+
+    setup_logging(None)
+    print(export_run(args.run, args.to, force=args.force).summary(), end="")
+
+
 COMMANDS = {
     "run": _cmd_run,
     "predict": _cmd_predict,
@@ -331,6 +348,7 @@ COMMANDS = {
     "plan": _cmd_plan,
     "suite": _cmd_suite,
     "formats": _cmd_formats,
+    "export": _cmd_export,
 }
 """The commands that are not stages; every stage of :mod:`elora_ray.stages` runs through :func:`_cmd_stage`."""
 
