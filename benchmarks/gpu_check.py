@@ -12,7 +12,7 @@ Everything runs through the project's code, as the pipeline runs it:
 * ``featurize/qlora``: ``adapter.type=qlora`` (a bitsandbytes 4-bit base), full-rank sketch;
 * ``featurize/full_rank_tf32`` (CUDA only): fp32 weights and activations with TF32 matmuls, no autocast;
 * ``evaluate/autocast``: ``build_classifier`` + ``attach_adapter`` + ``place_model``, then
-  :func:`elora_ray.train.loop.predict_logits` inside :func:`elora_ray.models.precision.autocast`, checked
+  :func:`elora_ray.train.predict.predict_logits` inside :func:`elora_ray.models.precision.autocast`, checked
   against the same logits in fp32;
 * ``train/ray_worker``: ``ray.train.torch.TorchTrainer`` with one worker (the GPU), the model wrapped in
   DistributedDataParallel (NCCL on a GPU, gloo on a CPU) and trained a few steps by
@@ -383,7 +383,7 @@ class RowRunner:
         from elora_ray.models.build import build_classifier
         from elora_ray.models.placement import assert_one_device, place_model, reserved_gpu_ids, worker_device
         from elora_ray.models.precision import autocast, resolve_precision
-        from elora_ray.train.loop import predict_logits
+        from elora_ray.train.predict import predict_logits
 
         self.drop()
         cfg = RunConfig.model_validate(cfg_data)

@@ -229,7 +229,7 @@ def _sharded_rank(rank: int, world: int, port: int, out_dir: str) -> None:
 
     import torch.distributed as dist
 
-    from elora_ray.train.loop import predict_sharded
+    from elora_ray.train.predict import predict_sharded
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     seen = []

@@ -131,7 +131,8 @@ def measure_variant(cfg_data: dict, run_dir: str, task_name: str, k: int, rank: 
     from ..ensemble.weights import fit_task_weights
     from ..featurize.model_at_init import build_model_at_init
     from ..models.classifier import TaskSpec
-    from ..train.loop import predict_logits, train_adapter
+    from ..train.loop import train_adapter
+    from ..train.predict import predict_logits
     from ..train.model import freeze_heads
     from .sharpness import hutchinson_trace
 

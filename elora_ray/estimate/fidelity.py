@@ -62,7 +62,8 @@ def finetune_subset(cfg_data: dict, run_dir: str, members: list[str], seed: int)
     from ..featurize.model_at_init import build_model_at_init
     from ..featurize.worker import gradient_layers_for
     from ..models.classifier import TaskSpec
-    from ..train.loop import evaluate_examples, fit_adapter
+    from ..train.loop import fit_adapter
+    from ..train.predict import evaluate_examples
 
     from ..models.placement import reserved_gpu_ids, worker_device
 

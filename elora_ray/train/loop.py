@@ -267,29 +267,6 @@ def from_rank0(metrics: dict, world: int) -> dict:
     return dict(box[0])
 
 
-def predict_sharded(predict: Callable[[Sequence], tuple[np.ndarray, np.ndarray]], rows: Sequence,
-                    shard: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``predict(rows)`` of a distributed run, each rank computing its own shard (``rows[rank::world]``)
-    and every rank receiving all of it, in ``rows`` order (an all-gather). Without a process group,
-    or with one rank, it is ``predict(rows)``. Validation costs each DDP rank 1/world of the set."""
-    import torch.distributed as dist
-
-    rank, world = shard
-    if world <= 1 or not dist.is_available() or not dist.is_initialized():
-        return predict(rows)
-    idx = list(range(rank, len(rows), world))
-    logits, gold = predict([rows[i] for i in idx])
-    parts: list = [None] * world
-    dist.all_gather_object(parts, (idx, np.asarray(logits), np.asarray(gold)))
-    width = max(p[1].shape[1] for p in parts if p[1].ndim == 2)
-    out = np.zeros((len(rows), width), np.float32)
-    labels = np.zeros(len(rows), np.int64)
-    for ix, lg, gd in parts:
-        if len(ix):
-            out[ix], labels[ix] = lg, gd
-    return out, labels
-
-
 def lr_factor(step: int, total_steps: int, schedule: str, warmup: int) -> float:
     """Multiplier of the base learning rate at 0-based ``step`` (the step about to be taken)."""
     if warmup > 0 and step < warmup:
@@ -371,52 +348,3 @@ def fit_adapter(
         peft_model, model, tasks, rows, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
         count_flops=count_flops,
     )
-
-
-@torch.no_grad()
-def predict_logits(
-    peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu",
-    precision: str = "fp32",
-) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, max_labels] with −inf beyond a task's labels, gold label ids [N]). ``precision``:
-    ``bf16`` runs the forwards under bf16 autocast (the logits come back fp32)."""
-    from ..models.precision import autocast
-
-    peft_model.eval()
-    out, gold = [], []
-    for start in range(0, len(rows), batch_size):
-        enc, labels = _batch(model, tasks, rows[start : start + batch_size], device)
-        with autocast(precision, device):
-            logits = peft_model(**enc)
-        out.append(logits.float().cpu().numpy())
-        gold.append(labels.cpu().numpy())
-    width = model.max_labels
-    return (np.concatenate(out) if out else np.zeros((0, width), np.float32)), (
-        np.concatenate(gold) if gold else np.zeros(0, np.int64)
-    )
-
-
-def evaluate_examples(
-    peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu",
-    precision: str = "fp32",
-) -> dict[str, np.ndarray]:
-    """Per-sample gold log-odds h (so loss = softplus(−h)) and argmax correctness."""
-    logits, gold = predict_logits(peft_model, model, tasks, rows, batch_size, device, precision)
-    t = torch.from_numpy(logits)
-    g = torch.from_numpy(gold).long()
-    return {
-        "h": gold_log_odds(t, g).numpy() if len(gold) else np.zeros(0, np.float32),
-        "correct": (t.argmax(-1) == g).numpy() if len(gold) else np.zeros(0, bool),
-    }
-
-
-def classification_metrics(logits: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of logits (−inf on a task's invalid columns)."""
-    t = torch.from_numpy(np.asarray(logits, np.float32))
-    g = torch.from_numpy(np.asarray(gold)).long()
-    if len(g) == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
-    return {
-        "loss": float(torch.nn.functional.cross_entropy(t, g)),
-        "accuracy": float((t.argmax(-1) == g).float().mean()),
-    }

@@ -34,7 +34,7 @@ from ..layout import RunLayout
 from ..models.classifier import TaskSpec
 from ..raysession import cluster_gpus, current_node_id, ensure_ray
 from .jobs import AdapterJob, job_done
-from .loop import predict_logits
+from .predict import predict_logits
 
 log = logging.getLogger(__name__)
 

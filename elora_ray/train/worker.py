@@ -27,7 +27,8 @@ from ..config import RunConfig
 from ..io import atomic_path
 from ..models.classifier import TaskSpec
 from .jobs import AdapterJob
-from .loop import LoopState, classification_metrics, predict_logits, predict_sharded, train_adapter
+from .loop import LoopState, train_adapter
+from .predict import classification_metrics, predict_logits, predict_sharded
 
 log = logging.getLogger(__name__)
 
