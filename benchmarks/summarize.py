@@ -37,8 +37,11 @@ generated from those files by `python benchmarks/summarize.py`.
 | `demo_time.py` | wall time of `make demo` (the README's figure), fresh run folders |
 | `federated_engines.py` | FedAvg wall time on the client actor pool vs Ray Train (same adapter) |
 | `fidelity_surrogates.py` | the stored fidelity run's real fine-tunes against the surrogate solved three ways (ridge, early-stopped GD, Adam on the linearised model), no new training |
+| `decoder_ensemble.py` | SmolLM2 scoring verbalized labels on GLUE tasks: the ensemble (three affinity kinds) vs one LoRA / QLoRA adapter, per-task adapters, MTL-FT, random groups, zero-shot θ*, paired by seed, with Table 4's costs |
+| `positive_transfer.py` | the paper's §2.1 premise on the decoder: the share of 2–4-task subsets whose shared adapter beats each task's own adapter, LoRA and QLoRA, over seeds |
 | `memory_plan.py` | the resource plan (`elora plan`) against each process's measured peak host memory: MiniLM, SmolLM2 and a random Llama-3.2-1B-shaped model, LoRA and QLoRA, on CPUs |
 | `gpu_check.py` | on a lent GPU: our featurize (full_rank, adapter, QLoRA), a Ray Train worker and autocast evaluation against speed targets and the plan's memory (exit code) |
+| `serve_load.py` | `elora serve` under load: throughput and p50/p99 latency at 1–32 clients, batched vs unbatched vs the predictor called directly in one process (tiny-bert, MiniLM) |
 | `quick.py` | `make bench-quick`: every script above in its smoke-test mode (< 5 min; CI runs it, results not kept) |
 """
 
