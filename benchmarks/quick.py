@@ -44,6 +44,7 @@ SMOKE: list[tuple[str, list[str], list[str]]] = [
     ("featurize_speed", ["featurize_speed.py", "--quick"], ["featurize_speed_quick.json", "featurize_speed_quick.png"]),
     ("gpu_check", ["gpu_check.py", "--quick"], ["gpu_check_quick.json", "gpu_check_quick.md"]),
     ("memory_plan", ["memory_plan.py", "--quick"], ["memory_plan_quick.json", "memory_plan_quick.md"]),
+    ("serve_load", ["serve_load.py", "--quick"], ["serve_load_quick.json", "serve_load_quick.md"]),
     ("fidelity_surrogates", ["fidelity_surrogates.py", "--quick"], ["fidelity_surrogates_quick.json", "fidelity_surrogates_quick.png"]),
 ]
 
