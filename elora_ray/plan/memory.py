@@ -40,6 +40,8 @@ QUANT_BYTES = 0.5 + 4 / 64
 """bytes per 4-bit weight: two weights a byte plus a fp32 absmax per block of 64."""
 ADAM_BYTES = 16
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+VALIDATION_BATCH = 64
+"""Samples per forward of the validation checks during training (``elora_ray.train.worker``)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ def stage_memory(shape: ModelShape, *, dtype: str, quantized: bool, device: str,
     if kind in ("train", "check"):
         parts["adapter_state"] = shape.adapter_parameters * ADAM_BYTES
         parts["activations"] = activation_bytes(shape, batch, seq, a, backward=True, checkpointing=checkpointing)
+        if kind == "train":  # the validation checks in between run batches of VALIDATION_BATCH without grad
+            parts["activations"] = max(parts["activations"],
+                                       activation_bytes(shape, VALIDATION_BATCH, seq, a, backward=False))
     elif kind == "featurize":
         parts["activations"] = activation_bytes(shape, batch, seq, a, backward=True, checkpointing=checkpointing)
         if cfg.feature_gradient() == "full_rank":

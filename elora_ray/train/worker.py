@@ -30,6 +30,9 @@ from .jobs import AdapterJob
 from .loop import LoopState, train_adapter
 from .predict import classification_metrics, predict_logits, predict_sharded
 
+VALIDATION_BATCH = 64
+"""Samples per forward of the validation checks (the resource plan counts it: elora_ray.plan.memory)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -167,7 +170,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         def validate() -> dict[str, float]:
             logits, gold = predict_sharded(
-                lambda rows: predict_logits(peft_model, model, by_name, rows, batch_size=64, device=device), val_rows,
+                lambda rows: predict_logits(peft_model, model, by_name, rows, batch_size=VALIDATION_BATCH, device=device), val_rows,
                 (rank, world))
             m = classification_metrics(logits, gold)
             m["task_accuracy"] = m["accuracy"]
