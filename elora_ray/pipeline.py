@@ -43,7 +43,7 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     init_run_dir(cfg, out)
     _check_storage_once(cfg, out)
-    check_plan(cfg, out)
+    plan = check_plan(cfg, out)
     results: dict = {}
     seconds: dict[str, float] = {}
     last = STAGES.index(until)
@@ -51,6 +51,8 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
     for i, stage in enumerate(PIPELINE[: last + 1]):
         options = {"with_baselines": True} if stage.name == "train" and baselines_follow else {}
         results[stage.name], seconds[stage.name] = _run_one(stage, cfg, out, force or (force_last and i == last), **options)
+        if stage.name == "prepare":  # written once the data is known good: a bad-input run changes nothing
+            write_json(RunLayout(out).plan, plan)
     results["_seconds"] = seconds
     work = _stage_timings(out)
     results["_work_seconds"] = {k: work.get(k, {}).get("seconds", v) for k, v in seconds.items()}
@@ -58,21 +60,25 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
     return results
 
 
-def check_plan(cfg: RunConfig, out: Path) -> None:
-    """The resource plan (:mod:`elora_ray.plan`) before any stage loads the model, written to
-    ``plan.json``. On this machine's own Ray instance a stage that cannot fit stops the run here, with
-    the settings that would fit; connected to a cluster (whose GPU memory Ray does not report) the
-    problems are logged as warnings: check the cluster's node shape with ``elora plan --gpu-memory …``."""
+def check_plan(cfg: RunConfig, out: Path) -> dict:
+    """The resource plan (:mod:`elora_ray.plan`) before any stage loads the model; returned for
+    ``plan.json``, which the caller writes once the data is prepared. On this machine's own Ray
+    instance a stage that cannot fit stops the run here, with the settings that would fit (and
+    ``plan.json`` says so); connected to a cluster (whose GPU memory Ray does not report) the problems
+    are logged as warnings: check the cluster's node shape with ``elora plan --gpu-memory …``."""
     from .plan import NodeShape, build_plan
 
     connected = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     plan = build_plan(cfg, NodeShape.this_machine())
-    write_json(RunLayout(out).plan, plan.to_dict() | {"checked": not connected})
+    data = plan.to_dict() | {"checked": not connected}
     if plan.problems and connected:
         for p in plan.problems:
             log.warning("plan (this machine's shape, not the cluster's): %s", p.text())
-        return
+        return data
+    if plan.problems:
+        write_json(RunLayout(out).plan, data)
     plan.check()
+    return data
 
 
 _CHECKED: set[str] = set()
