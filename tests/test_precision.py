@@ -38,6 +38,10 @@ def test_fp32_and_auto_keep_the_fingerprints_bf16_changes_them():
     job = AdapterJob(id="group-0", method="ensemble", tasks=["sent"])
     assert job.fingerprint(_cfg("compute.precision=fp32"), "d") == job.fingerprint(_cfg(), "d")
     assert job.fingerprint(_cfg("compute.precision=bf16"), "d") != job.fingerprint(_cfg(), "d")
+    from elora_ray.federated.stage import _fingerprint as federated_fingerprint
+
+    assert federated_fingerprint(_cfg("compute.precision=fp32")) == federated_fingerprint(_cfg())
+    assert federated_fingerprint(_cfg("compute.precision=bf16")) != federated_fingerprint(_cfg())
 
 
 @bf16_cpu
@@ -136,3 +140,54 @@ def test_the_probes_pooled_features_run_in_the_compute_precision():
            for p in ("fp32", "bf16")}
     a, b = out["fp32"]["pooled"], out["bf16"]["pooled"]
     assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.1)
+
+
+def _autocast_probe(module: torch.nn.Module) -> list:
+    """A forward hook on ``module`` recording, for each call, whether CPU autocast was on and its dtype."""
+    seen: list = []
+    module.register_forward_hook(lambda *_: seen.append(
+        (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)))
+    return seen
+
+
+@pytest.mark.parametrize("precision", [pytest.param("bf16", marks=bf16_cpu), "fp32"])
+def test_federated_clients_train_and_evaluate_in_the_compute_precision(tmp_path, precision):
+    """Every forward of a federated client worker (local training step, evaluation, featurisation and the
+    combination weights' logits) and of the Ray Train engine's local steps runs under the autocast that
+    training uses: bf16 with compute.precision=bf16, none with fp32."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from elora_ray.federated.clients import WINDOW_SCHEMA
+    from elora_ray.federated.model import build_lm, train_windows, window_logits
+    from elora_ray.federated.worker import ClientWorker
+
+    rng = np.random.default_rng(0)
+    rows = [{"client": c, "split": s, "sample_id": f"{c}/{s}/{i}", "input_ids": rng.integers(3, 200, 8).tolist(),
+             "target": int(rng.integers(3, 200))}
+            for c in ("a", "b") for s, n in (("train", 4), ("validation", 2), ("test", 2)) for i in range(n)]
+    path = tmp_path / "windows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=WINDOW_SCHEMA), path)
+    cfg = load_config(None, ["model.name_or_path=tiny-llama", "adapter.rank=2", "featurize.dim=16",
+                             "federated.batch_size=4", "federated.featurize_windows=2", f"compute.precision={precision}"])
+    worker = ClientWorker(cfg.model_dump(mode="json"), str(path))
+    seen = _autocast_probe(worker.peft_model.base_model.model.lm)
+    want = (True, torch.bfloat16) if precision == "bf16" else (False, None)
+    theta = worker.theta_star
+    calls = {
+        "update": lambda: worker.update("a", theta, 1.0, 1e-3, 0),
+        "evaluate": lambda: worker.evaluate(["a", "b"], "test", [(1.0, theta)]),
+        "featurize": lambda: worker.featurize(["a"]),
+        "fit_weights": lambda: worker.fit_weights(["a", "b"], [[(1.0, theta)], [(0.5, theta)]], 0),
+    }
+    for name, call in calls.items():
+        seen.clear()
+        call()
+        assert seen and set(seen) == {want}, (name, seen)
+    # the Ray Train engine's workers and anything else calling the model's helpers directly
+    peft_model, _ = build_lm(cfg)
+    seen = _autocast_probe(peft_model.base_model.model.lm)
+    x = rng.integers(3, 200, size=(4, 8))
+    train_windows(peft_model, x, x, epochs=1.0, lr=1e-3, batch_size=4, seed=0, precision=precision)
+    window_logits(peft_model, x, precision=precision)
+    assert seen and set(seen) == {want}, seen

@@ -24,7 +24,7 @@ from ..featurize.gradients import PerSampleGradients, gold_log_odds
 from ..featurize.projection import JLProjector
 from ..featurize.worker import gradient_layers_for, projection_seed
 from ..models.build import compute_dtype_for, disable_cpu_weight_packing, quantization_config
-from ..models.precision import resolve_model_dtype
+from ..models.precision import autocast, resolve_model_dtype, resolve_precision
 from ..models.placement import place_model
 from ..models.registry import detect_kind, load_hf_config, resolve_model_dir
 
@@ -135,9 +135,12 @@ def _set_trainable(peft_model: nn.Module) -> list[nn.Parameter]:
 
 
 def train_windows(
-    peft_model: nn.Module, inputs: np.ndarray, targets: np.ndarray, *, epochs: float, lr: float, batch_size: int, seed: int
+    peft_model: nn.Module, inputs: np.ndarray, targets: np.ndarray, *, epochs: float, lr: float, batch_size: int, seed: int,
+    precision: str = "fp32",
 ) -> dict:
-    """AdamW on next-token cross-entropy over the windows' targets; returns mean loss and counts."""
+    """AdamW on next-token cross-entropy over the windows' targets; returns mean loss and counts.
+    ``precision`` (:func:`~elora_ray.models.precision.resolve_precision`): ``bf16`` runs each forward
+    under bf16 autocast, as the main pipeline's training does; the loss and the backward stay fp32."""
     params = _set_trainable(peft_model)
     n = len(targets)
     if n == 0:
@@ -155,7 +158,9 @@ def train_windows(
         while len(order) < batch_size:
             order.extend(rng.permutation(n).tolist())
         idx, order = order[:batch_size], order[batch_size:]
-        loss = nn.functional.cross_entropy(*_flat(peft_model(input_ids=x[idx]), y[idx]))
+        with autocast(precision, dev):  # the forward only (NextTokenLM returns fp32 logits)
+            logits = peft_model(input_ids=x[idx])
+        loss = nn.functional.cross_entropy(*_flat(logits, y[idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -165,12 +170,14 @@ def train_windows(
 
 
 @torch.no_grad()
-def window_logits(peft_model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+def window_logits(peft_model: nn.Module, inputs: np.ndarray, batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:
     """float32 logits of the windows' targets: [N, T, vocab] (every position) or [N, vocab], on the
-    model's device."""
+    model's device; ``precision`` as in :func:`train_windows`."""
     peft_model.eval()
-    x = torch.as_tensor(inputs, dtype=torch.long).to(model_device(peft_model))
-    outs = [peft_model(input_ids=x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    dev = model_device(peft_model)
+    x = torch.as_tensor(inputs, dtype=torch.long).to(dev)
+    with autocast(precision, dev):
+        outs = [peft_model(input_ids=x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.zeros(0, 0)
 
 
@@ -184,7 +191,8 @@ def token_losses(logits: torch.Tensor, targets: np.ndarray) -> np.ndarray:
 
 
 class WindowFeaturizer:
-    """Projected per-window gradients of the targets' mean log-odds at the current adapter (θ*)."""
+    """Projected per-window gradients of the targets' mean log-odds at the current adapter (θ*); the
+    forward runs in ``compute.precision`` (resolved on the model's device), the gradients come back fp32."""
 
     def __init__(self, cfg: RunConfig, peft_model: nn.Module) -> None:
         if cfg.featurize.gradient == "full_rank":  # ``auto`` means adapter features here
@@ -195,6 +203,7 @@ class WindowFeaturizer:
         self.p = sum(g.size for g in self.layers)
         f = cfg.featurize
         self.device = model_device(peft_model)
+        self.precision = resolve_precision(cfg.compute.precision, self.device)
         self.projector = JLProjector(self.p, f.dim, projection_seed(cfg), f.projection, f.block_rows, f.cache_limit_mb,
                                      self.device)
 
@@ -205,7 +214,9 @@ class WindowFeaturizer:
         y = torch.as_tensor(targets, dtype=torch.long).to(self.device)
         for i in range(0, len(x), batch_size):
             with PerSampleGradients(self.layers) as psg:
-                h = window_gold_log_odds(self.peft_model(input_ids=x[i : i + batch_size]), y[i : i + batch_size])
+                with autocast(self.precision, self.device):
+                    logits = self.peft_model(input_ids=x[i : i + batch_size])
+                h = window_gold_log_odds(logits, y[i : i + batch_size])
                 grads = psg.backward(h)
             self.peft_model.zero_grad(set_to_none=True)
             gs.append(self.projector.project(grads).cpu().numpy())

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.precision import model_fingerprint
+from ..models.precision import fingerprint_part, model_fingerprint
 from ..cluster.kernel import scaling_for
 from ..cluster.select import resolve_select_m
 from ..config import RunConfig
@@ -74,7 +74,8 @@ def _fingerprint(cfg: RunConfig) -> dict:
                                                                          "gpus_per_worker"}),
             "featurize_dim": cfg.featurize.dim, "estimate_l2": federated_l2(cfg),
             "affinity": cfg.estimate.affinity, "cluster": _cluster_fingerprint(cfg), "boost": cfg.boost.model_dump(mode="json", include=FEDERATED_BOOST_KEYS),
-            "ensemble": cfg.ensemble.model_dump(mode="json"), "seed": cfg.seed, "source": str(_source(cfg))}
+            "ensemble": cfg.ensemble.model_dump(mode="json"), "seed": cfg.seed, "source": str(_source(cfg)),
+            **fingerprint_part(cfg.compute.precision)}
 
 
 class FederatedRun:

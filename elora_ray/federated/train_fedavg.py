@@ -74,6 +74,10 @@ def fedavg_loop_per_worker(config: dict) -> None:
         import ray.train.torch as rtt
 
         device = rtt.get_device()  # this worker's own GPU (workers on one node may all see every GPU)
+    from ..models.precision import apply_tf32, resolve_precision
+
+    precision = resolve_precision(cfg.compute.precision, device)  # the local steps run as the client actors' do
+    apply_tf32(cfg.compute.tf32)
     with PeakMemory() as mem:
         peft_model, _ = build_lm(cfg, device)
         data = _client_data(config["windows"], clients, cfg)
@@ -92,7 +96,7 @@ def fedavg_loop_per_worker(config: dict) -> None:
                 x, y = data[c]
                 set_state(peft_model, state)
                 stats = train_windows(peft_model, x, y, epochs=f.local_epochs, lr=f.lr, batch_size=f.batch_size,
-                                      seed=round_seed(cfg.seed, rnd))
+                                      seed=round_seed(cfg.seed, rnd), precision=precision)
                 if not math.isfinite(stats["loss"]):
                     raise FloatingPointError(f"client {c}: training loss is {stats['loss']}")
                 new = get_state(peft_model)

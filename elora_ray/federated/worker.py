@@ -21,6 +21,7 @@ from ..config import RunConfig
 from ..ensemble.weights import fit_task_weights, weights_objective
 from ..models.flops import FlopCounter
 from ..models.placement import reserved_gpu_ids, worker_device
+from ..models.precision import apply_tf32, resolve_precision
 from ..train.worker import PeakMemory
 from .clients import _evenly
 from .model import (
@@ -45,6 +46,9 @@ class ClientWorker:
         self.cfg = RunConfig.model_validate(cfg_data)
         # a worker that reserved (a share of) a GPU must see it (federated.gpus_per_worker)
         self.device = worker_device(bool(reserved_gpu_ids()), "a federated client worker")
+        # every forward (local steps, evaluation, featurisation, logits) in the training's precision
+        self.precision = resolve_precision(self.cfg.compute.precision, self.device)
+        apply_tf32(self.cfg.compute.tf32)
         self.peft_model, _ = build_lm(self.cfg, self.device)
         self.theta_star = get_state(self.peft_model)
         table = pq.read_table(windows_path).to_pandas()
@@ -76,7 +80,7 @@ class ClientWorker:
             if coef == 0:
                 continue
             set_state(self.peft_model, state)
-            z = window_logits(self.peft_model, x) * float(coef)
+            z = window_logits(self.peft_model, x, precision=self.precision) * float(coef)
             total = z if total is None else total + z
         if total is None:
             raise ValueError("a prediction needs at least one adapter with a non-zero coefficient")
@@ -115,10 +119,11 @@ class ClientWorker:
             b = min(len(y), self.cfg.federated.batch_size)
             set_state(self.peft_model, self.theta_star)
             with FlopCounter(self.peft_model) as fc:
-                train_windows(self.peft_model, x[:b], y[:b], epochs=b / max(1, b), lr=0.0, batch_size=b, seed=0)
+                train_windows(self.peft_model, x[:b], y[:b], epochs=b / max(1, b), lr=0.0, batch_size=b, seed=0,
+                              precision=self.precision)
             train = fc.total / b
             with FlopCounter(self.peft_model) as fc:
-                window_logits(self.peft_model, x[:b])
+                window_logits(self.peft_model, x[:b], precision=self.precision)
             fwd = fc.total / b
             set_state(self.peft_model, self.theta_star)
             feat = self.featurizer()
@@ -144,7 +149,7 @@ class ClientWorker:
             x, y, _ = self._windows(client, "train")
             set_state(self.peft_model, state)
             stats = train_windows(self.peft_model, x, y, epochs=epochs, lr=lr, batch_size=self.cfg.federated.batch_size,
-                                  seed=seed)
+                                  seed=seed, precision=self.precision)
             new = get_state(self.peft_model)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"client {client}: training loss is {stats['loss']}")
