@@ -220,8 +220,9 @@ def test_nccl_ranks_never_share_a_gpu_refused_before_anything_starts(monkeypatch
         runner.run_jobs(cfg, tmp_path, [AdapterJob(id="g0", method="ensemble", tasks=["a"])])
     assert not started
 
-    fed = load_config(None, ["federated.engine=ray_train", "federated.train_workers=2"])
-    monkeypatch.setattr(raysession, "cluster_gpus", lambda: 1)  # 2 groups x 2 workers share 1 GPU: 0.25 each
+    # a fraction given for 2 federated Ray Train workers (auto gives NCCL ranks whole GPUs: tests/test_plan.py)
+    fed = load_config(None, ["federated.engine=ray_train", "federated.train_workers=2", "federated.gpus_per_worker=0.25"])
+    monkeypatch.setattr(raysession, "cluster_gpus", lambda: 1)
     with pytest.raises(DeviceError, match="two NCCL ranks on one GPU.*federated.gpus_per_worker=1"):
         train_fedavg.run_fedavg_ray_train(fed, {"g0": ["a"], "g1": ["b"]}, {"w": np.zeros(2, np.float32)}, tmp_path,
                                           tmp_path / "ckpt")

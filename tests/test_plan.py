@@ -140,3 +140,139 @@ def test_a_run_that_cannot_fit_this_machine_stops_before_loading(tmp_path, tiny_
         run_stages(cfg, tmp_path / "run", until="model_check")
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["fits"] is False
     assert not (tmp_path / "run" / "model.json").exists()
+
+
+# ------------------------------------------------------------------ auto GPU shares: small jobs pack by memory
+
+MINILM = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 384, "intermediate_size": 1536,
+          "num_hidden_layers": 6, "num_attention_heads": 12, "vocab_size": 30522, "max_position_embeddings": 512,
+          "type_vocab_size": 2}
+GPU_80 = NodeShape(cpus=16, host_bytes=parse_bytes("128GiB"), gpus=1, gpu_bytes=parse_bytes("80GiB"))
+
+
+def _this_machine(monkeypatch, node: NodeShape, cluster_gpus: int = 1, cluster_cpus: int = 16) -> None:
+    """Pretend this machine (and its Ray instance) is ``node``."""
+    from elora_ray import raysession
+    from elora_ray.featurize import stage as featurize_stage
+    from elora_ray.federated import stage as federated_stage
+
+    monkeypatch.setattr(NodeShape, "this_machine", classmethod(lambda cls: node))
+    for mod in (raysession, featurize_stage, federated_stage):
+        monkeypatch.setattr(mod, "cluster_gpus", lambda: cluster_gpus, raising=False)
+        monkeypatch.setattr(mod, "cluster_cpus", lambda: cluster_cpus, raising=False)
+
+
+def test_the_packing_rule():
+    """k = floor(GPU memory / (peak × 1.25)) processes per GPU, 1 ≤ k ≤ 8; a whole GPU when the memory is
+    unknown or the process is one of ≥ 2 NCCL ranks."""
+    from elora_ray.models.placement import packed_gpu_share
+
+    GiB = 2**30
+    assert packed_gpu_share(10 * GiB, 80 * GiB) == 1 / 6  # 80 / 12.5 = 6.4
+    assert packed_gpu_share(1 * GiB, 80 * GiB) == 1 / 8  # at most 8 per GPU
+    assert packed_gpu_share(70 * GiB, 80 * GiB) == 1.0  # does not fit twice
+    assert packed_gpu_share(100 * GiB, 80 * GiB) == 1.0  # does not fit at all: a whole GPU (the plan refuses it)
+    assert packed_gpu_share(1 * GiB, 0) == 1.0  # GPU memory unknown
+    assert packed_gpu_share(1 * GiB, 80 * GiB, collective_ranks=2) == 1.0  # an NCCL rank of a DDP group
+    assert packed_gpu_share(1 * GiB, 80 * GiB, collective_ranks=1) == 1 / 8
+
+
+def test_a_small_model_packs_several_processes_per_gpu_and_the_plan_says_so(tmp_path, monkeypatch):
+    """A 22M-parameter encoder (MiniLM's shape) on an 80 GiB GPU: featurize actors, the model check and
+    single-worker training jobs each get 1/8 of the GPU, in the plan (table and JSON) and in what the
+    stages reserve from Ray, which read the same plan."""
+    from elora_ray.featurize.stage import actor_resources
+    from elora_ray.plan import planned_gpu_share
+    from elora_ray.train.runner import job_resources
+
+    path = config_only(tmp_path, "minilm", MINILM)
+    cfg = load_config(None, [f"model.name_or_path={path}"])
+    plan = build_plan(cfg, GPU_80).check()
+    assert plan.shape.parameters == pytest.approx(22.6e6, rel=0.02)
+    by = {s.stage: s for s in plan.stages}
+    for s in ("model_check", "featurize", "train", "outputs"):
+        assert by[s].device == "cuda" and by[s].resources.gpus == 1 / 8, (s, by[s].resources)
+    assert by["featurize"].processes == 8  # 8 actors on the one GPU (16 CPUs allow them)
+    assert "(0.125 GPU)" in plan.table()
+    assert {s["stage"]: s["resources"]["gpus"] for s in plan.to_dict()["stages"]}["featurize"] == 0.125
+    # what the stages reserve: the plan's share (this machine is the 80 GiB one, its Ray instance has the GPU)
+    _this_machine(monkeypatch, GPU_80)
+    assert actor_resources(cfg) == (1.0, 1 / 8)
+    assert planned_gpu_share(cfg, "train") == 1 / 8
+    assert job_resources(cfg, use_gpu=True, workers=False)["num_gpus"] == 1 / 8
+    assert job_resources(cfg, use_gpu=True)["num_gpus"] == 1 / 8  # local mode (train.num_workers: 0)
+    one = load_config(None, [f"model.name_or_path={path}", "train.num_workers=1"])  # one Ray Train worker: no NCCL peer
+    assert planned_gpu_share(one, "train") == 1 / 8
+    # an explicit setting is taken as is
+    given = load_config(None, [f"model.name_or_path={path}", "featurize.gpus_per_actor=1", "train.gpus_per_worker=0.5"])
+    assert actor_resources(given) == (1.0, 1.0) and job_resources(given, use_gpu=True)["num_gpus"] == 0.5
+
+
+def test_an_8b_qlora_model_gets_the_largest_share_that_fits(tmp_path, monkeypatch):
+    """Llama-8B with QLoRA on an 80 GiB GPU: a featurize actor (~37 GiB at batch 32) keeps a whole GPU, while
+    single-worker training jobs (~8 GiB) pack as many as fit with the 1.25 margin."""
+    from elora_ray.featurize.stage import actor_resources
+
+    path = config_only(tmp_path, "llama-8b", LLAMA_8B)
+    cfg = load_config(None, [f"model.name_or_path={path}", "adapter.type=qlora"])
+    plan = build_plan(cfg, GPU_80).check()
+    by = {s.stage: s for s in plan.stages}
+    for group in (("model_check", "featurize"), ("train", "outputs")):  # the processes that share one setting
+        share = by[group[0]].resources.gpus
+        assert all(by[s].resources.gpus == share for s in group)
+        k = round(1 / share)
+        assert share == 1 / k and 1 <= k <= 8, group
+        peak = max(by[s].device_peak_bytes for s in group)
+        assert k * peak * 1.25 <= GPU_80.gpu_bytes  # k fit, with the margin
+        assert k == 8 or (k + 1) * peak * 1.25 > GPU_80.gpu_bytes  # k + 1 would not
+    assert by["featurize"].resources.gpus == 1.0 and by["train"].resources.gpus < 1
+    _this_machine(monkeypatch, GPU_80)
+    assert actor_resources(cfg)[1] == next(s for s in plan.stages if s.stage == "featurize").resources.gpus
+
+
+def test_data_parallel_ranks_and_unknown_gpu_memory_keep_whole_gpus(tmp_path, monkeypatch):
+    """Two DDP workers are NCCL ranks: a whole GPU each, however small the model. Without the GPU's
+    memory (a cluster whose GPUs this machine cannot see) every auto share stays 1."""
+    from elora_ray.featurize.stage import actor_resources
+    from elora_ray.models.placement import check_collective_gpu_share
+    from elora_ray.plan import planned_gpu_share
+    from elora_ray.train.runner import job_resources
+
+    path = config_only(tmp_path, "minilm", MINILM)
+    ddp = load_config(None, [f"model.name_or_path={path}", "train.num_workers=2"])
+    train = next(s for s in build_plan(ddp, GPU_80).stages if s.stage == "train")
+    assert train.resources.gpus == 1.0 and train.processes == 2
+    _this_machine(monkeypatch, GPU_80)
+    assert planned_gpu_share(ddp, "train") == 1.0
+    share = job_resources(ddp, use_gpu=True, workers=False)["num_gpus"]
+    assert share == 1.0
+    check_collective_gpu_share(2, share, "train", "train.gpus_per_worker")  # accepted
+    ray_train = load_config(None, [f"model.name_or_path={path}", "federated.engine=ray_train", "federated.train_workers=2"])
+    assert planned_gpu_share(ray_train, "federated_train") == 1.0  # its workers are NCCL ranks
+    assert planned_gpu_share(ray_train, "federated") == 1 / 8  # its client actors (featurise, score) are not
+    local = load_config(None, [f"model.name_or_path={path}", "federated.engine=ray_train"])
+    assert planned_gpu_share(local, "federated_train") == 1 / 8  # local mode: one process per group
+
+    cfg = load_config(None, [f"model.name_or_path={path}"])
+    unknown = NodeShape(cpus=16, host_bytes=parse_bytes("128GiB"), gpus=1, gpu_bytes=0)
+    assert all(s.resources.gpus in (0, 1.0) for s in build_plan(cfg, unknown).stages)
+    _this_machine(monkeypatch, NodeShape(cpus=16, host_bytes=parse_bytes("128GiB")), cluster_gpus=1)  # GPUs elsewhere
+    assert actor_resources(cfg) == (1.0, 1.0)
+    assert job_resources(cfg, use_gpu=True)["num_gpus"] == 1.0
+    assert planned_gpu_share(cfg, "federated") == 1.0
+
+
+def test_the_federated_client_pool_packs_by_memory(tmp_path, monkeypatch):
+    """A tiny causal LM's client actors: 8 per 80 GiB GPU (16 CPUs allow them), each reserving 1/8; with
+    federated.workers given, the cluster's GPUs are shared evenly by them as before."""
+    from elora_ray.federated.stage import client_pool_resources
+
+    cfg = load_config(None, ["model.name_or_path=tiny-llama"])
+    _this_machine(monkeypatch, GPU_80)
+    assert client_pool_resources(cfg) == (8, 1 / 8)
+    _this_machine(monkeypatch, GPU_80, cluster_cpus=4)
+    assert client_pool_resources(cfg) == (4, 1 / 8)  # the CPUs cap the pool; each actor still holds 1/8
+    given = load_config(None, ["model.name_or_path=tiny-llama", "federated.workers=2"])
+    assert client_pool_resources(given) == (2, 0.5)
+    _this_machine(monkeypatch, NodeShape(cpus=16, host_bytes=parse_bytes("128GiB")), cluster_gpus=1)
+    assert client_pool_resources(cfg) == (1, 1.0)  # memory unknown: one actor per GPU, as before

@@ -37,10 +37,12 @@ class FeaturizeConfig(_Section):
     as it is when the stage starts: on an autoscaling cluster give a number)."""
     cpus_per_actor: float = Field(1.0, gt=0.0)
     gpus_per_actor: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = "auto"
-    """GPU reserved by each actor (a fraction shares one GPU between actors); ``auto``: 1 when the
-    cluster has GPUs when the stage starts, else 0. Give it explicitly on an autoscaling cluster
-    (GPU nodes that do not exist yet are then started for it). An actor that reserved a GPU and
-    cannot see one stops with an error instead of running on the CPU."""
+    """GPU reserved by each actor (a fraction shares one GPU between actors); ``auto``: when the
+    cluster has GPUs when the stage starts, 1/k of one, k = floor(GPU memory / (an actor's planned
+    peak × 1.25)), 1 ≤ k ≤ 8, if the GPU's memory is known (this machine has the GPUs; ``elora plan``
+    shows the share), else 1; 0 without GPUs. The model check reserves the same. Give it explicitly
+    on an autoscaling cluster (GPU nodes that do not exist yet are then started for it). An actor
+    that reserved a GPU and cannot see one stops with an error instead of running on the CPU."""
     shard_size: int = Field(1024, ge=1)
     """Samples per output shard (the unit of resume)."""
     probe: bool = True

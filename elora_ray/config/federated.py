@@ -95,8 +95,12 @@ class FederatedConfig(_Section):
     """Size of the client actor pool (default: the cluster's CPUs)."""
     gpus_per_worker: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = "auto"
     """GPU share each client actor reserves (its model, training, featurisation and scoring run there;
-    a fraction lets several actors share one GPU). ``auto``: the cluster's GPUs shared evenly by the
-    pool (at most 1 each) when it has any, else 0; give a number on an autoscaling cluster."""
+    a fraction lets several actors share one GPU). ``auto`` on a cluster with GPUs: when the GPU's
+    memory is known (this machine has the GPUs), 1/k of one, k = floor(GPU memory / (a client's
+    planned peak × 1.25)), 1 ≤ k ≤ 8, and (``workers`` unset) a pool of k actors per GPU as the CPUs
+    and memory allow; otherwise the cluster's GPUs shared evenly by the pool (at most 1 each). The
+    workers of ``engine: ray_train`` get the same, a whole GPU each with ≥ 2 ``train_workers`` (NCCL
+    ranks). 0 without GPUs; give a number on an autoscaling cluster."""
     max_retries: int = Field(1, ge=0)
     """A client call that fails is retried this many times, then excluded with a log line."""
 

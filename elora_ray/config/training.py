@@ -75,9 +75,12 @@ class TrainConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     use_gpu: bool | Literal["auto"] = "auto"
     """``auto``: GPUs when the cluster has them."""
-    gpus_per_worker: float = Field(1.0, gt=0.0, le=1.0)
+    gpus_per_worker: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["auto"] = "auto"
     """GPU share of a local-mode job (or of each Ray Train worker) when GPUs are used; a fraction packs
-    several small adapters (and the fidelity fine-tunes) on one GPU."""
+    several small adapters (and the fidelity fine-tunes) on one GPU. ``auto``: a single-process job
+    (``num_workers`` 0 or 1) gets 1/k of a GPU, k = floor(GPU memory / (its planned peak × 1.25)),
+    1 ≤ k ≤ 8, when the GPU's memory is known (this machine has the GPUs; ``elora plan`` shows the
+    share); a whole GPU when it is not, and always for ≥ 2 data-parallel (NCCL) workers."""
     max_failures: int = Field(1, ge=0)
     """Ray Train restarts of a failed run (it resumes from its last checkpoint)."""
     seed: int | None = None
@@ -89,7 +92,7 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _nccl_ranks_on_own_gpus(self) -> "TrainConfig":
-        if self.use_gpu is True and self.num_workers >= 2 and self.gpus_per_worker < 1:
+        if self.use_gpu is True and self.num_workers >= 2 and self.gpus_per_worker != "auto" and self.gpus_per_worker < 1:
             raise ValueError(f"train.num_workers={self.num_workers} data-parallel workers with gpus_per_worker="
                              f"{self.gpus_per_worker:g} would put two NCCL ranks on one GPU (NCCL refuses that); set "
                              "train.gpus_per_worker: 1, or train.num_workers: 0 to pack adapters on a GPU by fraction")

@@ -233,10 +233,10 @@ def run_fidelity(cfg: RunConfig, run_dir: Path, progress: bool = True, *, out_na
     ensure_ray(cfg.ray)
     import ray
 
-    from ..train.runner import resolve_use_gpu
+    from ..train.runner import resolve_use_gpu, train_gpu_share
 
-    # one CPU each, and train.gpus_per_worker of a GPU when training uses GPUs
-    gpus = cfg.train.gpus_per_worker if resolve_use_gpu(cfg) else 0.0
+    # one CPU each, and train.gpus_per_worker of a GPU when training uses GPUs (auto: a training job's share)
+    gpus = train_gpu_share(cfg) if resolve_use_gpu(cfg) else 0.0
     remote = ray.remote(num_cpus=1, max_retries=1, **({"num_gpus": gpus} if gpus else {}))(finetune_subset)
     cfg_data = cfg.model_dump(mode="json")
     # Each finished subset is kept (keyed by θ*, fine-tuning settings, members, seed), so an

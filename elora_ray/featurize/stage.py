@@ -34,6 +34,7 @@ from ..config import RunConfig
 from ..errors import DataError
 from ..io import fingerprint, write_json, write_parquet
 from ..models.precision import fingerprint_part
+from ..models.placement import processes_at_once
 from ..layout import FEATURE_DIR, RunLayout
 from ..raysession import cluster_cpus, cluster_gpus, ensure_ray
 from ..tasks.schema import TaskData
@@ -102,8 +103,8 @@ def map_samples(tables: list[pa.Table], cfg: RunConfig, specs: list[dict], heads
     f = cfg.featurize
     gpus = cluster_gpus() if f.gpus_per_actor == "auto" or f.actors == "auto" else 0
     _, per_actor = actor_resources(cfg, gpus)
-    if f.actors == "auto":
-        actors = int(gpus // per_actor) if per_actor and gpus else max(1, int(cluster_cpus() // f.cpus_per_actor))
+    if f.actors == "auto":  # as many as the GPU shares (and, when shared, the CPUs) hold, as the plan counts them
+        actors = processes_at_once(gpus, per_actor, cluster_cpus(), f.cpus_per_actor)
     else:
         actors = int(f.actors)
     actors = max(1, min(actors, len(tables)))
@@ -129,12 +130,18 @@ def map_samples(tables: list[pa.Table], cfg: RunConfig, specs: list[dict], heads
 
 
 def actor_resources(cfg: RunConfig, cluster_gpu_count: int | None = None) -> tuple[float, float]:
-    """(CPUs, GPU share) each featurize actor reserves (the model check's task reserves the same)."""
+    """(CPUs, GPU share) each featurize actor reserves (the model check's task reserves the same).
+    ``gpus_per_actor: auto`` with GPUs: the plan's share (:func:`elora_ray.plan.planned_gpu_share`:
+    several actors per GPU when the model is small and the GPU's memory known, else 1)."""
     f = cfg.featurize
     if f.gpus_per_actor != "auto":
         return f.cpus_per_actor, float(f.gpus_per_actor)
     gpus = cluster_gpus() if cluster_gpu_count is None else cluster_gpu_count
-    return f.cpus_per_actor, 1.0 if gpus else 0.0
+    if not gpus:
+        return f.cpus_per_actor, 0.0
+    from ..plan import planned_gpu_share
+
+    return f.cpus_per_actor, planned_gpu_share(cfg, "featurize")
 
 
 LOCAL_PROBE_MAX_SAMPLES = 20_000

@@ -78,6 +78,30 @@ def _fingerprint(cfg: RunConfig) -> dict:
             **fingerprint_part(cfg.compute.precision)}
 
 
+def client_pool_resources(cfg: RunConfig) -> tuple[int, float]:
+    """(actors, GPU share each) of the client pool. Actors: ``federated.workers``, else sized by GPUs
+    and memory (:func:`~elora_ray.models.placement.client_pool_size`), not by CPUs. Share
+    (``federated.gpus_per_worker: auto`` on GPUs): the plan's (:func:`elora_ray.plan.planned_gpu_share`,
+    several small clients per GPU) when the pool is sized here and the GPU's memory is known, else the
+    GPUs shared evenly by the actors (:func:`~elora_ray.models.placement.gpu_share`)."""
+    from ..models.placement import client_pool_size
+    from ..plan import NodeShape, build_plan, planned_gpu_share
+
+    f = cfg.federated
+    cpus, gpus = cluster_cpus(), cluster_gpus()
+    packed = planned_gpu_share(cfg, "federated") if f.gpus_per_worker == "auto" and gpus and not f.workers else 1.0
+    setting = packed if packed < 1 else f.gpus_per_worker
+    if f.workers:
+        size = f.workers
+    else:
+        here = NodeShape.this_machine()
+        actor = next(s for s in build_plan(cfg, here).stages if s.stage == "featurize")
+        size = client_pool_size(None, setting, cpus, gpus, here.host_bytes, actor.host_peak_bytes)
+        log.info("federated: %d client actors (%d CPUs, %d GPUs, ~%.1f GiB of host memory per actor)", size, cpus, gpus,
+                 actor.host_peak_bytes / 2**30)
+    return size, gpu_share(setting, size, gpus)
+
+
 class FederatedRun:
     def __init__(self, cfg: RunConfig, run_dir: Path, force: bool) -> None:
         self.cfg, self.fcfg = cfg, cfg.federated
@@ -105,7 +129,7 @@ class FederatedRun:
         self.meta = prepare_windows(cfg, self.fed)
         self.clients: list[str] = self.meta["clients"]
         ensure_ray(cfg.ray)
-        self.workers = self._pool_size()
+        self.workers, self.gpus_per_actor = client_pool_resources(cfg)
         self.pool = self._new_pool()
         info = self.pool.broadcast("info")[0]
         self.theta_star: dict[str, np.ndarray] = info["theta_star"]
@@ -115,25 +139,9 @@ class FederatedRun:
                  "forward %.3g, featurize %.3g", self.pool.size, cfg.adapter.type, self.adapter_parameters,
                  self.units["train"], self.units["forward"], self.units["featurize"])
 
-    def _pool_size(self) -> int:
-        """``federated.workers``, else sized by GPUs and memory (:func:`client_pool_size`), not by CPUs."""
-        if self.fcfg.workers:
-            return self.fcfg.workers
-        from ..models.placement import client_pool_size
-        from ..plan import NodeShape, build_plan
-
-        here = NodeShape.this_machine()
-        actor = next(s for s in build_plan(self.cfg, here).stages if s.stage == "featurize")
-        size = client_pool_size(None, self.fcfg.gpus_per_worker, cluster_cpus(), cluster_gpus(), here.host_bytes,
-                                actor.host_peak_bytes)
-        log.info("federated: %d client actors (%d CPUs, %d GPUs, ~%.1f GiB of host memory per actor)", size,
-                 cluster_cpus(), cluster_gpus(), actor.host_peak_bytes / 2**30)
-        return size
-
     def _new_pool(self) -> ActorPool:
         return ActorPool(ClientWorker, (self.cfg.model_dump(mode="json"), str(self.fed / "windows.parquet")), self.workers,
-                         num_gpus=gpu_share(self.fcfg.gpus_per_worker, self.workers, cluster_gpus()),
-                         max_retries=self.fcfg.max_retries)
+                         num_gpus=self.gpus_per_actor, max_retries=self.fcfg.max_retries)
 
     def done(self, name: str) -> dict | None:
         p = self.fed / "methods" / f"{name}.json"

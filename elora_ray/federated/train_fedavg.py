@@ -183,8 +183,16 @@ def run_fedavg_ray_train(cfg: RunConfig, groups: dict[str, list[str]], init: dic
     from ..raysession import cluster_gpus
 
     local = cfg.federated.train_workers == 0
-    # each Ray Train worker (local mode: each group's task) gets a GPU share, as the client actors do
-    gpus = gpu_share(cfg.federated.gpus_per_worker, len(groups) * max(1, cfg.federated.train_workers), cluster_gpus())
+    # each Ray Train worker (local mode: each group's task) gets a GPU share, as the client actors do: auto is the
+    # plan's share when it packs (a single-process group, GPU memory known), a whole GPU for ≥ 2 NCCL ranks, else
+    # the GPUs shared evenly
+    setting, workers = cfg.federated.gpus_per_worker, len(groups) * max(1, cfg.federated.train_workers)
+    if setting == "auto" and cluster_gpus():
+        from ..plan import planned_gpu_share
+
+        packed = planned_gpu_share(cfg, "federated_train")
+        setting = packed if packed < 1 or cfg.federated.train_workers >= 2 else setting
+    gpus = gpu_share(setting, workers, cluster_gpus())
     if not local:
         from ..models.placement import check_collective_gpu_share
 

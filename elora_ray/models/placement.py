@@ -15,14 +15,19 @@ Two rules (issue: "ready for real clusters"):
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
 from ..errors import DeviceError
 
-__all__ = ["DeviceError", "assert_one_device", "check_collective_gpu_share", "client_pool_size", "devices_of", "is_quantized", "place_model",
-           "reserved_gpu_ids", "worker_device"]
+__all__ = ["DeviceError", "assert_one_device", "check_collective_gpu_share", "client_pool_size", "devices_of", "is_quantized",
+           "packed_gpu_share", "place_model", "processes_at_once", "reserved_gpu_ids", "worker_device"]
+
+PACKING_MARGIN = 1.25
+"""Room kept above a process's estimated peak GPU memory when several share one GPU."""
+MAX_PROCESSES_PER_GPU = 8
 
 
 def reserved_gpu_ids() -> list:
@@ -33,6 +38,32 @@ def reserved_gpu_ids() -> list:
         return list(ray.get_gpu_ids()) if ray.is_initialized() else []
     except Exception:  # noqa: BLE001 - not inside a Ray worker
         return []
+
+
+def packed_gpu_share(peak_bytes: int, gpu_bytes: int, collective_ranks: int = 1) -> float:
+    """The GPU share of one process under an ``auto`` GPU setting: ``1/k`` with
+    ``k = floor(gpu_bytes / (peak_bytes · 1.25))`` processes per GPU, 1 ≤ k ≤ 8 — small models
+    (featurize actors, single-worker training jobs, federated client actors) pack several per GPU.
+
+    A whole GPU when the GPU's memory (``gpu_bytes``) or the process's estimated peak
+    (``peak_bytes``, from :mod:`elora_ray.plan`) is unknown (0), and always for a rank of a
+    data-parallel group of ``collective_ranks`` ≥ 2 (NCCL refuses two ranks on one GPU; see
+    :func:`check_collective_gpu_share`). The one place this rule lives: the plan and every stage use it."""
+    if collective_ranks >= 2 or gpu_bytes <= 0 or peak_bytes <= 0:
+        return 1.0
+    k = max(1, min(MAX_PROCESSES_PER_GPU, math.floor(gpu_bytes / (peak_bytes * PACKING_MARGIN))))
+    return 1.0 / k
+
+
+def processes_at_once(gpus: float, share: float, cpus: float, cpus_per_process: float) -> int:
+    """How many processes reserving ``share`` of a GPU and ``cpus_per_process`` CPUs a cluster of
+    ``gpus`` GPUs and ``cpus`` CPUs runs at once: one per share of the GPUs, no more than the CPUs hold
+    when GPUs are shared (Ray would leave the others waiting); on CPUs, ``cpus // cpus_per_process``."""
+    by_cpu = max(1, int(cpus // max(cpus_per_process, 1e-9)))
+    if not (share > 0 and gpus > 0):
+        return by_cpu
+    by_gpu = max(1, int(gpus / share + 1e-9))
+    return min(by_gpu, by_cpu) if share < 1 else by_gpu
 
 
 def gpu_share(setting: float | str, workers: int, gpus: float) -> float:
@@ -47,15 +78,19 @@ def gpu_share(setting: float | str, workers: int, gpus: float) -> float:
 def client_pool_size(workers: int | None, gpus_per_worker: float | str, cpus: int, gpus: int, host_bytes: int,
                      actor_host_bytes: int) -> int:
     """Actors of the federated client pool: ``workers`` when given; on a GPU cluster one per GPU (or
-    ``gpus / gpus_per_worker`` for a given fraction) — every actor holds a model copy on its GPU, so
-    one per CPU would put 8 copies on each GPU of an 8-CPU node; on CPUs as many as both the CPUs and
-    the memory allow (each actor holds a model copy in RAM)."""
+    ``gpus / gpus_per_worker`` for a fraction — an explicit one, or ``auto`` resolved by
+    :func:`packed_gpu_share` — as many as the CPUs and the memory allow) — every actor holds a model
+    copy on its GPU, so one per CPU would put 8 copies on each GPU of an 8-CPU node; on CPUs as many
+    as both the CPUs and the memory allow (each actor holds a model copy in RAM)."""
     if workers:
         return int(workers)
+    by_memory = max(1, min(cpus, int(host_bytes // max(1, actor_host_bytes))))
     if gpus > 0:
         share = 1.0 if gpus_per_worker == "auto" else float(gpus_per_worker)
-        return max(1, int(gpus // share)) if share > 0 else max(1, min(cpus, int(host_bytes // max(1, actor_host_bytes))))
-    return max(1, min(cpus, int(host_bytes // max(1, actor_host_bytes))))
+        if share <= 0:
+            return by_memory
+        return min(processes_at_once(gpus, share, cpus, 1), by_memory) if share < 1 else max(1, int(gpus // share))
+    return by_memory
 
 
 def check_collective_gpu_share(workers: int, gpus_per_worker: float, what: str, setting: str) -> None:

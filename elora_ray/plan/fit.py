@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from .memory import GiB, HOST_BASELINE, Resources, StagePlan, stage_memory
+from ..models.placement import packed_gpu_share, processes_at_once
+from .memory import GiB, HOST_BASELINE, VALIDATION_BATCH, Resources, StagePlan, stage_memory
 from .shape import ModelShape, model_shape
 
 
@@ -131,29 +132,32 @@ def _dtype(cfg: RunConfig, device: str, node: NodeShape) -> str:
     return cfg.model.dtype
 
 
-def _featurize_resources(cfg: RunConfig, node: NodeShape) -> tuple[Resources, int]:
+def _featurize_resources(cfg: RunConfig, node: NodeShape, share: float = 1.0) -> tuple[Resources, int]:
+    """Featurize actors' resources and count; ``share``: what ``gpus_per_actor: auto`` resolved to."""
     f = cfg.featurize
     total_gpus = node.gpus * node.nodes
-    per = (1.0 if total_gpus else 0.0) if f.gpus_per_actor == "auto" else float(f.gpus_per_actor)
+    per = (share if total_gpus else 0.0) if f.gpus_per_actor == "auto" else float(f.gpus_per_actor)
     if f.actors == "auto":
-        actors = int(total_gpus // per) if per and total_gpus else max(1, int(node.cpus * node.nodes // f.cpus_per_actor))
+        actors = processes_at_once(total_gpus, per, node.cpus * node.nodes, f.cpus_per_actor)
     else:
         actors = int(f.actors)
     return Resources(f.cpus_per_actor, per), max(1, actors)
 
 
-def _train_resources(cfg: RunConfig, node: NodeShape) -> tuple[Resources, int, str]:
+def _train_resources(cfg: RunConfig, node: NodeShape, share: float = 1.0) -> tuple[Resources, int, str]:
+    """A training process's resources and how many run at once; ``share``: ``gpus_per_worker: auto`` resolved."""
     t = cfg.train
     use_gpu = (node.gpus > 0) if t.use_gpu == "auto" else bool(t.use_gpu)
-    gpus = t.gpus_per_worker if use_gpu else 0.0
+    gpus = (share if t.gpus_per_worker == "auto" else float(t.gpus_per_worker)) if use_gpu else 0.0
     if t.num_workers == 0:
-        slots = int(node.gpus * node.nodes // gpus) if gpus else int(node.cpus * node.nodes // t.cpus_per_worker)
+        slots = processes_at_once(node.gpus * node.nodes, gpus, node.cpus * node.nodes, t.cpus_per_worker)
         return Resources(t.cpus_per_worker, gpus), max(1, slots), "Ray task (Train local mode), one per adapter"
     return Resources(t.cpus_per_worker, gpus), t.num_workers, "Ray Train worker (DDP)"
 
 
 def _stage(name: str, where: str, processes: int, res: Resources, shape: ModelShape, cfg: RunConfig, node: NodeShape,
-           kind: str, batch: int, checkpointing: bool = False) -> StagePlan:
+           kind: str, batch: int, checkpointing: bool = False, *, seq: int | None = None, positions: int = 1,
+           validation_batch: int = VALIDATION_BATCH) -> StagePlan:
     from ..adapters import needs_quantized_base
 
     device = "cuda" if res.gpus > 0 else "cpu"
@@ -161,27 +165,38 @@ def _stage(name: str, where: str, processes: int, res: Resources, shape: ModelSh
     precision = _precision(cfg, device, node)
     dtype = _dtype(cfg, device, node)
     w, dev, host, parts = stage_memory(shape, dtype=dtype, quantized=quantized, device=device, precision=precision,
-                                       batch=batch, seq=cfg.model.max_length, kind=kind, cfg=cfg,
-                                       checkpointing=checkpointing)
+                                       batch=batch, seq=seq or cfg.model.max_length, kind=kind, cfg=cfg,
+                                       checkpointing=checkpointing, positions=positions, validation_batch=validation_batch)
     label = f"{cfg.adapter.quant_type}+{dtype}" if quantized else dtype
     return StagePlan(name, where, processes, res, device, label, precision, batch, w, dev, host, parts, checkpointing)
 
 
 def stage_plans(cfg: RunConfig, shape: ModelShape, node: NodeShape) -> list[StagePlan]:
-    """Every stage of ``elora run`` that holds the model, plus the driver."""
+    """Every stage of ``elora run`` that holds the model, plus the driver. An ``auto`` GPU setting
+    (``featurize.gpus_per_actor``, ``train.gpus_per_worker``) gets :func:`packed_gpu_share` of the
+    larger peak of the processes it applies to (the model check with the featurize actors, the
+    exports with the training jobs)."""
     fres, actors = _featurize_resources(cfg, node)
     tres, workers, where = _train_resources(cfg, node)
     ckpt = gradient_checkpointing_on(cfg, shape)
-    plans = [
-        StagePlan("driver", "head (prepare, estimate, cluster, combine, report)", 1, Resources(1, 0), "cpu", "none",
-                  "–", 0, 0, HOST_BASELINE, HOST_BASELINE, {"baseline": HOST_BASELINE}),
-        _stage("model_check", "Ray task (featurize resources)", 1, fres, shape, cfg, node, "check", check_batch_size(cfg)),
-        _stage("featurize", "Ray Data actor", actors, fres, shape, cfg, node, "featurize", cfg.featurize.batch_size),
-        _stage("train", where, workers, tres, shape, cfg, node, "train", micro_batch_size(cfg), ckpt),
-        _stage("outputs", "the training job, after training (and θ* reference jobs)", workers, tres, shape, cfg, node,
-               "inference", cfg.evaluate.batch_size),
-    ]
-    return plans
+    check = _stage("model_check", "Ray task (featurize resources)", 1, fres, shape, cfg, node, "check", check_batch_size(cfg))
+    feat = _stage("featurize", "Ray Data actor", actors, fres, shape, cfg, node, "featurize", cfg.featurize.batch_size)
+    train = _stage("train", where, workers, tres, shape, cfg, node, "train", micro_batch_size(cfg), ckpt)
+    outputs = _stage("outputs", "the training job, after training (and θ* reference jobs)", workers, tres, shape, cfg,
+                     node, "inference", cfg.evaluate.batch_size)
+    if cfg.featurize.gpus_per_actor == "auto" and fres.gpus:  # the peak does not depend on the share
+        share = packed_gpu_share(max(check.device_peak_bytes, feat.device_peak_bytes), node.gpu_bytes)
+        fres, feat.processes = _featurize_resources(cfg, node, share)
+        check.resources = feat.resources = fres
+    if cfg.train.gpus_per_worker == "auto" and tres.gpus:
+        share = packed_gpu_share(max(train.device_peak_bytes, outputs.device_peak_bytes), node.gpu_bytes,
+                                 collective_ranks=cfg.train.num_workers)
+        tres, workers, _ = _train_resources(cfg, node, share)
+        train.resources = outputs.resources = tres
+        train.processes = outputs.processes = workers
+    driver = StagePlan("driver", "head (prepare, estimate, cluster, combine, report)", 1, Resources(1, 0), "cpu", "none",
+                       "–", 0, 0, HOST_BASELINE, HOST_BASELINE, {"baseline": HOST_BASELINE})
+    return [driver, check, feat, train, outputs]
 
 
 def check_batch_size(cfg: RunConfig) -> int:

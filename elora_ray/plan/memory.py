@@ -90,12 +90,14 @@ def weights_bytes(shape: ModelShape, dtype: str, quantized: bool) -> int:
 
 
 def activation_bytes(shape: ModelShape, batch: int, seq: int, compute_bytes: int, *, backward: bool,
-                     checkpointing: bool = False) -> int:
-    """Activations one forward (and backward) of ``batch`` sequences of ``seq`` tokens keeps at its peak."""
+                     checkpointing: bool = False, positions: int = 1) -> int:
+    """Activations one forward (and backward) of ``batch`` sequences of ``seq`` tokens keeps at its peak;
+    ``positions``: the scored positions per sequence (1 for a classifier; the federated next-token
+    learner scores every position of a window)."""
     tokens = batch * seq
     per_layer = compute_bytes * tokens * (C_HIDDEN * shape.hidden + C_INTER * shape.intermediate + shape.heads * seq)
     out_width = shape.vocab if shape.kind == "decoder" else 16
-    head = 4 * batch * out_width * 3  # logits of the scored position (decoder: over the vocabulary), softmax, grad
+    head = 4 * batch * positions * out_width * 3  # logits of the scored positions (decoder: over the vocabulary), softmax, grad
     embed = 4 * tokens * shape.hidden * 2
     if not backward:
         return int(per_layer + head + embed)
@@ -127,20 +129,24 @@ def compute_bytes(precision: str) -> int:
 
 
 def stage_memory(shape: ModelShape, *, dtype: str, quantized: bool, device: str, precision: str, batch: int, seq: int,
-                 kind: str, cfg: RunConfig, checkpointing: bool = False) -> tuple[int, int, int, dict[str, int]]:
+                 kind: str, cfg: RunConfig, checkpointing: bool = False, positions: int = 1,
+                 validation_batch: int = VALIDATION_BATCH) -> tuple[int, int, int, dict[str, int]]:
     """(weights, device peak, host peak, breakdown) of one process of a stage ``kind``:
-    ``check``, ``featurize``, ``train`` or ``inference``."""
+    ``check``, ``featurize``, ``train`` or ``inference`` (``positions``: see :func:`activation_bytes`;
+    ``validation_batch``: the forward-only batches a ``train`` process runs between steps)."""
     a = compute_bytes(precision)
     w = weights_bytes(shape, dtype, quantized)
     parts: dict[str, int] = {"weights": w}
     if kind in ("train", "check"):
         parts["adapter_state"] = shape.adapter_parameters * ADAM_BYTES
-        parts["activations"] = activation_bytes(shape, batch, seq, a, backward=True, checkpointing=checkpointing)
+        parts["activations"] = activation_bytes(shape, batch, seq, a, backward=True, checkpointing=checkpointing,
+                                                positions=positions)
         if kind == "train":  # the validation checks in between run batches of VALIDATION_BATCH without grad
             parts["activations"] = max(parts["activations"],
-                                       activation_bytes(shape, VALIDATION_BATCH, seq, a, backward=False))
+                                       activation_bytes(shape, validation_batch, seq, a, backward=False, positions=positions))
     elif kind == "featurize":
-        parts["activations"] = activation_bytes(shape, batch, seq, a, backward=True, checkpointing=checkpointing)
+        parts["activations"] = activation_bytes(shape, batch, seq, a, backward=True, checkpointing=checkpointing,
+                                                positions=positions)
         if cfg.feature_gradient() == "full_rank":
             parts["capture"] = 4 * batch * seq * shape.adapted_width + 4 * batch * cfg.featurize.dim
         else:
@@ -151,7 +157,7 @@ def stage_memory(shape: ModelShape, *, dtype: str, quantized: bool, device: str,
             parts["capture"] = 4 * batch * p * 2
             parts["projection"] = proj if proj <= limit * 2**20 else 4 * cfg.featurize.block_rows * cfg.featurize.dim
     else:
-        parts["activations"] = activation_bytes(shape, batch, seq, a, backward=False)
+        parts["activations"] = activation_bytes(shape, batch, seq, a, backward=False, positions=positions)
     host_base, dev_base = process_baselines(device)
     device_peak = sum(parts.values()) + dev_base
     if device == "cuda":

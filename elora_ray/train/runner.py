@@ -185,7 +185,7 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
     scaling = ray.train.ScalingConfig(
         num_workers=t.num_workers,
         use_gpu=use_gpu and t.num_workers > 0,
-        resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu and t.num_workers > 0 else {})},
+        resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": train_gpu_share(cfg)} if use_gpu and t.num_workers > 0 else {})},
     )
     run_config = ray.train.RunConfig(
         name=f"{job.id}-{fingerprint}",
@@ -220,11 +220,30 @@ def job_resources(cfg: RunConfig, use_gpu: bool, workers: bool = True) -> dict:
     ``train.cpus_per_worker`` CPUs and a GPU when used; with Ray Train workers a 0-CPU launcher, the
     worker group reserving the rest). ``workers=False``: the resources of one training worker (what
     an export after distributed training, a θ* reference and a linearised learner reserve: they
-    compute in their own task). GPUs: ``train.gpus_per_worker`` of one."""
+    compute in their own task). GPUs: :func:`train_gpu_share` of one."""
     local = cfg.train.num_workers == 0
     if workers and not local:
         return {"num_cpus": 0}
-    return {"num_cpus": cfg.train.cpus_per_worker, **({"num_gpus": cfg.train.gpus_per_worker} if use_gpu else {})}
+    return {"num_cpus": cfg.train.cpus_per_worker, **({"num_gpus": train_gpu_share(cfg)} if use_gpu else {})}
+
+
+def train_gpu_share(cfg: RunConfig) -> float:
+    """``train.gpus_per_worker`` as a number: ``auto`` is the plan's share
+    (:func:`elora_ray.plan.planned_gpu_share`: a fraction for a small single-process job on GPUs of
+    known memory, a whole GPU otherwise and for every rank of ≥ 2 data-parallel workers)."""
+    if cfg.train.gpus_per_worker != "auto":
+        return float(cfg.train.gpus_per_worker)
+    from ..plan import planned_gpu_share
+
+    return planned_gpu_share(cfg, "train")
+
+
+def with_train_gpu_share(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``train.gpus_per_worker`` resolved (:func:`train_gpu_share`), so the tasks it is
+    shipped to reserve what the driver planned (a task on another node would see other GPUs, or none)."""
+    if cfg.train.gpus_per_worker != "auto":
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"gpus_per_worker": train_gpu_share(cfg)})})
 
 
 def export_checkpoint(cfg_data: dict, run_dir: str, job_data: dict, checkpoint: str, metrics: dict, fingerprint: str,
@@ -288,7 +307,9 @@ def run_jobs(
     if use_gpu:
         from ..models.placement import check_collective_gpu_share
 
-        check_collective_gpu_share(cfg.train.num_workers, cfg.train.gpus_per_worker, "train", "train.gpus_per_worker")
+        cfg = with_train_gpu_share(cfg)
+        check_collective_gpu_share(cfg.train.num_workers, train_gpu_share(cfg), "train", "train.gpus_per_worker")
+        log.info("%s: each training job holds %g GPU", desc, train_gpu_share(cfg))
     remote = ray.remote(run_job)
     cfg_data = cfg.model_dump(mode="json")
     pending = {remote.options(**job_resources(cfg, use_gpu, workers=job.kind == "trained"), max_retries=0)
