@@ -18,6 +18,7 @@ EPILOG = """examples:
   elora run --config my.yaml --out runs/x --set adapter.type=qlora --set adapter.rank=8
   elora validate --config my.yaml                 # check config and data, write nothing
   elora suite --out suite/                        # export the embedded suite as jsonl + config
+  elora add-task --run runs/x --config my.yaml    # my.yaml: the run's tasks plus new ones; retrains one group
 """
 
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=Path, required=True, help="export directory (written atomically)")
     p.add_argument("--force", action="store_true", help="replace --to if it exists")
 
+    __import__("elora_ray.grow.commands", fromlist=["add_parsers"]).add_parsers(sub, _common)
     sub.add_parser("formats", help="list the built-in dataset readers (format: ...)",
                    description="List generic formats and built-in GLUE/SuperGLUE readers.")
     return parser
@@ -166,7 +168,6 @@ def _config(args):
 
 def _cmd_run(args) -> None:
     from .pipeline import run_pipeline
-
     from .storage import open_run_dir
 
     cfg = _config(args)
@@ -299,11 +300,7 @@ def _cmd_suite(args) -> None:
     from .config import SuiteConfig
     from .tasks.export import export_suite
 
-    kw = {}
-    if args.samples_per_task is not None:
-        kw["samples_per_task"] = args.samples_per_task
-    if args.seed is not None:
-        kw["seed"] = args.seed
+    kw = {k: v for k, v in (("samples_per_task", args.samples_per_task), ("seed", args.seed)) if v is not None}
     path = export_suite(SuiteConfig(**kw), args.out)
     print(f"wrote the embedded suite to {args.out}; run it with: elora run --config {path} --out runs/suite")
 
@@ -339,6 +336,10 @@ def _cmd_export(args) -> None:
     print(export_run(args.run, args.to, force=args.force).summary(), end="")
 
 
+def _cmd_grow(args) -> None:
+    __import__("elora_ray.grow.commands", fromlist=["run_command"]).run_command(args, _config)
+
+
 COMMANDS = {
     "run": _cmd_run,
     "predict": _cmd_predict,
@@ -349,6 +350,8 @@ COMMANDS = {
     "suite": _cmd_suite,
     "formats": _cmd_formats,
     "export": _cmd_export,
+    "add-task": _cmd_grow,
+    "remove-task": _cmd_grow,
 }
 """The commands that are not stages; every stage of :mod:`elora_ray.stages` runs through :func:`_cmd_stage`."""
 

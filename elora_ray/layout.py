@@ -22,6 +22,7 @@ producing stage::
       ensemble/members.json, weights.json  train + boost: members; combine: weights
       baselines/plans.json                 baselines: the jobs of every baseline method
       evaluation.json, report.{json,md}    evaluate / run
+      grow/                                add-task / remove-task: history.json, report.md
       tune/, fidelity/, federated/, analyze/sharpness/
       plots/, metrics/, tensorboard/
 """
@@ -55,6 +56,8 @@ TUNE_DIR = "tune"
 FIDELITY_DIR = "fidelity"
 FED_DIR = "federated"
 SHARPNESS_DIR = Path("analyze") / "sharpness"
+GROW_DIR = "grow"
+"""``elora add-task`` / ``remove-task``: state.json (while growing), history.json, report.md."""
 PLOTS_DIR = "plots"
 METRICS_DIR = "metrics"
 TENSORBOARD_DIR = "tensorboard"

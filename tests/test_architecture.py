@@ -91,7 +91,7 @@ def test_every_stage_is_a_subcommand_with_a_job_entry_point():
     assert {s.cli for s in STAGES} <= commands
     assert commands == {s.cli for s in STAGES} | set(COMMANDS)
     jobs = {p.stem for p in (REPO / "jobs").glob("*.py")}
-    assert jobs == {s.cli.replace("-", "_") for s in STAGES} | {"run_pipeline", "predict", "serve"}
+    assert jobs == {s.cli.replace("-", "_") for s in STAGES} | {"run_pipeline", "predict", "serve", "add_task", "remove_task"}
     for stem in jobs:
         text = (REPO / "jobs" / f"{stem}.py").read_text()
         assert "job_main(__file__, sys.argv[1:])" in text, stem

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 
 import numpy as np
@@ -85,6 +87,17 @@ def test_resume_recomputes_only_missing_shards_identically(run, caplog):
         np.stack(after.column("grad").to_numpy(zero_copy_only=False)),
         np.stack(before.column("grad").to_numpy(zero_copy_only=False)), rtol=1e-5, atol=1e-7,
     )
+
+
+def test_a_resume_with_every_shard_written_keeps_the_gradient_parameter_count(run):
+    """Killed after the last shard but before the manifest: nothing is recomputed, and the manifest still
+    says how many parameters were differentiated (the linearised boosting learners need it)."""
+    cfg, out, _ = run
+    before = json.loads((out / "features" / "manifest.json").read_text())["gradient_parameters"]
+    (out / "features" / "manifest.json").unlink()
+    manifest = featurize(cfg, out, progress=False)
+    assert manifest["shards_resumed"] == manifest["shards"]
+    assert before and manifest["gradient_parameters"] == before
 
 
 def test_current_features_are_skipped_and_a_changed_projection_recomputes(run, caplog):

@@ -92,55 +92,12 @@ def boost_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
     bar = tqdm(total=b.steps, initial=done, desc="boost", unit="step", disable=not progress or b.steps == 0)
     try:
         for step in range(done, b.steps):
-            t0 = time.perf_counter()
             losses = group_losses(run, members, num_labels)
             j = worst_group(losses)
-            g = members.groups[j]
-            train = group_outputs(run, members, j, "train", num_labels=num_labels)
-            val = group_outputs(run, members, j, "validation", num_labels=num_labels)
-            ref_train = read_outputs(run, members.reference, "train", g.tasks, num_labels)
-            ref_val = read_outputs(run, members.reference, "validation", g.tasks, num_labels)
-            table = pd.concat([residual_table(train, ref_train).assign(split="train"), residual_table(val, ref_val).assign(split="validation")])
-            state = hashlib.sha256(
-                json.dumps([members.fingerprint, j, [(lr.job_id, lr.coef) for lr in g.learners]]).encode()
-                + pd.util.hash_pandas_object(table[["sample_id", "residual"]], index=False).values.tobytes()
-            ).hexdigest()[:16]
-            job_id = f"boost-{step}"
-            targets = BOOST_DIR / "targets" / f"{job_id}.parquet"
-            write_parquet(run / targets, _to_arrow(table))
-            job = AdapterJob(
-                id=job_id, method="boost", tasks=list(g.tasks), output_tasks=output_splits(names, g.tasks),
-                loss="log_odds_mse", targets=str(targets), epochs=b.epochs, lr=b.lr, train_heads=False,
-                seed=train_seed(cfg) + 1000 + step, kind="linearized" if b.method == "linearized" else "trained", inputs=state,
-            )
-            rec = run_jobs(cfg, run, [job], desc=f"boost step {step + 1}", progress=False)[job_id]
-            learner_train = read_outputs(run, job_id, "train", g.tasks, num_labels)
-            change = {k: learner_train[k].align_to(o.sample_ids).logits - ref_train[k].align_to(o.sample_ids).logits for k, o in train.items()}
-            rho, coef = step_coefficient(b, loss_along(train, change))
-            g.learners.append(Learner(job_id=job_id, coef=coef, step=step))
-            after = log_loss(group_outputs(run, members, j, "train", num_labels=num_labels))
-            val_after = log_loss(group_outputs(run, members, j, "validation", num_labels=num_labels))
-            # How well the learner's actual gold log-odds change tracks the residual it was fit to.
-            h_change = _gold_change(learner_train, ref_train, train)
-            resid = table[table["split"] == "train"].set_index("sample_id")["residual"]
-            r = resid.reindex(h_change.index).to_numpy()
-            entry = {
-                "step": step, "group": j, "tasks": g.tasks, "job": job_id, "method": b.method,
-                "group_train_losses_before": losses, "train_loss_before": losses[j], "train_loss_after": after,
-                "validation_loss_before": log_loss(val), "validation_loss_after": val_after,
-                "rho": rho, "coef": coef, "residual_mean": float(r.mean()),
-                "actual_change_vs_residual_corr": float(np.corrcoef(h_change.to_numpy(), r)[0, 1]) if len(r) > 2 else float("nan"),
-                "train_flops": float(rec["metrics"].get("train_flops", 0.0)), "job_seconds": float(rec["wall_s"]),
-                "seconds": round(time.perf_counter() - t0, 3),
-                **{k: rec["metrics"][k] for k in ("fit_r2_uncentered", "step_norm") if k in rec["metrics"]},
-            }
+            entry = boost_group(cfg, run, members, j, step, f"boost-{step}", names, num_labels, losses)
             history.append(entry)
             save_members(run, members)
             write_json(steps_path, {"steps": history})
-            log.info(
-                "boost step %d: group %d (%s) train loss %.4f → %.4f, validation %.4f → %.4f (ρ=%.3g, coef %.3g)",
-                step + 1, j, ", ".join(g.tasks), losses[j], after, entry["validation_loss_before"], val_after, rho, coef,
-            )
             bar.update(1)
     finally:
         bar.close()
@@ -150,6 +107,58 @@ def boost_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
         "train_flops": sum(h["train_flops"] for h in history),
         "seconds": sum(h["job_seconds"] for h in history),
     }
+
+
+def boost_group(cfg: RunConfig, run: Path, members: EnsembleMembers, j: int, step: int, job_id: str, names: list[str],
+                num_labels: dict[str, int], losses: list[float] | None = None) -> dict:
+    """One boosting step on group ``j``: fit a learner (job ``job_id``) to the group ensemble's residuals,
+    append it to the group in ``members`` (not saved here) and return the step's record."""
+    b = cfg.boost
+    t0 = time.perf_counter()
+    losses = group_losses(run, members, num_labels) if losses is None else losses
+    g = members.groups[j]
+    train = group_outputs(run, members, j, "train", num_labels=num_labels)
+    val = group_outputs(run, members, j, "validation", num_labels=num_labels)
+    ref_train = read_outputs(run, members.reference, "train", g.tasks, num_labels)
+    ref_val = read_outputs(run, members.reference, "validation", g.tasks, num_labels)
+    table = pd.concat([residual_table(train, ref_train).assign(split="train"), residual_table(val, ref_val).assign(split="validation")])
+    state = hashlib.sha256(
+        json.dumps([members.fingerprint, j, [(lr.job_id, lr.coef) for lr in g.learners]]).encode()
+        + pd.util.hash_pandas_object(table[["sample_id", "residual"]], index=False).values.tobytes()
+    ).hexdigest()[:16]
+    targets = BOOST_DIR / "targets" / f"{job_id}.parquet"
+    write_parquet(run / targets, _to_arrow(table))
+    job = AdapterJob(
+        id=job_id, method="boost", tasks=list(g.tasks), output_tasks=output_splits(names, g.tasks),
+        loss="log_odds_mse", targets=str(targets), epochs=b.epochs, lr=b.lr, train_heads=False,
+        seed=train_seed(cfg) + 1000 + step, kind="linearized" if b.method == "linearized" else "trained", inputs=state,
+    )
+    rec = run_jobs(cfg, run, [job], desc=f"boost step {step + 1}", progress=False)[job_id]
+    learner_train = read_outputs(run, job_id, "train", g.tasks, num_labels)
+    change = {k: learner_train[k].align_to(o.sample_ids).logits - ref_train[k].align_to(o.sample_ids).logits for k, o in train.items()}
+    rho, coef = step_coefficient(b, loss_along(train, change))
+    g.learners.append(Learner(job_id=job_id, coef=coef, step=step))
+    after = log_loss(group_outputs(run, members, j, "train", num_labels=num_labels))
+    val_after = log_loss(group_outputs(run, members, j, "validation", num_labels=num_labels))
+    # How well the learner's actual gold log-odds change tracks the residual it was fit to.
+    h_change = _gold_change(learner_train, ref_train, train)
+    resid = table[table["split"] == "train"].set_index("sample_id")["residual"]
+    r = resid.reindex(h_change.index).to_numpy()
+    entry = {
+        "step": step, "group": j, "tasks": g.tasks, "job": job_id, "method": b.method,
+        "group_train_losses_before": losses, "train_loss_before": losses[j], "train_loss_after": after,
+        "validation_loss_before": log_loss(val), "validation_loss_after": val_after,
+        "rho": rho, "coef": coef, "residual_mean": float(r.mean()),
+        "actual_change_vs_residual_corr": float(np.corrcoef(h_change.to_numpy(), r)[0, 1]) if len(r) > 2 else float("nan"),
+        "train_flops": float(rec["metrics"].get("train_flops", 0.0)), "job_seconds": float(rec["wall_s"]),
+        "seconds": round(time.perf_counter() - t0, 3),
+        **{k: rec["metrics"][k] for k in ("fit_r2_uncentered", "step_norm") if k in rec["metrics"]},
+    }
+    log.info(
+        "boost step %d: group %d (%s) train loss %.4f → %.4f, validation %.4f → %.4f (ρ=%.3g, coef %.3g)",
+        step + 1, j, ", ".join(g.tasks), losses[j], after, entry["validation_loss_before"], val_after, rho, coef,
+    )
+    return entry
 
 
 def _gold_change(learner: dict[str, TaskOutputs], ref: dict[str, TaskOutputs], like: dict[str, TaskOutputs]) -> pd.Series:

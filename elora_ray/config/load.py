@@ -194,4 +194,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML, every default filled in, except in task entries: those keep only what
+    was given, so reading the file back means the same (a field named by the user must exist in every
+    record, e.g. ``text_pair``; its default is only used when present)."""
+    data = cfg.model_dump(mode="json")
+    data["tasks"] = [t.model_dump(mode="json", exclude_unset=True) for t in cfg.tasks]
+    return yaml.safe_dump(data, sort_keys=False)

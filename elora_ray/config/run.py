@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from .algorithm import AnalyzeConfig, ClusterConfig, EstimateConfig, FeaturizeConfig, FidelityConfig
 from .federated import FederatedConfig, RayConfig
 from .sections import AdapterConfig, ComputeConfig, ModelConfig, SplitConfig, SuiteConfig, TaskConfig, _Section
-from .training import BaselinesConfig, BoostConfig, EnsembleConfig, EvaluateConfig, TrainConfig, TuneConfig
+from .training import BaselinesConfig, BoostConfig, EnsembleConfig, EvaluateConfig, GrowConfig, TrainConfig, TuneConfig
 
 
 class RunConfig(_Section):
@@ -29,6 +29,7 @@ class RunConfig(_Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     boost: BoostConfig = Field(default_factory=BoostConfig)
+    grow: GrowConfig = Field(default_factory=GrowConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

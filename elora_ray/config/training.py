@@ -158,6 +158,22 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class GrowConfig(_Section):
+    """``elora add-task`` / ``remove-task``: how a group whose tasks changed is retrained."""
+
+    replay: float | Literal["all"] = "all"
+    """Training samples of the group's kept tasks, as a multiple of the added tasks' training samples
+    (spread evenly over the kept tasks; a seeded sample of each): the retraining's cost then follows the
+    added data, not the group's size. ``all``: every sample of every task of the group."""
+
+    @field_validator("replay")
+    @classmethod
+    def _positive(cls, v):
+        if v != "all" and not v > 0:
+            raise ValueError("must be a positive multiple or 'all'")
+        return v
+
+
 class TuneConfig(_Section):
     """``elora tune`` — Ray Tune chooses m (groups) and b (boosting steps)."""
 

@@ -35,27 +35,7 @@ def combine_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
             return old
     m = len(members.groups)
     val = [group_outputs(run, members, j, "validation", names, num_labels) for j in range(m)]
-    per_task: dict[str, dict] = {}
-    for name in names:
-        own = members.group_of(name)
-        labels = val[own][name].labels
-        logits = [v[name].align_to(val[own][name].sample_ids).logits for v in val]
-        if e.weights == "learned":
-            alpha = fit_task_weights(logits, labels, own, e.shrink, e.solver)
-        elif e.weights == "uniform":
-            alpha = np.full(m, 1.0 / m)
-        else:
-            alpha = np.eye(m)[own]
-        losses = {
-            label: task_loss(combine(val, {name: list(a)})[name])
-            for label, a in (("weights", alpha), ("uniform", np.full(m, 1.0 / m)), ("own_group", np.eye(m)[own]))
-        }
-        per_task[name] = {
-            "own_group": own,
-            "weights": [round(float(a), 6) for a in alpha],
-            "validation_loss": losses,
-            "validation_samples": int(len(labels)),
-        }
+    per_task = {name: task_weights(e, val, name, members.group_of(name)) for name in names}
     result = {"method": e.weights, "fingerprint": fp, "groups": [g.tasks for g in members.groups], "tasks": per_task}
     save_weights(run, result)
     mean = {k: float(np.mean([t["validation_loss"][k] for t in per_task.values()])) for k in ("weights", "uniform", "own_group")}
@@ -64,6 +44,30 @@ def combine_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
         e.weights, mean["weights"], mean["uniform"], mean["own_group"],
     )
     return result
+
+
+def task_weights(e, val: list[dict], name: str, own: int) -> dict:
+    """Task ``name``'s combination weights over the m groups (``val``: each group's validation outputs)
+    and the validation loss under them, under uniform weights and under its own group alone."""
+    m = len(val)
+    labels = val[own][name].labels
+    logits = [v[name].align_to(val[own][name].sample_ids).logits for v in val]
+    if e.weights == "learned":
+        alpha = fit_task_weights(logits, labels, own, e.shrink, e.solver)
+    elif e.weights == "uniform":
+        alpha = np.full(m, 1.0 / m)
+    else:
+        alpha = np.eye(m)[own]
+    losses = {
+        label: task_loss(combine(val, {name: list(a)})[name])
+        for label, a in (("weights", alpha), ("uniform", np.full(m, 1.0 / m)), ("own_group", np.eye(m)[own]))
+    }
+    return {
+        "own_group": own,
+        "weights": [round(float(a), 6) for a in alpha],
+        "validation_loss": losses,
+        "validation_samples": int(len(labels)),
+    }
 
 
 def weight_matrix(weights: dict) -> dict[str, list[float]]:

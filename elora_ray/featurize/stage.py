@@ -220,7 +220,9 @@ def featurize(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bool
     if manifest_path.is_file():
         log.info("featurize: features complete in %s (fingerprint %s), skipping", out_dir, fp)
         return json.loads(manifest_path.read_text())
-    write_json(state_path, {"fingerprint": fp})
+    # keep what an earlier pass recorded (gradient_parameters): a resume whose shards are all written computes none
+    prev = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    write_json(state_path, {**(prev if prev.get("fingerprint") == fp else {}), "fingerprint": fp})
     ensure_ray(cfg.ray)
     t0 = time.perf_counter()
     tasks = read_prepared(run_dir)

@@ -48,9 +48,15 @@ class AdapterJob:
     inputs: str = ""
     """Fingerprint of upstream artifacts the job depends on beyond the configuration (a
     boosting learner: the group ensemble whose residual it fits)."""
+    train_samples: dict[str, int] | None = None
+    """At most this many training samples of these tasks (a sample seeded by the job's seed): a grown
+    group's kept tasks replayed next to an added one (``grow.replay``). None: every sample."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["train_samples"] is None:  # jobs without it keep the fingerprints they always had
+            del data["train_samples"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdapterJob":

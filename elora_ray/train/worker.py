@@ -70,9 +70,18 @@ class PeakMemory:
         return out
 
 
-def job_rows(tasks, names: list[str], split: str):
+def job_rows(tasks, names: list[str], split: str, caps: dict[str, int] | None = None, seed: int = 0):
+    """(task, example) rows of ``names`` on ``split``; ``caps``: at most that many of a task, a seeded
+    sample kept in the task's order (``AdapterJob.train_samples``)."""
     by = {t.name: t for t in tasks}
-    return [(n, e) for n in names for e in by[n].splits.get(split, [])]
+    rows = []
+    for n in names:
+        examples = list(by[n].splits.get(split, []))
+        if caps and n in caps and caps[n] < len(examples):
+            keep = np.sort(np.random.default_rng([seed, len(examples), caps[n]]).choice(len(examples), caps[n], replace=False))
+            examples = [examples[i] for i in keep]
+        rows += [(n, e) for e in examples]
+    return rows
 
 
 def boost_targets(run_dir: Path, job: AdapterJob, rows) -> np.ndarray:
@@ -145,7 +154,7 @@ def train_loop_per_worker(config: dict) -> None:
         from ..models.checkpointing import maybe_enable_checkpointing
 
         checkpointing = maybe_enable_checkpointing(model, cfg.train.gradient_checkpointing)
-        train_rows = job_rows(tasks, job.tasks, "train")
+        train_rows = job_rows(tasks, job.tasks, "train", job.train_samples, job.seed)
         val_rows = job_rows(tasks, job.tasks, "validation")
         targets = val_targets = None
         if job.loss == "log_odds_mse":
