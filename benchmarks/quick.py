@@ -45,6 +45,7 @@ SMOKE: list[tuple[str, list[str], list[str]]] = [
     ("gpu_check", ["gpu_check.py", "--quick"], ["gpu_check_quick.json", "gpu_check_quick.md"]),
     ("memory_plan", ["memory_plan.py", "--quick"], ["memory_plan_quick.json", "memory_plan_quick.md"]),
     ("serve_load", ["serve_load.py", "--quick"], ["serve_load_quick.json", "serve_load_quick.md"]),
+    ("add_task", ["add_task.py", "--quick"], ["add_task_quick.json", "add_task_quick.md"]),
     ("fidelity_surrogates", ["fidelity_surrogates.py", "--quick"], ["fidelity_surrogates_quick.json", "fidelity_surrogates_quick.png"]),
 ]
 

@@ -89,7 +89,8 @@ def test_validation_trials_reserve_what_a_training_job_asks_for():
     from elora_ray.errors import ConfigError
     from elora_ray.tune.validation import trial_bundles
 
-    cfg = load_config(None, ["tune.train_slots=2", "train.cpus_per_worker=2"])
+    cfg = load_config(None, ["tune.train_slots=2", "train.cpus_per_worker=2", "train.gpus_per_worker=1"])  # not auto:
+    # auto packs by the GPU memory of this machine (a fraction where it has a GPU), see tests/test_plan.py
     assert trial_bundles(cfg, use_gpu=False) == [{"CPU": 0.01}, {"CPU": 2.0}, {"CPU": 2.0}]
     assert trial_bundles(cfg, use_gpu=True) == [{"CPU": 0.01}, {"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}]
     half = load_config(None, ["tune.train_slots=1", "train.gpus_per_worker=0.5"])  # two small jobs per GPU
