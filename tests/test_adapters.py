@@ -219,3 +219,29 @@ def test_peft_sees_a_4bit_base_and_merges_it_correctly(model_name):
     # requantising costs 4-bit precision, never the delta itself
     err = (after - (before + delta)).abs().mean() / delta.abs().mean()
     assert err < 0.5, float(err)
+
+
+def test_a_cpu_4bit_model_lets_go_of_its_float_file_once_loaded():
+    """Quantising on the CPU reads the float file through a memory mapping; the float tensors that stay
+    (embeddings, norms) were views of it, which kept every page read resident (the process held the
+    file's full float size on top of its 4-bit weights). After loading, no tensor maps the file."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import gc, psutil
+        from elora_ray.config import load_config
+        from elora_ray.models.build import build_classifier
+        from elora_ray.models.classifier import TaskSpec
+        cfg = load_config(None, ["model.name_or_path=tiny-llama", "adapter.type=qlora"])
+        model = build_classifier(cfg.model, [TaskSpec("t", ("a", "b"), {"a": "no", "b": "yes"})], quantize=True,
+                                 quant_type="nf4", seed=0, device="cpu")
+        gc.collect()
+        maps = [m.path for m in psutil.Process().memory_maps() if m.path.endswith(".safetensors")]
+        assert sum(p.numel() for p in model.parameters()) > 0
+        print("MAPPED", maps)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "MAPPED []" in out.stdout, out.stdout

@@ -164,11 +164,11 @@ def stage_memory(shape: ModelShape, *, dtype: str, quantized: bool, device: str,
         parts["context"] = dev_base
         host = host_base + load_transient_bytes(shape, dtype, quantized, device)
     else:
-        # A 4-bit model quantised on the CPU keeps the file's mapping (its float embeddings and norms are
-        # views of it), so the float pages it read stay resident: they add to the peak (measured on
-        # SmolLM2: QLoRA processes held ~0.5 GiB, the fp32 file, more than LoRA ones).
+        # A 4-bit model quantised on the CPU reads the whole float file through its mapping while it
+        # loads; the mapping is released once loaded (models.build.release_file_mapping), so the file's
+        # pages are a peak of the load, not of the work after it.
         transient = load_transient_bytes(shape, dtype, quantized, device)
-        host = host_base + sum(parts.values()) + transient
+        host = host_base + max(sum(parts.values()), w + transient)
         if transient:
-            parts["mapped_file"] = transient
+            parts["mapped_file_while_loading"] = transient
     return w, int(device_peak if device == "cuda" else host), int(host), parts
