@@ -69,6 +69,14 @@ def write_suite(suite: str, seed: int, folder: Path, data_root: Path, quick: boo
     return {"model": {"name_or_path": "default"}, "adapter": {"type": "lora", "rank": 4}, "tasks": tasks, "seed": seed}, truth
 
 
+def stored_sources(data: Path, cfg: dict) -> dict[str, str]:
+    """task → source of a suite written earlier (``source.json``; the embedded suite's ``groups.json``)."""
+    if (data / "source.json").is_file():
+        return json.loads((data / "source.json").read_text())
+    groups = json.loads((data / "groups.json").read_text())["planted_groups"]
+    return {t: f"source{g}" for g, grp in enumerate(groups) for t in grp}
+
+
 def held_out(cfg: dict, source: dict[str, str], seed: int) -> str:
     """The last part of the seed's source (cycling over sources with at least three parts)."""
     sources = [s for s in dict.fromkeys(source.values()) if sum(v == s for v in source.values()) >= 3]
@@ -107,20 +115,31 @@ def compare(grown: Path, full: Path, seed: int) -> dict:
     return {"average": bootstrap_difference(a, b, seed=seed, units=units or None), "per_task": per_task}
 
 
-def run_case(suite: str, seed: int, root: Path, data_root: Path, quick: bool) -> dict:
+def run_case(suite: str, seed: int, root: Path, data_root: Path, quick: bool, stored: dict | None = None) -> dict:
+    """One (suite, seed); ``stored``: its earlier record, whose base run and full rerun (and their times)
+    are kept and only the grows are redone (``--regrow``, after a change to the grow)."""
     from elora_ray.config import load_config
     from elora_ray.ensemble.members import load_members
     from elora_ray.grow import grow_run
 
     folder = root / f"{suite}_seed{seed}"
-    full_cfg, source = write_suite(suite, seed, folder / "data", data_root, quick)
-    new = held_out(full_cfg, source, seed)
-    for name, cfg in (("full.yaml", full_cfg), ("base.yaml", dict(full_cfg, tasks=[t for t in full_cfg["tasks"] if t["name"] != new]))):
-        (folder / "data" / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
     sets = ["baselines.methods=[]", *(QUICK_SETS if quick else [])]
+    if stored is not None:
+        full_cfg = yaml.safe_load((folder / "data" / "full.yaml").read_text())
+        source = stored_sources(folder / "data", full_cfg)
+        new = stored["added"]
+        base_s, full_s = stored["seconds"]["base"], stored["seconds"]["full_rerun"]
+        base_report = {"methods": {"ensemble": {"avg_accuracy": stored["base_avg_accuracy"]}}}
+    else:
+        full_cfg, source = write_suite(suite, seed, folder / "data", data_root, quick)
+        (folder / "data" / "source.json").write_text(json.dumps(source))
+        new = held_out(full_cfg, source, seed)
+        for name, cfg in (("full.yaml", full_cfg),
+                          ("base.yaml", dict(full_cfg, tasks=[t for t in full_cfg["tasks"] if t["name"] != new]))):
+            (folder / "data" / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        base_report, base_s = timed_run(load_config(folder / "data" / "base.yaml", sets), folder / "base")
+        _, full_s = timed_run(load_config(folder / "data" / "full.yaml", sets), folder / "full")
     full = load_config(folder / "data" / "full.yaml", sets)
-    base_report, base_s = timed_run(load_config(folder / "data" / "base.yaml", sets), folder / "base")
-    full_report, full_s = timed_run(full, folder / "full")
     record = {
         "suite": suite, "seed": seed, "tasks": len(full_cfg["tasks"]), "added": new, "source": source[new],
         "base_groups": [g.tasks for g in load_members(folder / "base").groups],
@@ -211,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--regrow", action="store_true", help="keep each stored case's base run and full rerun; redo its grows")
     args = ap.parse_args(argv)
     suites = ["embedded"] if args.quick else args.suites
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -220,10 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     records = [r for r in stored if not (r["suite"] in suites and r["seed"] in seeds)] if args.rerun else list(stored)
     for suite in suites:
         for seed in seeds:
-            if any(r["suite"] == suite and r["seed"] == seed for r in records):
+            have = next((r for r in records if r["suite"] == suite and r["seed"] == seed), None)
+            if have is not None and not args.regrow:
                 continue
-            print(f"add_task: {suite} seed {seed}", flush=True)
-            records.append(run_case(suite, seed, RUNS / name, args.data_root, args.quick))
+            print(f"add_task: {suite} seed {seed}{' (grows again)' if have else ''}", flush=True)
+            if have is not None:
+                records.remove(have)
+            records.append(run_case(suite, seed, RUNS / name, args.data_root, args.quick, have))
             records.sort(key=lambda r: (r["suite"], r["seed"]))
             write_results(name, {"records": records, "machine": machine_info(), "quick": args.quick}, render(records, args.quick))
     if not records:

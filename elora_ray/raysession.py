@@ -115,6 +115,14 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def largest_node_cpus() -> int:
+    """CPUs of the largest alive node (what one process can be given at most)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return int(max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0))
+
+
 def cluster_gpus() -> int:
     import ray
 

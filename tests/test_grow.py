@@ -159,6 +159,18 @@ def test_add_task_retrains_only_its_group_and_reuses_everything_else(base_run, m
     got = pred.predict(new, [r["text"] for r in test])
     acc = float(np.mean([g == r["label"] for g, r in zip(got, test)]))
     assert acc == pytest.approx(evaluation["methods"]["ensemble"]["per_task"][new], abs=1e-9)
+    # and the export of the grown run (PEFT adapters + its own loader) gives the predictor's logits
+    import importlib.util
+
+    from elora_ray.export import export_run
+
+    export_run(out, base_run["root"] / "export")
+    spec = importlib.util.spec_from_file_location("grown_loader", base_run["root"] / "export" / "load_ensemble.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    texts = [r["text"] for r in test]
+    np.testing.assert_allclose(np.asarray(loader.load_ensemble(base_run["root"] / "export").logits(new, texts)),
+                               pred.predict_logits(new, texts), atol=1e-4)
 
     # removing it again (in place): its group is retrained without it, the other group untouched
     assert main(["remove-task", "--run", str(out), "--task", new]) == 0
@@ -173,6 +185,7 @@ def test_add_task_retrains_only_its_group_and_reuses_everything_else(base_run, m
     assert EnsemblePredictor(out).predict(remaining[0], ["a short text"])[0] in EnsemblePredictor(out).labels(remaining[0])
 
 
+@pytest.mark.slow
 def test_grow_refuses_other_changes_and_same_tasks_before_writing(base_run, tmp_path):
     from elora_ray.config import load_config
     from elora_ray.grow.change import task_change, without_tasks
@@ -194,6 +207,7 @@ def test_grow_refuses_other_changes_and_same_tasks_before_writing(base_run, tmp_
         without_tasks(run, ["nope"])
 
 
+@pytest.mark.slow
 def test_add_task_refuses_changed_data_of_a_kept_task(base_run, tmp_path):
     from elora_ray.config import load_config
     from elora_ray.grow import grow_run

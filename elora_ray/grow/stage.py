@@ -229,7 +229,8 @@ def _train(change: TaskChange, work: Path, src: Path, ctx: dict) -> dict:
         jobs.append(AdapterJob(id=f"group-{k}-grow{ctx['gen']}", method="ensemble", tasks=tasks,
                                output_tasks=output_splits(names, tasks), seed=train_seed(change.cfg), init_from=warm,
                                train_samples=replay_caps(change.cfg.grow.replay, tasks, change.added, sizes) if warm else None))
-    records = run_jobs(change.cfg, work, jobs, desc="grow: retrain changed groups", progress=ctx["progress"]) if jobs else {}
+    records = run_jobs(widened(change.cfg, len(jobs)), work, jobs, desc="grow: retrain changed groups",
+                       progress=ctx["progress"]) if jobs else {}
     new_base = {k: job.id for k, job in zip(g["changed"], jobs)}
     groups = []
     for k, tasks in enumerate(g["groups"]):
@@ -241,6 +242,24 @@ def _train(change: TaskChange, work: Path, src: Path, ctx: dict) -> dict:
     members = EnsembleMembers(groups, old.reference, fingerprint([old.fingerprint, [j.id for j in jobs]]))
     save_members(work, members)
     return {"jobs": [j.id for j in jobs], "seconds": {j: records[j]["wall_s"] for j in records}}
+
+
+def widened(cfg: RunConfig, jobs: int) -> RunConfig:
+    """A grow retrains one group or a few, where a full run fills every CPU with group jobs: on CPUs in
+    local mode each of these jobs gets its share of the largest node's CPUs as threads (the adapter does
+    not depend on it: ``train.cpus_per_worker`` is outside the job fingerprint)."""
+    from ..raysession import ensure_ray, largest_node_cpus
+
+    t = cfg.train
+    if t.num_workers != 0 or t.use_gpu is True or jobs < 1:
+        return cfg
+    ensure_ray(cfg.ray)
+    from ..raysession import cluster_gpus
+
+    if t.use_gpu == "auto" and cluster_gpus() > 0:
+        return cfg
+    per = max(int(t.cpus_per_worker), largest_node_cpus() // jobs)
+    return cfg if per == t.cpus_per_worker else cfg.model_copy(update={"train": t.model_copy(update={"cpus_per_worker": per})})
 
 
 def replay_caps(replay: float | str, tasks: list[str], added: list[str], sizes: dict[str, int]) -> dict[str, int] | None:
@@ -276,7 +295,8 @@ def _boost(change: TaskChange, work: Path, src: Path, ctx: dict) -> dict:
     for k, step in redo:
         if any(lr.step == step for lr in members.groups[k].learners):
             continue
-        entry = boost_group(change.cfg, work, members, k, step, f"boost-{step}-grow{ctx['gen']}", names, num_labels)
+        entry = boost_group(widened(change.cfg, 1), work, members, k, step, f"boost-{step}-grow{ctx['gen']}", names,
+                            num_labels)
         history.append({**entry, "grow": ctx["gen"]})
         boosted.append(entry["job"])
         save_members(work, members)

@@ -140,7 +140,18 @@ def _assigned_resources() -> dict[str, float]:
 
 
 def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_gpu: bool) -> dict:
-    """Train one job with Ray Train (or only evaluate a reference job) and export it."""
+    """Train one job with Ray Train (or only evaluate a reference job) and export it. Ray reuses worker
+    processes: what the job leaves is released before and after it, so each job's peak is its own."""
+    from ..models.memory import release_process_memory
+
+    release_process_memory()
+    try:
+        return _run_job(cfg_data, run_dir, job_data, fingerprint, use_gpu)
+    finally:
+        release_process_memory()
+
+
+def _run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_gpu: bool) -> dict:
     import torch
 
     cfg = RunConfig.model_validate(cfg_data)
@@ -198,6 +209,9 @@ def run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use_
         loop_config["local_checkpoints"] = str((RunLayout(run).ray_train / run_config.name / "local_checkpoints").resolve())
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
     result = trainer.fit()
+    from ..models.memory import release_process_memory
+
+    release_process_memory()  # the trained model (local mode: this process) before the export loads it again
     if result.error is not None:
         raise TrainJobError(f"training job {job.id!r} failed: {result.error}")
     if result.checkpoint is None:
