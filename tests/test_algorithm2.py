@@ -437,3 +437,59 @@ def test_baselines_that_need_only_the_groups_train_next_to_them(run):
     assert f"train: also training {len(wave)} baseline adapter(s) in the same pool" in log
     trained_in_baselines = [line for line in log.splitlines() if "runner: baselines" in line and " trained on " in line]
     assert trained_in_baselines and all("mtl_ft-" in line for line in trained_in_baselines), trained_in_baselines
+
+
+def test_a_boosting_step_that_raises_validation_loss_is_rejected(run, tmp_path):
+    """boost.keep=if_validation_improves: a step whose learner raises its group's validation loss enters with
+    coefficient 0 (the group's outputs are unchanged), and that group is not boosted again. A huge η makes
+    the first step overshoot."""
+    from elora_ray.boost.stage import boost_stage
+
+    cfg, out, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("ray_train"))
+    cfg2 = load_config(None, SETS + ["boost.keep=if_validation_improves", "boost.steps=2", "boost.step_size=50"])
+    steps = boost_stage(cfg2, copy, force=True, progress=False)["steps"]
+    num_labels = {t.name: len(t.labels) for t in read_prepared(copy)}
+    members = load_members(copy)
+    assert steps and steps[0]["rejected"], steps[0]
+    first = steps[0]
+    assert first["validation_loss_with_learner"] > first["validation_loss_before"]
+    assert first["coef"] == 0.0 and first["train_loss_after"] == first["train_loss_before"]
+    (learner,) = [lr for lr in members.groups[first["group"]].learners if lr.step == 0]
+    assert learner.coef == 0.0
+    val = log_loss(group_outputs(copy, members, first["group"], "validation", num_labels=num_labels))
+    assert val == pytest.approx(first["validation_loss_before"], rel=1e-12)
+    if len(members.groups) > 1:
+        assert len(steps) == 2 and steps[1]["group"] != first["group"]
+    else:
+        assert len(steps) == 1  # the only group was rejected: boosting stops
+    # Without the rule the same step is kept with its coefficient.
+    cfg3 = load_config(None, SETS + ["boost.steps=1", "boost.step_size=50"])
+    (kept,) = boost_stage(cfg3, copy, force=True, progress=False)["steps"]
+    assert not kept["rejected"] and kept["coef"] == pytest.approx(50 * kept["rho"])
+
+
+def test_shrunk_weights_are_the_learned_ones_pulled_toward_uniform(run, tmp_path):
+    from elora_ray.ensemble.stage import combine_stage
+
+    cfg, out, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("ray_train"))
+    cfg2 = load_config(None, SETS + ["ensemble.weights=shrunk", "ensemble.cv_folds=3"])
+    result = combine_stage(cfg2, copy, progress=False)
+    tasks = read_prepared(copy)
+    names = [t.name for t in tasks]
+    num_labels = {t.name: len(t.labels) for t in tasks}
+    members = load_members(copy)
+    m = len(members.groups)
+    val = [group_outputs(copy, members, j, "validation", names, num_labels) for j in range(m)]
+    for t in tasks:
+        rec = result["tasks"][t.name]
+        own = members.group_of(t.name)
+        assert 0.0 <= rec["shrinkage"] <= 1.0 and rec["cv_folds"] == 3
+        logits = [v[t.name].align_to(val[own][t.name].sample_ids).logits for v in val]
+        learned = fit_task_weights(logits, val[own][t.name].labels, own, 0.0, cfg2.ensemble.solver)
+        lam = rec["shrinkage"]
+        np.testing.assert_allclose(rec["weights"], (1 - lam) * learned + lam / m, atol=2e-4)
+    assert load_weights(copy)["method"] == "shrunk"

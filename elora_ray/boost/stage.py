@@ -93,7 +93,12 @@ def boost_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: bo
     try:
         for step in range(done, b.steps):
             losses = group_losses(run, members, num_labels)
-            j = worst_group(losses)
+            rejected = {h["group"] for h in history if h.get("rejected")}
+            if len(rejected) == len(members.groups):
+                log.info("boost: every group's last step raised its validation loss (boost.keep=%s); stopping after %d of %d steps",
+                         b.keep, step, b.steps)
+                break
+            j = worst_group([-np.inf if k in rejected else v for k, v in enumerate(losses)])
             entry = boost_group(cfg, run, members, j, step, f"boost-{step}", names, num_labels, losses)
             history.append(entry)
             save_members(run, members)
@@ -140,6 +145,12 @@ def boost_group(cfg: RunConfig, run: Path, members: EnsembleMembers, j: int, ste
     g.learners.append(Learner(job_id=job_id, coef=coef, step=step))
     after = log_loss(group_outputs(run, members, j, "train", num_labels=num_labels))
     val_after = log_loss(group_outputs(run, members, j, "validation", num_labels=num_labels))
+    val_before = log_loss(val)
+    val_with_learner = val_after
+    rejected = b.keep == "if_validation_improves" and val_after > val_before
+    if rejected:  # kept as a member with coefficient 0: the step counts (a resumed run goes on after it)
+        g.learners[-1].coef = 0.0
+        after, val_after = losses[j], val_before
     # How well the learner's actual gold log-odds change tracks the residual it was fit to.
     h_change = _gold_change(learner_train, ref_train, train)
     resid = table[table["split"] == "train"].set_index("sample_id")["residual"]
@@ -147,16 +158,18 @@ def boost_group(cfg: RunConfig, run: Path, members: EnsembleMembers, j: int, ste
     entry = {
         "step": step, "group": j, "tasks": g.tasks, "job": job_id, "method": b.method,
         "group_train_losses_before": losses, "train_loss_before": losses[j], "train_loss_after": after,
-        "validation_loss_before": log_loss(val), "validation_loss_after": val_after,
-        "rho": rho, "coef": coef, "residual_mean": float(r.mean()),
+        "validation_loss_before": val_before, "validation_loss_after": val_after,
+        "rho": rho, "coef": 0.0 if rejected else coef, "rejected": rejected,
+        "validation_loss_with_learner": val_with_learner, "residual_mean": float(r.mean()),
         "actual_change_vs_residual_corr": float(np.corrcoef(h_change.to_numpy(), r)[0, 1]) if len(r) > 2 else float("nan"),
         "train_flops": float(rec["metrics"].get("train_flops", 0.0)), "job_seconds": float(rec["wall_s"]),
         "seconds": round(time.perf_counter() - t0, 3),
         **{k: rec["metrics"][k] for k in ("fit_r2_uncentered", "step_norm") if k in rec["metrics"]},
     }
     log.info(
-        "boost step %d: group %d (%s) train loss %.4f → %.4f, validation %.4f → %.4f (ρ=%.3g, coef %.3g)",
-        step + 1, j, ", ".join(g.tasks), losses[j], after, entry["validation_loss_before"], val_after, rho, coef,
+        "boost step %d: group %d (%s) train loss %.4f → %.4f, validation %.4f → %.4f (ρ=%.3g, coef %.3g)%s",
+        step + 1, j, ", ".join(g.tasks), losses[j], after, entry["validation_loss_before"], val_after, rho, entry["coef"],
+        "; rejected: it raised the validation loss (boost.keep)" if rejected else "",
     )
     return entry
 

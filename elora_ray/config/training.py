@@ -124,20 +124,28 @@ class BoostConfig(_Section):
     """``trained``: epochs (default ``train.epochs``)."""
     lr: float | None = Field(None, gt=0.0)
     """``trained``: learning rate (default ``train.lr``)."""
+    keep: Literal["always", "if_validation_improves"] = "always"
+    """``if_validation_improves``: a step whose learner raises its group's validation log loss enters with
+    coefficient 0 (recorded as rejected in ``boost/steps.json``), and that group is not boosted again; the
+    remaining steps go to the other groups. ``always``: every step is kept (the paper)."""
 
 
 class EnsembleConfig(_Section):
     """Stage 6 — per-task convex weights combining the group ensembles, fit on validation."""
 
-    weights: Literal["learned", "uniform", "own_group"] = "learned"
-    """``learned``: minimise the validation log loss over the simplex;
-    ``uniform``: equal weights; ``own_group``: each task uses only its own group."""
+    weights: Literal["learned", "shrunk", "uniform", "own_group"] = "learned"
+    """``learned``: minimise the validation log loss over the simplex; ``shrunk``: the learned weights
+    pulled toward uniform by the amount (0 to 1) that cross-validation on the validation set picks
+    (``cv_folds``; :mod:`elora_ray.ensemble.shrinkage`); ``uniform``: equal weights; ``own_group``:
+    each task uses only its own group."""
     solver: Literal["auto", "first_order", "CLARABEL", "SCS"] = "auto"
     """``learned`` weights' solver (the federated ensemble's too): ``CLARABEL``/``SCS`` through
     cvxpy (small label sets), ``first_order`` (projected gradient, any vocabulary size), ``auto``:
     cvxpy's CLARABEL for small problems, ``first_order`` for large ones (same optimum)."""
     shrink: float = Field(0.0, ge=0.0)
     """L2 pull of each task's weights towards its own group (helps tiny validation sets)."""
+    cv_folds: int = Field(5, ge=2)
+    """``weights: shrunk``: folds of each task's validation samples the shrinkage is chosen on."""
 
 
 BASELINE_METHODS = ("single_adapter", "single_qlora", "per_task_adapters", "mtl_ft", "random_groups", "gradient_cosine")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from ..config import RunConfig
 from ..io import fingerprint
 from ..layout import RunLayout
 from .members import group_outputs, load_members, save_weights
+from .shrinkage import shrunk_weights
 from .weights import combine, fit_task_weights, task_loss
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,10 @@ def combine_stage(cfg: RunConfig, run_dir: Path, force: bool = False, progress: 
         "combine: %s weights; mean validation loss %.4f (uniform %.4f, own group only %.4f)",
         e.weights, mean["weights"], mean["uniform"], mean["own_group"],
     )
+    if e.weights == "shrunk":
+        lams = [t["shrinkage"] for t in per_task.values()]
+        log.info("combine: shrinkage toward uniform chosen by %d-fold cross-validation: mean %.2f (0 = learned, 1 = uniform)",
+                 e.cv_folds, float(np.mean(lams)))
     return result
 
 
@@ -52,8 +58,14 @@ def task_weights(e, val: list[dict], name: str, own: int) -> dict:
     m = len(val)
     labels = val[own][name].labels
     logits = [v[name].align_to(val[own][name].sample_ids).logits for v in val]
+    extra: dict = {}
     if e.weights == "learned":
         alpha = fit_task_weights(logits, labels, own, e.shrink, e.solver)
+    elif e.weights == "shrunk":
+        fit = shrunk_weights(logits, labels, own, e.shrink, e.solver, folds=e.cv_folds, seed=zlib.crc32(name.encode()))
+        alpha = fit.weights
+        extra = {"shrinkage": fit.shrinkage, "cv_folds": fit.folds,
+                 "cv_loss": {f"{k:g}": round(v, 6) for k, v in fit.cv_loss.items()}}
     elif e.weights == "uniform":
         alpha = np.full(m, 1.0 / m)
     else:
@@ -67,6 +79,7 @@ def task_weights(e, val: list[dict], name: str, own: int) -> dict:
         "weights": [round(float(a), 6) for a in alpha],
         "validation_loss": losses,
         "validation_samples": int(len(labels)),
+        **extra,
     }
 
 

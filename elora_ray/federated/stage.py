@@ -121,6 +121,9 @@ class FederatedRun:
             shutil.rmtree(self.fed)
             self.fed.mkdir(parents=True)
         _require_decoder(cfg)
+        if cfg.ensemble.weights == "shrunk":
+            raise ConfigError("federated: ensemble.weights=shrunk is fitted per task on the main pipeline's validation "
+                              "outputs; the federated ensemble takes learned, uniform or own_group")
         if cfg.boost.method != "linearized" and cfg.federated.boost_steps > 0:
             raise ConfigError("federated: boosting learners are linearised (boost.method=linearized); "
                               f"boost.method={cfg.boost.method} is for the main pipeline only — set "

@@ -72,6 +72,8 @@ def render_methods_md(report: dict) -> list[str]:
             f"{b['validation_loss_before']:.4f} → {b['validation_loss_after']:.4f} (ρ = {b['rho']:.3g}, coefficient {b['coef']:.3g})"
             + (" — ρ = 0: no step along this learner lowered the group's training loss, so it adds nothing to the "
                "ensemble (kept in members.json for the record)" if b["rho"] == 0 else "")
+            + (f" — rejected: with its learner the group's validation loss would have been "
+               f"{b['validation_loss_with_learner']:.4f}, so it enters with coefficient 0 (boost.keep)" if b.get("rejected") else "")
         )
     if not report["boosting"]:
         lines.append("- no boosting steps (boost.steps = 0)")
