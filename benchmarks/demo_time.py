@@ -7,6 +7,7 @@ README's "~5 min" can be checked and re-measured by anyone.
 
     python benchmarks/demo_time.py              # one run
     python benchmarks/demo_time.py --runs 3
+    python benchmarks/demo_time.py --baseline 919cb98     # paired with an older commit, alternating (same machine)
 
 Writes ``benchmarks/results/demo_time.{json,md}``. Nothing else should run on the machine meanwhile.
 """
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,45 +30,93 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
 
 
+DEMO_BASELINES = "[single_adapter,random_groups]"
+"""The Makefile's DEMO_BASELINES (``make demo``)."""
+
+
+def demo_command(out: Path) -> list[str]:
+    """What ``make demo`` runs after its install step: ``elora run`` with the demo's baselines."""
+    return [sys.executable, "-c", "import sys; from elora_ray.cli import main; sys.exit(main())", "run", "--out", str(out),
+            "--set", f"baselines.methods={DEMO_BASELINES}"]
+
+
+def timed_demo(label: str, out: Path, tree: Path | None, repo: Path) -> dict:
+    """One demo into a fresh ``out``: ``make demo`` in this checkout, or (``tree``) the same ``elora run`` with
+    that checkout's code first on the path. Returns its row."""
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    if tree is None:
+        r = subprocess.run(["make", "demo", f"OUT={out}"], cwd=repo, capture_output=True, text=True)
+    else:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        r = subprocess.run(demo_command(out), cwd=tree, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"demo ({label}) failed:\n{(r.stdout + r.stderr)[-3000:]}")
+    report = json.loads((out / "report.json").read_text())
+    methods = report["methods"]
+    row = {"code": label, "wall_s": round(wall, 1), "stage_seconds": report["stage_seconds"], "groups": report["groups"],
+           "planted_ari": report["clustering"].get("planted_ari"),
+           "accuracy": {m: v["avg_accuracy"] for m, v in methods.items()}}
+    print(row, flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="also time the demo at this git revision, alternating with the current code (both as "
+                         "`elora run` with the demo's settings, the install step left out), for a paired comparison")
     args = ap.parse_args(argv)
     repo = HERE.parent
-    if not (repo / ".venv" / ".installed").is_file():
-        sys.exit("run `make install` first: this measures the demo itself, not the installation")
+    # `make demo` would reinstall first when pyproject.toml is newer than the install stamp: do that untimed.
+    subprocess.run(["make", "install"], cwd=repo, check=True, capture_output=True)
+    base_tree = None
+    if args.baseline:
+        base_tree = Path(tempfile.mkdtemp(prefix="demo_baseline_")) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(base_tree), args.baseline], cwd=repo, check=True,
+                       capture_output=True)
     rows = []
-    for i in range(args.runs):
-        out = RUNS / "demo_time" / f"run{i}"
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        r = subprocess.run(["make", "demo", f"OUT={out}"], cwd=repo, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if r.returncode != 0:
-            sys.exit(f"make demo failed:\n{(r.stdout + r.stderr)[-3000:]}")
-        report = json.loads((out / "report.json").read_text())
-        methods = report["methods"]
-        rows.append({"run": i, "wall_s": round(wall, 1), "stage_seconds": report["stage_seconds"],
-                     "groups": report["groups"], "planted_ari": report["clustering"].get("planted_ari"),
-                     "accuracy": {m: v["avg_accuracy"] for m, v in methods.items()}})
-        print(rows[-1], flush=True)
-    walls = [r["wall_s"] for r in rows]
+    try:
+        for i in range(args.runs):
+            if base_tree is not None:
+                rows.append({"run": i, **timed_demo(f"baseline {args.baseline}", RUNS / "demo_time" / f"baseline{i}", base_tree, repo)})
+                rows.append({"run": i, **timed_demo("current", RUNS / "demo_time" / f"run{i}", repo, repo)})
+            else:
+                rows.append({"run": i, **timed_demo("current (make demo)", RUNS / "demo_time" / f"run{i}", None, repo)})
+    finally:
+        if base_tree is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=repo, capture_output=True)
     lines = ["# `make demo` wall time", "",
              "`make demo` (the full method on the embedded suite plus the single-adapter and random-groups baselines), "
-             "venv already installed, fresh run folder each time.", "",
-             "| run | wall s | slowest stages | groups (planted ARI) | ensemble acc | single adapter acc | random groups acc |",
-             "|---:|---:|---|---:|---:|---:|---:|"]
+             "venv already installed, fresh run folder each time."
+             + (f" Paired with the code at `{args.baseline}`, alternating; both run as `elora run` with the demo's "
+                "settings (what `make demo` runs after its install check)." if args.baseline else ""), "",
+             "| run | code | wall s | slowest stages | groups (planted ARI) | ensemble acc | single adapter acc | random groups acc |",
+             "|---:|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         slow = sorted(r["stage_seconds"].items(), key=lambda kv: -kv[1])[:3]
         acc = r["accuracy"]
-        lines.append(f"| {r['run']} | {r['wall_s']:.0f} | {', '.join(f'{k} {v:.0f} s' for k, v in slow)} | "
+        lines.append(f"| {r['run']} | {r['code']} | {r['wall_s']:.0f} | {', '.join(f'{k} {v:.0f} s' for k, v in slow)} | "
                      f"{len(r['groups'])} ({r['planted_ari']}) | {acc.get('ensemble', float('nan')):.3f} | "
                      f"{acc.get('single_adapter', float('nan')):.3f} | {acc.get('random_groups', float('nan')):.3f} |")
     m = machine_info()
     cmd = "demo_time.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines += ["", f"Mean {sum(walls) / len(walls):.0f} s over {len(walls)} run(s) (min {min(walls):.0f}, max {max(walls):.0f}).",
-              "", f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Command: `python benchmarks/{cmd}`."]
-    write_results("demo_time", {"rows": rows, "machine": m, "command": cmd}, "\n".join(lines))
+    current = [r["wall_s"] for r in rows if not r["code"].startswith("baseline")]
+    lines += ["", f"Current code: mean {sum(current) / len(current):.0f} s over {len(current)} run(s) "
+              f"(min {min(current):.0f}, max {max(current):.0f})."]
+    data = {"rows": rows, "machine": m, "command": cmd}
+    if args.baseline:
+        base = [r["wall_s"] for r in rows if r["code"].startswith("baseline")]
+        ratio = (sum(current) / len(current)) / (sum(base) / len(base))
+        data.update(baseline=args.baseline, ratio_to_baseline=round(ratio, 3))
+        lines += [f"Baseline `{args.baseline}`: mean {sum(base) / len(base):.0f} s; current / baseline = {ratio:.2f} "
+                  f"(goal: within ±10%). Groups and accuracies: "
+                  + ("identical." if all(r["accuracy"] == rows[0]["accuracy"] and r["groups"] == rows[0]["groups"] for r in rows)
+                     else "they differ (see the rows).")]
+    lines += ["", f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Command: `python benchmarks/{cmd}`."]
+    write_results("demo_time", data, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
