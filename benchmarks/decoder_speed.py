@@ -42,6 +42,7 @@ SETTINGS = {
     "lora fp32": ["adapter.type=lora", "compute.precision=fp32"],
     "lora bf16 autocast": ["adapter.type=lora", "compute.precision=bf16"],
     "qlora (4-bit base)": ["adapter.type=qlora", "compute.precision=fp32"],
+    "qlora bf16 autocast": ["adapter.type=qlora", "compute.precision=bf16"],
 }
 DEFAULT_DATA = RUNS / "ensemble_decoder_glue_smollm2" / "seed0"
 
