@@ -24,14 +24,17 @@ install: $(VENV)/.installed
 
 # The full method plus the two baselines that say most (one adapter for all tasks, random groups):
 # about 5 minutes on 2 CPU cores. Every baseline: `make demo-all` (resumes runs/demo, ~10 more minutes).
+# compute.precision=native: bf16 autocast on CPUs that compute bf16 natively (AVX512-BF16 / AMX, ~1.5x
+# faster; the demo's groups and accuracies are the fp32 ones, benchmarks/results/demo_time.md), fp32 elsewhere.
 DEMO_BASELINES ?= [single_adapter,random_groups]
+DEMO_PRECISION ?= native
 
 demo: install
-	$(BIN)/elora run --out $(OUT) --set 'baselines.methods=$(DEMO_BASELINES)'
+	$(BIN)/elora run --out $(OUT) --set 'baselines.methods=$(DEMO_BASELINES)' --set compute.precision=$(DEMO_PRECISION)
 	@echo "report: $(OUT)/report.md; every baseline (QLoRA, per-task, MTL-FT, gradient-cosine): make demo-all"
 
 demo-all: install
-	$(BIN)/elora run --out $(OUT)
+	$(BIN)/elora run --out $(OUT) --set compute.precision=$(DEMO_PRECISION)
 
 # Layer contracts first (seconds), then every test but the slow end-to-end ones (marked `slow`:
 # the docs' commands as written, the cluster recipe, kill-and-resume, multi-node, 500 clients);

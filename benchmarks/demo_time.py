@@ -30,26 +30,28 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.common import RUNS, machine_info, write_results  # noqa: E402,I001
 
 
-DEMO_BASELINES = "[single_adapter,random_groups]"
-"""The Makefile's DEMO_BASELINES (``make demo``)."""
-
-
-def demo_command(out: Path) -> list[str]:
-    """What ``make demo`` runs after its install step: ``elora run`` with the demo's baselines."""
-    return [sys.executable, "-c", "import sys; from elora_ray.cli import main; sys.exit(main())", "run", "--out", str(out),
-            "--set", f"baselines.methods={DEMO_BASELINES}"]
+def demo_command(tree: Path, out: Path) -> str:
+    """The ``elora run`` line(s) ``make demo OUT=<out>`` runs in ``tree`` after its install step (``make -n``):
+    each commit's own demo settings."""
+    text = subprocess.run(["make", "-n", "demo", f"OUT={out}"], cwd=tree, capture_output=True, text=True, check=True).stdout
+    lines = [ln for ln in text.splitlines() if "elora run" in ln]
+    if not lines:
+        sys.exit(f"no `elora run` line in `make -n demo` of {tree}")
+    return " && ".join(lines)
 
 
 def timed_demo(label: str, out: Path, tree: Path | None, repo: Path) -> dict:
-    """One demo into a fresh ``out``: ``make demo`` in this checkout, or (``tree``) the same ``elora run`` with
-    that checkout's code first on the path. Returns its row."""
+    """One demo into a fresh ``out``: ``make demo`` in this checkout, or (``tree``) the ``elora run`` of that
+    checkout's ``make demo`` with its code first on the path and this checkout's venv. Returns its row."""
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
     if tree is None:
-        r = subprocess.run(["make", "demo", f"OUT={out}"], cwd=repo, capture_output=True, text=True)
+        cmd, cwd, env = ["make", "demo", f"OUT={out}"], repo, None
     else:
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        r = subprocess.run(demo_command(out), cwd=tree, capture_output=True, text=True, env=env)
+        if not (tree / ".venv").exists():
+            (tree / ".venv").symlink_to(repo / ".venv")
+        cmd, cwd, env = ["bash", "-c", demo_command(tree, out)], tree, {**os.environ, "PYTHONPATH": str(tree)}
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"demo ({label}) failed:\n{(r.stdout + r.stderr)[-3000:]}")
@@ -66,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--baseline", default=None, metavar="REV",
-                    help="also time the demo at this git revision, alternating with the current code (both as "
-                         "`elora run` with the demo's settings, the install step left out), for a paired comparison")
+                    help="also time the demo at this git revision, alternating with the current code (each as the "
+                         "`elora run` its own `make demo` runs, the install step left out), for a paired comparison")
     args = ap.parse_args(argv)
     repo = HERE.parent
     # `make demo` would reinstall first when pyproject.toml is newer than the install stamp: do that untimed.
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             if base_tree is not None:
                 rows.append({"run": i, **timed_demo(f"baseline {args.baseline}", RUNS / "demo_time" / f"baseline{i}", base_tree, repo)})
-                rows.append({"run": i, **timed_demo("current", RUNS / "demo_time" / f"run{i}", repo, repo)})
+                rows.append({"run": i, **timed_demo("current", RUNS / "demo_time" / f"run{i}", repo, repo)})  # same way
             else:
                 rows.append({"run": i, **timed_demo("current (make demo)", RUNS / "demo_time" / f"run{i}", None, repo)})
     finally:
@@ -91,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# `make demo` wall time", "",
              "`make demo` (the full method on the embedded suite plus the single-adapter and random-groups baselines), "
              "venv already installed, fresh run folder each time."
-             + (f" Paired with the code at `{args.baseline}`, alternating; both run as `elora run` with the demo's "
-                "settings (what `make demo` runs after its install check)." if args.baseline else ""), "",
+             + (f" Paired with the code at `{args.baseline}`, alternating; each runs the `elora run` line of its own "
+                "`make demo` (after the install check)." if args.baseline else ""), "",
              "| run | code | wall s | slowest stages | groups (planted ARI) | ensemble acc | single adapter acc | random groups acc |",
              "|---:|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:

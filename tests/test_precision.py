@@ -30,6 +30,36 @@ def test_precision_setting_is_validated_and_resolved():
     assert resolve_precision("bf16", "cpu") == "bf16"
 
 
+def test_native_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    """``native``: bf16 on a CPU whose flags say AVX512-BF16 or AMX, fp32 on one without; ``auto`` stays fp32 on
+    CPUs either way. The plan says the same for this machine, and fp32 for a given (unknown) CPU shape."""
+    from elora_ray.models import precision
+    from elora_ray.plan.fit import NodeShape, _precision
+
+    for flags, want in (({"avx2", "avx512f"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"), (set(), "fp32")):
+        monkeypatch.setattr(precision, "cpu_flags", lambda f=flags: set(f))
+        assert resolve_precision("native", "cpu") == want, flags
+        assert resolve_precision("auto", "cpu") == "fp32"
+        here = NodeShape(cpus=2, host_bytes=2**34, source="this machine")
+        assert _precision(_cfg("compute.precision=native"), "cpu", here) == want
+        assert _precision(_cfg("compute.precision=native"), "cpu", NodeShape(cpus=2, host_bytes=2**34)) == "fp32"
+    assert features_fingerprint(_cfg("compute.precision=native"), "data") != features_fingerprint(_cfg(), "data")
+    assert features_fingerprint(_cfg("compute.precision=native"), "data") != features_fingerprint(_cfg("compute.precision=bf16"), "data")
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    from elora_ray.models.precision import cpu_flags
+
+    flags = cpu_flags()
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        assert flags == set()
+        return
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
+    assert flags == (set(line.split(":", 1)[1].split()) if line else set())
+
+
 def test_fp32_and_auto_keep_the_fingerprints_bf16_changes_them():
     base = features_fingerprint(_cfg(), "data")
     assert features_fingerprint(_cfg("compute.precision=fp32"), "data") == base

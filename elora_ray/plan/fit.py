@@ -120,8 +120,14 @@ class Plan:
 
 def _precision(cfg: RunConfig, device: str, node: NodeShape) -> str:
     p = cfg.compute.precision
-    if p == "auto":
-        return "bf16" if device == "cuda" and node.bf16 else "fp32"
+    if p in ("auto", "native"):
+        if device == "cuda":
+            return "bf16" if node.bf16 else "fp32"
+        if p == "native" and node.source == "this machine":
+            from ..models.precision import native_cpu_bf16
+
+            return "bf16" if native_cpu_bf16() else "fp32"
+        return "fp32"
     return p
 
 
