@@ -57,7 +57,10 @@ def timed_demo(label: str, out: Path, tree: Path | None, repo: Path) -> dict:
         sys.exit(f"demo ({label}) failed:\n{(r.stdout + r.stderr)[-3000:]}")
     report = json.loads((out / "report.json").read_text())
     methods = report["methods"]
-    row = {"code": label, "wall_s": round(wall, 1), "stage_seconds": report["stage_seconds"], "groups": report["groups"],
+    import yaml
+
+    precision = (yaml.safe_load((out / "config.yaml").read_text()).get("compute") or {}).get("precision", "auto")
+    row = {"code": f"{label}, precision {precision}", "wall_s": round(wall, 1), "stage_seconds": report["stage_seconds"], "groups": report["groups"],
            "planted_ari": report["clustering"].get("planted_ari"),
            "accuracy": {m: v["avg_accuracy"] for m, v in methods.items()}}
     print(row, flush=True)
