@@ -47,6 +47,7 @@ SMOKE: list[tuple[str, list[str], list[str]]] = [
     ("serve_load", ["serve_load.py", "--quick"], ["serve_load_quick.json", "serve_load_quick.md"]),
     ("add_task", ["add_task.py", "--quick"], ["add_task_quick.json", "add_task_quick.md"]),
     ("fidelity_surrogates", ["fidelity_surrogates.py", "--quick"], ["fidelity_surrogates_quick.json", "fidelity_surrogates_quick.png"]),
+    ("affinity_halves", ["affinity_halves.py", "--quick"], ["affinity_halves_quick.json", "affinity_halves_quick.md"]),
     ("decoder_speed", ["decoder_speed.py", "--quick"], ["decoder_speed_quick.json", "decoder_speed_quick.md"]),
     ("ensemble_levers", ["ensemble_levers.py", "--quick"], ["ensemble_levers_quick.json", "ensemble_levers_quick.md", "ensemble_levers_quick.png"]),
 ]

@@ -44,6 +44,7 @@ generated from those files by `python benchmarks/summarize.py`.
 | `serve_load.py` | `elora serve` under load: throughput and p50/p99 latency at 1–32 clients, batched vs unbatched vs the predictor called directly in one process (tiny-bert, MiniLM) |
 | `add_task.py` | `elora add-task` against a full rerun: where the added task lands, time ratio, every task's accuracy with paired intervals (embedded suite, 21-task planted suite; `grow.replay` all vs 1) |
 | `decoder_speed.py` | SmolLM2 on CPUs: training and featurize (full_rank, adapter) samples/s against a plain forward+backward, for LoRA fp32, LoRA under bf16 autocast and QLoRA |
+| `affinity_halves.py` | does each task's two halves group together under the first-order affinity and its variants (plain, class-balanced, θ*-calibrated)? stored features, no model runs |
 | `ensemble_levers.py` | the ensemble's combination levers refit on finished runs (no training): learned vs cross-validated shrunk vs uniform vs own-group weights, boosting steps that raise validation loss kept or dropped, paired by seed and by sample |
 | `quick.py` | `make bench-quick`: every script above in its smoke-test mode (< 5 min; CI runs it, results not kept) |
 """
