@@ -22,21 +22,22 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The full method plus the two baselines that say most (one adapter for all tasks, random groups):
-# about 5 minutes on 2 CPU cores. Every baseline: `make demo-all` (resumes runs/demo, ~10 more minutes).
-# `make demo DEMO_PRECISION=native`: bf16 autocast on CPUs that compute bf16 natively (AVX512-BF16 / AMX),
-# fp32 elsewhere: 371 s instead of 442 s on an AMD EPYC, same groups and accuracies
-# (benchmarks/results/demo_time.md). The default stays auto (fp32 on CPUs), so the README's stage commands
-# on runs/demo, which run with the default config, reuse what the demo computed.
+# The full method plus the two baselines that say most (one adapter for all tasks, random groups).
+# Every baseline: `make demo-all` (resumes runs/demo, ~10 more minutes).
+# DEMO_PRECISION=native: bf16 autocast on CPUs that compute bf16 natively (AVX512-BF16 / AMX) and on
+# GPUs, fp32 elsewhere (benchmarks/results/demo_time.md: same groups and accuracies, ~20% faster on an
+# AMD EPYC). The stage commands in the README reuse the run because, without --config, a command on
+# an existing run folder starts from that run's own config.yaml. DEMO_PRECISION=auto: fp32 on CPUs.
 DEMO_BASELINES ?= [single_adapter,random_groups]
-DEMO_PRECISION ?= auto
+DEMO_PRECISION ?= native
+DEMO_ALL_BASELINES ?= [single_adapter,single_qlora,per_task_adapters,mtl_ft,random_groups,gradient_cosine]
 
 demo: install
 	$(BIN)/elora run --out $(OUT) --set 'baselines.methods=$(DEMO_BASELINES)' --set compute.precision=$(DEMO_PRECISION)
 	@echo "report: $(OUT)/report.md; every baseline (QLoRA, per-task, MTL-FT, gradient-cosine): make demo-all"
 
 demo-all: install
-	$(BIN)/elora run --out $(OUT) --set compute.precision=$(DEMO_PRECISION)
+	$(BIN)/elora run --out $(OUT) --set 'baselines.methods=$(DEMO_ALL_BASELINES)' --set compute.precision=$(DEMO_PRECISION)
 
 # Layer contracts first (seconds), then every test but the slow end-to-end ones (marked `slow`:
 # the docs' commands as written, the cluster recipe, kill-and-resume, multi-node, 500 clients);

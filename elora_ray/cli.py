@@ -23,7 +23,9 @@ EPILOG = """examples:
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
-    p.add_argument("--config", "-c", type=Path, default=None, help="YAML config (default: the embedded default)")
+    p.add_argument("--config", "-c", type=Path, default=None,
+                   help="YAML config (default: the run's own config.yaml when --out names an existing run, "
+                        "else the embedded default)" if out else "YAML config (default: the embedded default)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set adapter.rank=8 (repeatable; value parsed as YAML)",
@@ -149,8 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 ENV_OVERRIDES = "ELORA_SET"
 
 
-def _config(args):
+def _config(args, run_dir: Path | None = None):
     """The config of ``--config`` with the overrides of ``$ELORA_SET``, then the command line's ``--set``.
+
+    Without ``--config``, a command on an existing run directory (``run_dir`` with its prepared data)
+    starts from that run's own config, the one its last command ran with (announced on stderr): a stage
+    command then reuses what ``elora run`` computed instead of redoing it with the embedded default's
+    settings. Elsewhere it is the embedded default.
 
     ``ELORA_SET`` holds ``key=value`` overrides separated by ``;`` (e.g. for a Ray job's runtime
     environment, or to run documented commands on a smaller model). Like any environment setting
@@ -163,16 +170,24 @@ def _config(args):
         raise ConfigError(f"${ENV_OVERRIDES}: {bad[0]!r} is not key=value (entries are separated by ';')")
     if extra:
         print(f"elora: overrides from ${ENV_OVERRIDES}: {' '.join(extra)}", file=sys.stderr)
-    return load_config(args.config, [*extra, *args.overrides])
+    path = args.config
+    if path is None and run_dir is not None:
+        from .layout import RunLayout
+
+        layout = RunLayout(Path(run_dir))
+        if layout.config.is_file() and layout.data_manifest.is_file():  # a run's (not, e.g., a suite's)
+            path = layout.config
+            print(f"elora: config: {path} (this run's own; give --config to use another)", file=sys.stderr)
+    return load_config(path, [*extra, *args.overrides])
 
 
 def _cmd_run(args) -> None:
     from .pipeline import run_pipeline
     from .storage import open_run_dir
 
-    cfg = _config(args)
+    cfg = _config(args) if args.config is not None else None  # a bad --config fails before a bucket is read
     with open_run_dir(args.out) as out:
-        run_pipeline(cfg, out, force=args.force)
+        run_pipeline(cfg if cfg is not None else _config(args, out), out, force=args.force)
 
 
 def _cmd_stage(args) -> None:
@@ -180,11 +195,13 @@ def _cmd_stage(args) -> None:
     from .stages import get_stage
 
     stage = get_stage(args.command)
-    cfg = _config(args)
+    cfg = _config(args) if args.config is not None else None  # a bad --config fails before a bucket is read
     options = {name: getattr(args, name) for name in stage.options}
     from .storage import open_run_dir
 
     with open_run_dir(args.out) as out:
+        if cfg is None:
+            cfg = _config(args, out)
         result = run_stage(cfg, out, stage.name, force=getattr(args, "force", False), **options)
         if stage.show is not None:
             print(stage.show(result, out), end="")

@@ -166,6 +166,34 @@ def test_bad_data_leaves_previous_artifacts_intact(tmp_path, capsys):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_command_on_an_existing_run_without_config_uses_the_runs_own_config(tmp_path, capsys, caplog):
+    """No --config: a stage command on a run starts from that run's config.yaml (its --set overrides on
+    top), so it reuses what the run computed; the embedded default would prepare other tasks."""
+    import yaml
+
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(30)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{name_or_path: tiny-bert}}\ntasks: [{{name: a, train: {good}}}]\n")
+    out = tmp_path / "run"
+    assert main(["prepare", "--config", str(cfg), "--out", str(out), "--set", "adapter.rank=3"]) == 0
+    manifest = (out / "data" / "manifest.json").read_text()
+    capsys.readouterr()
+    caplog.clear()
+    assert main(["prepare", "--out", str(out)]) == 0
+    assert f"config: {out / 'config.yaml'} (this run's own" in capsys.readouterr().err
+    assert "already prepared" in caplog.text and (out / "data" / "manifest.json").read_text() == manifest
+    assert yaml.safe_load((out / "config.yaml").read_text())["adapter"]["rank"] == 3
+    assert main(["prepare", "--out", str(out), "--set", "adapter.rank=5"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["adapter"]["rank"] == 5 and [t["name"] for t in saved["tasks"]] == ["a"]
+    # a folder with a config.yaml but no prepared data (here: an exported suite) is not a run
+    assert main(["suite", "--out", str(tmp_path / "s"), "--samples-per-task", "30"]) == 0
+    capsys.readouterr()
+    assert main(["prepare", "--out", str(tmp_path / "s")]) == 0
+    assert "this run's own" not in capsys.readouterr().err
+
+
 def test_suite_export_round_trips_through_the_generic_reader(tmp_path):
     assert main(["suite", "--out", str(tmp_path / "s"), "--samples-per-task", "30"]) == 0
     from elora_ray.config import SuiteConfig, load_config

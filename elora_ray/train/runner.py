@@ -229,6 +229,19 @@ def _run_job(cfg_data: dict, run_dir: str, job_data: dict, fingerprint: str, use
                                  use_gpu)
 
 
+def estimated_job_cost(cfg: RunConfig, job: AdapterJob, manifest: dict) -> float:
+    """A job's work in sample passes, to start the longest first: training samples × epochs (at most
+    that: early stopping may end it sooner) plus one forward over the samples it computes logits for.
+    A θ* reference and a linearised learner only run forwards."""
+    sizes = {name: meta.get("sizes", {}) for name, meta in manifest.get("tasks", {}).items()}
+    forwards = sum(sizes.get(task, {}).get(split, 0) for split, names in job.output_tasks.items() for task in names)
+    if job.kind != "trained":
+        return forwards / 3.0  # a forward is about a third of a training step's forward + backward
+    train = sum(min(sizes.get(task, {}).get("train", 0), (job.train_samples or {}).get(task, float("inf")))
+                for task in job.tasks)
+    return train * (job.epochs if job.epochs is not None else cfg.train.epochs) + forwards / 3.0
+
+
 def job_resources(cfg: RunConfig, use_gpu: bool, workers: bool = True) -> dict:
     """Ray resources of one adapter job's Ray task. ``workers``: the task that trains (local mode:
     ``train.cpus_per_worker`` CPUs and a GPU when used; with Ray Train workers a 0-CPU launcher, the
@@ -301,7 +314,8 @@ def run_jobs(
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate job ids in {ids}")
-    data_fp = read_data_manifest(run_dir)["fingerprint"]
+    manifest = read_data_manifest(run_dir)
+    data_fp = manifest["fingerprint"]
     records: dict[str, dict] = {}
     todo: list[tuple[AdapterJob, str]] = []
     for job in jobs:
@@ -316,6 +330,9 @@ def run_jobs(
         log.info("%s: %d of %d adapters already trained for this configuration, skipping them", desc, len(records), len(jobs))
     if not todo:
         return {j.id: records[j.id] for j in jobs}
+    # Longest first: Ray starts queued tasks in submission order, so the longest job does not start
+    # last and leave the other workers idle while it runs alone.
+    todo.sort(key=lambda jf: -estimated_job_cost(cfg, jf[0], manifest))
     ensure_ray(cfg.ray)
     use_gpu = resolve_use_gpu(cfg)
     if use_gpu:
