@@ -221,3 +221,42 @@ def test_federated_clients_train_and_evaluate_in_the_compute_precision(tmp_path,
     train_windows(peft_model, x, x, epochs=1.0, lr=1e-3, batch_size=4, seed=0, precision=precision)
     window_logits(peft_model, x, precision=precision)
     assert seen and set(seen) == {want}, seen
+
+
+def test_bf16_on_a_cpu_uses_plain_attention_for_small_batches_only():
+    """The fused CPU attention's bf16 backward is slow: a bf16 CPU forward of at most PLAIN_ATTENTION_MAX_SCORES
+    batch × length² runs the model's attention eagerly (same loss); larger ones, fp32, no size and a model under
+    gradient checkpointing keep sdpa, and the model is back on sdpa afterwards."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from elora_ray.models.precision import PLAIN_ATTENTION_MAX_SCORES, attention_scores, autocast
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, attn_implementation="sdpa")).eval()  # no dropout
+    ids = torch.randint(0, 100, (4, 12))
+    small = attention_scores({"input_ids": ids})
+    assert small == 4 * 12**2 and attention_scores({"features": torch.zeros(3)}) is None
+    assert attention_scores({"input_ids": torch.zeros(16, 128, dtype=torch.long)}) == PLAIN_ATTENTION_MAX_SCORES
+
+    def run(precision, scores):
+        seen = []
+        hook = model.encoder.layer[0].attention.self.register_forward_hook(
+            lambda m, i, o: seen.append(m.config._attn_implementation))
+        try:
+            with autocast(precision, "cpu", scores, model):
+                out = model(input_ids=ids).last_hidden_state
+        finally:
+            hook.remove()
+        assert model.config._attn_implementation == "sdpa"
+        return seen[0], out
+
+    impl, plain = run("bf16", small)
+    assert impl == "eager"
+    impl, fused = run("bf16", None)
+    assert impl == "sdpa" and torch.allclose(plain.float(), fused.float(), atol=3e-2)
+    assert run("bf16", PLAIN_ATTENTION_MAX_SCORES + 1)[0] == "sdpa"
+    assert run("fp32", small)[0] == "sdpa"
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert run("bf16", small)[0] == "sdpa"

@@ -137,11 +137,11 @@ class SampleFeaturizer:
                                                     "continuing with %d", size, self.micro_batch)
 
     def _gradients(self, enc: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..models.precision import autocast
+        from ..models.precision import attention_scores, autocast
 
         capture = self.sketch if self.sketch is not None else PerSampleGradients(self.layers)
         with capture as psg:
-            with autocast(self.precision, self.device):  # the forward only; gradients come back fp32
+            with autocast(self.precision, self.device, attention_scores(enc), self.peft_model):  # forward only
                 logits = self.peft_model(**enc)
             h = gold_log_odds(logits.float(), labels)
             grads = psg.backward(h)  # [B, d] sketch (full_rank) or [B, p] adapter gradients

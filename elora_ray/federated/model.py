@@ -24,7 +24,7 @@ from ..featurize.gradients import PerSampleGradients, gold_log_odds
 from ..featurize.projection import JLProjector
 from ..featurize.worker import gradient_layers_for, projection_seed
 from ..models.build import compute_dtype_for, disable_cpu_weight_packing, quantization_config
-from ..models.precision import autocast, resolve_model_dtype, resolve_precision
+from ..models.precision import attention_scores, autocast, resolve_model_dtype, resolve_precision
 from ..models.placement import place_model
 from ..models.registry import detect_kind, load_hf_config, resolve_model_dir
 
@@ -158,8 +158,9 @@ def train_windows(
         while len(order) < batch_size:
             order.extend(rng.permutation(n).tolist())
         idx, order = order[:batch_size], order[batch_size:]
-        with autocast(precision, dev):  # the forward only (NextTokenLM returns fp32 logits)
-            logits = peft_model(input_ids=x[idx])
+        batch = {"input_ids": x[idx]}
+        with autocast(precision, dev, attention_scores(batch), peft_model):  # forward only (fp32 logits)
+            logits = peft_model(**batch)
         loss = nn.functional.cross_entropy(*_flat(logits, y[idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -214,8 +215,9 @@ class WindowFeaturizer:
         y = torch.as_tensor(targets, dtype=torch.long).to(self.device)
         for i in range(0, len(x), batch_size):
             with PerSampleGradients(self.layers) as psg:
-                with autocast(self.precision, self.device):
-                    logits = self.peft_model(input_ids=x[i : i + batch_size])
+                batch = {"input_ids": x[i : i + batch_size]}
+                with autocast(self.precision, self.device, attention_scores(batch), self.peft_model):
+                    logits = self.peft_model(**batch)
                 h = window_gold_log_odds(logits, y[i : i + batch_size])
                 grads = psg.backward(h)
             self.peft_model.zero_grad(set_to_none=True)

@@ -81,11 +81,64 @@ def apply_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
-def autocast(precision: str, device: str | torch.device):
-    """A context running the forward in ``precision`` on ``device`` (bf16 autocast, or nothing)."""
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+PLAIN_ATTENTION_MAX_SCORES = 16 * 128 * 128
+"""Largest batch × length² (attention scores per head and layer) for which a bf16 forward on a CPU computes
+attention with transformers' plain ("eager") implementation instead of PyTorch's fused kernel, whose bf16
+backward is slow on CPUs (``benchmarks/attention_kernels.py``: a LoRA training step of MiniLM at 16 tokens
+~0.6× the time, SmolLM2 at 64 tokens ~0.8×; forwards alone cost the same, so only forwards whose backward
+follows switch). The plain implementation keeps every head's scores for the backward, which this bound keeps
+small: 16 × 128² scores × 6 bytes × heads × layers, ~110 MB for MiniLM, ~420 MB for SmolLM2; larger batches
+keep the fused kernel."""
+
+
+def autocast(precision: str, device: str | torch.device, attention_scores: int | None = None,
+             model: torch.nn.Module | None = None):
+    """A context running the forward in ``precision`` on ``device`` (bf16 autocast, or nothing).
+
+    ``attention_scores`` (batch × length², from the callers whose backward follows) and ``model``: a bf16 forward
+    on a CPU of at most :data:`PLAIN_ATTENTION_MAX_SCORES` also switches ``model``'s transformers attention to
+    the plain implementation for its duration (not under gradient checkpointing, whose recomputation runs later)."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    kind = torch.device(device).type
+    cast = torch.autocast(kind, dtype=torch.bfloat16)
+    if kind != "cpu" or model is None or attention_scores is None or attention_scores > PLAIN_ATTENTION_MAX_SCORES:
+        return cast
+    stack = contextlib.ExitStack()
+    stack.enter_context(cast)
+    stack.enter_context(plain_attention(model))
+    return stack
+
+
+@contextlib.contextmanager
+def plain_attention(model: torch.nn.Module):
+    """Within it, the transformers models inside ``model`` that compute attention with ``sdpa`` use ``eager``
+    (they read ``config._attn_implementation`` at every forward). Nothing changes under gradient checkpointing:
+    its recomputation in the backward, after the context, must compute what the forward did."""
+    configs, seen = [], set()
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False) is True:  # transformers' flag on checkpointed stacks
+            configs = []
+            break
+        cfg = getattr(module, "config", None)
+        if cfg is not None and id(cfg) not in seen and getattr(cfg, "_attn_implementation", None) == "sdpa":
+            seen.add(id(cfg))
+            configs.append(cfg)
+    for cfg in configs:
+        cfg._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        for cfg in configs:
+            cfg._attn_implementation = "sdpa"
+
+
+def attention_scores(encoding: dict) -> int | None:
+    """batch × length² of a tokenised batch (``input_ids`` [B, L]), for :func:`autocast`."""
+    ids = encoding.get("input_ids")
+    if ids is None or getattr(ids, "ndim", 0) != 2:
+        return None
+    return int(ids.shape[0]) * int(ids.shape[1]) ** 2
 
 
 def fingerprint_part(setting: str) -> dict:

@@ -301,7 +301,7 @@ def _step(fwd, opt, batches, loss: str, regularizer, precision: str = "fp32") ->
     on the last micro-batch only."""
     import contextlib
 
-    from ..models.precision import autocast
+    from ..models.precision import attention_scores, autocast
 
     opt.zero_grad(set_to_none=True)
     value_sum = 0.0
@@ -309,7 +309,7 @@ def _step(fwd, opt, batches, loss: str, regularizer, precision: str = "fp32") ->
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(fwd, "no_sync") else fwd.no_sync()
         with sync:
-            with autocast(precision, labels.device):  # the forward only; the loss and the backward in fp32
+            with autocast(precision, labels.device, attention_scores(enc), fwd):  # the forward only
                 logits = fwd(**enc)
             logits = logits.float()
             if loss == "ce":
