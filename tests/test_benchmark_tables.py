@@ -153,3 +153,37 @@ def test_a_sweep_stopped_midway_keeps_the_seeds_it_finished(bench, tmp_path, mon
     ts.main(["--name", "x", "--points", "acc_6ep_1e-3", "--seeds", "0", "1", "--reuse-recorded"])
     assert trained == ["restart", 1]  # seed 0 came from the record
     assert [r["seed"] for r in json.loads((tmp_path / "training_sweep_x.json").read_text())["rows"]] == [0, 1]
+
+
+def test_grouping_oracle_scores_every_partition_by_its_blocks_adapters(monkeypatch):
+    """Every set partition appears once (Bell numbers); a task is scored by the adapter of its own block; the
+    validation-picked and the ensemble's partitions are placed on the test ranking."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import itertools
+
+    import benchmarks.grouping_oracle as go
+
+    assert [len(list(go.partitions(list("abcdef"[:n])))) for n in range(1, 6)] == [1, 2, 5, 15, 52]
+    assert len({go.canonical(p) for p in go.partitions(list("abcde"))}) == 52
+    tasks = ["a", "b", "c"]
+    # a and b help each other on test (not on validation); c is best alone
+    rows = []
+    for k in (1, 2, 3):
+        for sub in itertools.combinations(tasks, k):
+            for t in sub:
+                share = set(sub) == {"a", "b"}
+                acc = 0.7 + (0.1 if share else 0.0) - (0.2 if t == "c" and k > 1 else 0.0)
+                rows.append({"seed": 0, "type": "lora", "subset": list(sub), "task": t, "test_acc": acc,
+                             "val_acc": 0.7 - (0.2 if t == "c" and k > 1 else 0.0), "test_loss": 1 - acc, "val_loss": 0.3})
+    pt = {"tasks": tasks, "rows": rows}
+    ens = {"seeds": [0], "groups": [[["a", "c"], ["b"]]], "variant_groups": {"paper": [[["a", "b"], ["c"]]]}}
+    (case,) = go.analyse(pt, ens)["cases"]
+    rows_by = {r["what"]: r for r in case["rows"]}
+    assert case["partitions"] == 5
+    assert rows_by["best on test"]["partition"] == [["a", "b"], ["c"]] and rows_by["paper"]["rank_on_test"] == 1
+    assert rows_by["best on test"]["test_acc"] == pytest.approx(0.8 * 2 / 3 + 0.7 / 3)
+    assert rows_by["first_order (ensemble)"]["test_acc"] == pytest.approx((0.7 + 0.5 + 0.7) / 3)
+    assert rows_by["per-task adapters"]["test_acc"] == pytest.approx(0.7)
+    random = next(r for r in case["rows"] if r["what"].startswith("random groups"))
+    assert "into 2" in random["what"] and random["test_acc"] == pytest.approx(((0.8 * 2 + 0.7) + 2 * (0.7 + 0.5 + 0.7)) / 9)
+    assert go.score_partitions(rows[:-1], tasks) is None  # a block's adapter missing

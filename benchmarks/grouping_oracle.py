@@ -1,0 +1,151 @@
+"""How much can the grouping earn on a mix, and how close does each affinity's grouping come? (issue 38, item 4.)
+
+Where ``benchmarks/positive_transfer.py`` trained an adapter on every non-empty subset of a mix's tasks (same seed,
+adapter type and protocol as the ensemble), every partition of the tasks into groups can be scored without training:
+task i is answered by the adapter trained on the block that holds i ("groups alone": no boosting, no combination
+weights). For each seed and adapter type this ranks all partitions (15 for four tasks) and places on that ranking
+
+* the partitions the ensemble benchmark's affinities chose (``benchmarks/decoder_ensemble.py``: first_order as the
+  main method, then the transfer and paper variants), read from its results;
+* per-task adapters (all singletons) and one adapter for all tasks;
+* random groups' expectation: the mean over the partitions with as many groups as the ensemble's;
+* the partition a user could pick with validation data (best mean validation accuracy, ties by validation loss),
+  scored on test, and the best partition on test itself (an upper bound no method can select).
+
+The gap between the affinity's partition and the validation-picked one is what a better grouping could earn here;
+the gap between per-task adapters and the best partition says whether any sharing pays on this mix at all.
+
+    python benchmarks/grouping_oracle.py                      # decoder_glue_smollm2 (after positive_transfer.py)
+    python benchmarks/grouping_oracle.py --name decoder_quick
+
+Reads ``benchmarks/results/positive_transfer_<name>.json`` and ``ensemble_accuracy_<name>.json``; writes
+``benchmarks/results/grouping_oracle_<name>.{json,md}``. No model runs (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.common import RESULTS, machine_info, write_results  # noqa: E402,I001
+
+METRICS = ("val_acc", "val_loss", "test_acc", "test_loss")
+
+
+def partitions(items: list[str]):
+    """Every set partition of ``items`` (as a list of blocks, each in ``items``' order)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in partitions(rest):
+        for k in range(len(part)):
+            yield part[:k] + [[first, *part[k]]] + part[k + 1:]
+        yield [[first], *part]
+
+
+def canonical(blocks) -> tuple:
+    return tuple(sorted(tuple(sorted(b)) for b in blocks))
+
+
+def score_partitions(rows: list[dict], tasks: list[str]) -> list[dict] | None:
+    """Each partition's mean per-task metrics, or None when some block's adapter is missing."""
+    by = {(frozenset(r["subset"]), r["task"]): r for r in rows}
+    out = []
+    for blocks in partitions(list(tasks)):
+        vals = {m: [] for m in METRICS}
+        for b in blocks:
+            for t in b:
+                r = by.get((frozenset(b), t))
+                if r is None:
+                    return None
+                for m in METRICS:
+                    vals[m].append(r[m])
+        out.append({"partition": canonical(blocks), "m": len(blocks), **{m: float(np.mean(v)) for m, v in vals.items()}})
+    return out
+
+
+def analyse(pt: dict, ens: dict | None) -> dict:
+    tasks = list(pt["tasks"])
+    seeds, types = sorted({r["seed"] for r in pt["rows"]}), sorted({r["type"] for r in pt["rows"]})
+    chosen: dict[int, dict[str, tuple]] = {}
+    if ens:
+        for seed, groups in zip(ens.get("seeds", []), ens.get("groups", [])):
+            chosen.setdefault(seed, {})["first_order (ensemble)"] = canonical(groups)
+        for kind, per_seed in (ens.get("variant_groups") or {}).items():
+            for seed, groups in zip(ens.get("seeds", []), per_seed):
+                chosen.setdefault(seed, {})[kind] = canonical(groups)
+    cases = []
+    for seed in seeds:
+        for kind in types:
+            scored = score_partitions([r for r in pt["rows"] if r["seed"] == seed and r["type"] == kind], tasks)
+            if scored is None:
+                continue
+            by_test = sorted(scored, key=lambda p: -p["test_acc"])
+            rank = {p["partition"]: i + 1 for i, p in enumerate(by_test)}
+            picked = max(scored, key=lambda p: (p["val_acc"], -p["val_loss"]))
+            entries = {"per-task adapters": canonical([[t] for t in tasks]), "one adapter": canonical([tasks]),
+                       "picked on validation": picked["partition"], "best on test": by_test[0]["partition"],
+                       **chosen.get(seed, {})}
+            find = {p["partition"]: p for p in scored}
+            m_ens = len(chosen.get(seed, {}).get("first_order (ensemble)", ())) or 2
+            same_m = [p for p in scored if p["m"] == m_ens]
+            rows = [{"what": name, "partition": [list(b) for b in part], "rank_on_test": rank[part],
+                     **{m: find[part][m] for m in METRICS}} for name, part in entries.items()]
+            rows.append({"what": f"random groups (mean of the {len(same_m)} partitions into {m_ens})", "partition": None,
+                         "rank_on_test": None, **{m: float(np.mean([p[m] for p in same_m])) for m in METRICS}})
+            cases.append({"seed": seed, "type": kind, "partitions": len(scored), "rows": rows,
+                          "all": [{**p, "partition": [list(b) for b in p["partition"]]} for p in by_test]})
+    return {"tasks": tasks, "cases": cases}
+
+
+def markdown(name: str, data: dict) -> str:
+    lines = [f"# Grouping headroom on `{name}`: every partition scored by the subset adapters", "",
+             "Task i is answered by the adapter trained on its block (groups alone, no boosting or weights); the "
+             "means are over tasks. Rank: among all partitions by test accuracy (1 = best).", ""]
+    if not data["cases"]:
+        lines.append("No seed and adapter type has an adapter for every subset yet (run `positive_transfer.py`).")
+    for c in data["cases"]:
+        lines += [f"## seed {c['seed']}, {c['type']} ({c['partitions']} partitions)", "",
+                  "| grouping | partition | rank on test | test acc | validation acc | test loss | validation loss |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in c["rows"]:
+            part = " \\| ".join("+".join(b) for b in r["partition"]) if r["partition"] else "–"
+            rank = r["rank_on_test"] if r["rank_on_test"] is not None else "–"
+            lines.append(f"| {r['what']} | {part} | {rank} | {r['test_acc']:.3f} | {r['val_acc']:.3f} | "
+                         f"{r['test_loss']:.3f} | {r['val_loss']:.3f} |")
+        lines.append("")
+    m = data["machine"]
+    lines.append(f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Inputs: {', '.join(data['inputs'])}. "
+                 f"Command: `{data['command']}`.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", default="decoder_glue_smollm2")
+    args = ap.parse_args(argv)
+    pt_path = RESULTS / f"positive_transfer_{args.name}.json"
+    if not pt_path.is_file():
+        print(f"{pt_path} not found: run benchmarks/positive_transfer.py first", file=sys.stderr)
+        return 2
+    ens_path = RESULTS / f"ensemble_accuracy_{args.name}.json"
+    ens = json.loads(ens_path.read_text()) if ens_path.is_file() else None
+    data = analyse(json.loads(pt_path.read_text()), ens)
+    data.update(machine=machine_info(), command=f"python benchmarks/grouping_oracle.py --name {args.name}",
+                inputs=[p.name for p in (pt_path, ens_path) if p.is_file()])
+    text = markdown(args.name, data)
+    write_results(f"grouping_oracle_{args.name}", data, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
