@@ -50,7 +50,7 @@ from elora_ray.ensemble.weights import combine, fit_task_weights  # noqa: E402
 from elora_ray.evaluate.uncertainty import correctness  # noqa: E402
 
 MIXES = {
-    "decoder_glue_smollm2": "ensemble_decoder_glue_smollm2/seed*",
+    "decoder_glue_smollm2": "ensemble_decoder_glue_smollm2/seed[0-9]",  # not the seed<k>_affinity_<kind> variants
     "embedded_10": "add_task/embedded_seed*/full",
     "planted_21": "add_task/planted21_seed*/full",
 }
