@@ -15,6 +15,11 @@ weights). For each seed and adapter type this ranks all partitions (15 for four 
 The gap between the affinity's partition and the validation-picked one is what a better grouping could earn here;
 the gap between per-task adapters and the best partition says whether any sharing pays on this mix at all.
 
+Pairwise, it also sets each affinity the ensemble benchmark estimated (``affinity.csv`` of its run folders
+``runs/ensemble_<name>/seed<k>[_affinity_<kind>]``, symmetrised) against the real gain of pairing two tasks: the
+drop of both tasks' loss on the pair's adapter against their own adapters, on validation and on test (Spearman
+over the pairs).
+
     python benchmarks/grouping_oracle.py                      # decoder_glue_smollm2 (after positive_transfer.py)
     python benchmarks/grouping_oracle.py --name decoder_quick
 
@@ -25,6 +30,7 @@ Reads ``benchmarks/results/positive_transfer_<name>.json`` and ``ensemble_accura
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -34,7 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, machine_info, write_results  # noqa: E402,I001
 
 METRICS = ("val_acc", "val_loss", "test_acc", "test_loss")
 
@@ -72,7 +78,43 @@ def score_partitions(rows: list[dict], tasks: list[str]) -> list[dict] | None:
     return out
 
 
-def analyse(pt: dict, ens: dict | None) -> dict:
+def pair_gains(rows: list[dict], tasks: list[str], split: str) -> dict[tuple[str, str], float]:
+    """(i, j) → loss_i({i}) + loss_j({j}) − loss_i({i,j}) − loss_j({i,j}) on ``split``: what pairing gains."""
+    by = {(frozenset(r["subset"]), r["task"]): r[f"{split}_loss"] for r in rows}
+    out = {}
+    for a, b in itertools.combinations(tasks, 2):
+        pair = frozenset((a, b))
+        need = [(frozenset([a]), a), (frozenset([b]), b), (pair, a), (pair, b)]
+        if all(k in by for k in need):
+            out[(a, b)] = by[need[0]] + by[need[1]] - by[need[2]] - by[need[3]]
+    return out
+
+
+def read_affinities(name: str, seed: int, kinds: list[str]) -> dict[str, dict[frozenset, float]]:
+    """Symmetrised off-diagonal affinity entries of the ensemble benchmark's run folders for ``seed``."""
+    import pandas as pd
+
+    out = {}
+    for kind in kinds:
+        folder = RUNS / f"ensemble_{name}" / (f"seed{seed}" if kind == "first_order" else f"seed{seed}_affinity_{kind}")
+        path = folder / "affinity.csv"
+        if not path.is_file():
+            continue
+        A = pd.read_csv(path, index_col=0)
+        out[kind] = {frozenset((a, b)): float(A.loc[a, b] + A.loc[b, a]) / 2
+                     for a, b in itertools.combinations(list(A.index), 2)}
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def analyse(pt: dict, ens: dict | None, name: str | None = None) -> dict:
     tasks = list(pt["tasks"])
     seeds, types = sorted({r["seed"] for r in pt["rows"]}), sorted({r["type"] for r in pt["rows"]})
     chosen: dict[int, dict[str, tuple]] = {}
@@ -101,7 +143,16 @@ def analyse(pt: dict, ens: dict | None) -> dict:
                      **{m: find[part][m] for m in METRICS}} for name, part in entries.items()]
             rows.append({"what": f"random groups (mean of the {len(same_m)} partitions into {m_ens})", "partition": None,
                          "rank_on_test": None, **{m: float(np.mean([p[m] for p in same_m])) for m in METRICS}})
-            cases.append({"seed": seed, "type": kind, "partitions": len(scored), "rows": rows,
+            seed_rows = [r for r in pt["rows"] if r["seed"] == seed and r["type"] == kind]
+            gains = {split: pair_gains(seed_rows, tasks, split) for split in ("val", "test")}
+            affinities = read_affinities(name, seed, ["first_order", "transfer", "paper"]) if name else {}
+            pairs = [{"pair": list(p), "gain_val": gains["val"][p], "gain_test": gains["test"].get(p),
+                      **{f"affinity_{k}": v.get(frozenset(p)) for k, v in affinities.items()}} for p in gains["val"]]
+            agreement = {k: {split: spearman([pr[f"affinity_{k}"] for pr in pairs if pr[f"affinity_{k}"] is not None],
+                                             [pr[f"gain_{split}"] for pr in pairs if pr[f"affinity_{k}"] is not None])
+                             for split in ("val", "test")} for k in affinities}
+            cases.append({"seed": seed, "type": kind, "partitions": len(scored), "rows": rows, "pairs": pairs,
+                          "spearman": agreement,
                           "all": [{**p, "partition": [list(b) for b in p["partition"]]} for p in by_test]})
     return {"tasks": tasks, "cases": cases}
 
@@ -122,6 +173,24 @@ def markdown(name: str, data: dict) -> str:
             lines.append(f"| {r['what']} | {part} | {rank} | {r['test_acc']:.3f} | {r['val_acc']:.3f} | "
                          f"{r['test_loss']:.3f} | {r['val_loss']:.3f} |")
         lines.append("")
+        if c.get("pairs"):
+            kinds = list(c["spearman"])
+            lines += ["Pairs: the real gain of sharing one adapter (both tasks' loss on their own adapters minus on the "
+                      "pair's; > 0: pairing helps) next to each affinity (symmetrised):", "",
+                      "| pair | gain, validation loss | gain, test loss | " + " | ".join(kinds) + " |",
+                      "|---|---:|---:|" + "---:|" * len(kinds)]
+            for pr in c["pairs"]:
+                cells = " | ".join("–" if pr[f"affinity_{k}"] is None else f"{pr[f'affinity_{k}']:+.4f}" for k in kinds)
+                test = "–" if pr["gain_test"] is None else f"{pr['gain_test']:+.3f}"
+                lines.append(f"| {'+'.join(pr['pair'])} | {pr['gain_val']:+.3f} | {test} | {cells} |")
+            if kinds:
+                def rho(x):
+                    return "n/a" if x is None else f"{x:+.2f}"
+
+                lines += ["", "Spearman of each affinity with the real gain over the pairs: " + "; ".join(
+                    f"{k}: {rho(c['spearman'][k]['val'])} (validation), {rho(c['spearman'][k]['test'])} (test)" for k in kinds)
+                    + "."]
+            lines.append("")
     m = data["machine"]
     lines.append(f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Inputs: {', '.join(data['inputs'])}. "
                  f"Command: `{data['command']}`.")
@@ -138,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ens_path = RESULTS / f"ensemble_accuracy_{args.name}.json"
     ens = json.loads(ens_path.read_text()) if ens_path.is_file() else None
-    data = analyse(json.loads(pt_path.read_text()), ens)
+    data = analyse(json.loads(pt_path.read_text()), ens, args.name)
     data.update(machine=machine_info(), command=f"python benchmarks/grouping_oracle.py --name {args.name}",
                 inputs=[p.name for p in (pt_path, ens_path) if p.is_file()])
     text = markdown(args.name, data)
