@@ -18,22 +18,28 @@ def predict_logits(
     peft_model, model, tasks: dict[str, TaskData], rows: Sequence[tuple[str, Example]], batch_size: int = 64, device="cpu",
     precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, max_labels] with −inf beyond a task's labels, gold label ids [N]). ``precision``:
-    ``bf16`` runs the forwards under bf16 autocast (the logits come back fp32)."""
+    """(logits [N, max_labels] with −inf beyond a task's labels, gold label ids [N]), in ``rows`` order.
+    ``precision``: ``bf16`` runs the forwards under bf16 autocast (the logits come back fp32).
+
+    Batches hold rows of similar text length (each batch is padded to its longest): the same logits up to
+    float rounding as batches in ``rows`` order, with a fraction of the padding."""
     from ..models.precision import autocast
 
     peft_model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][1].text) + len(rows[i][1].text_pair or ""))
     out, gold = [], []
     for start in range(0, len(rows), batch_size):
-        enc, labels = _batch(model, tasks, rows[start : start + batch_size], device)
+        enc, labels = _batch(model, tasks, [rows[i] for i in order[start : start + batch_size]], device)
         with autocast(precision, device):
             logits = peft_model(**enc)
         out.append(logits.float().cpu().numpy())
         gold.append(labels.cpu().numpy())
     width = model.max_labels
-    return (np.concatenate(out) if out else np.zeros((0, width), np.float32)), (
-        np.concatenate(gold) if gold else np.zeros(0, np.int64)
-    )
+    if not out:
+        return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
+    inverse = np.empty(len(rows), np.int64)
+    inverse[np.asarray(order, np.int64)] = np.arange(len(rows))
+    return np.concatenate(out)[inverse], np.concatenate(gold)[inverse]
 
 
 def evaluate_examples(
