@@ -106,6 +106,27 @@ def read_affinities(name: str, seed: int, kinds: list[str]) -> dict[str, dict[fr
     return out
 
 
+def m_rule_partitions(name: str, seed: int) -> dict[str, tuple]:
+    """The partitions ``num_groups: auto`` gives under each ``cluster.select_m`` rule on the first-order affinity
+    the seed's run folder stored (its two halves for ``heldout``), with the run's local scaling: no model runs."""
+    import pandas as pd
+
+    from elora_ray.cluster.select import cluster_tasks
+
+    folder = RUNS / f"ensemble_{name}" / f"seed{seed}"
+    paths = [folder / f for f in ("affinity.csv", "affinity_half_a.csv", "affinity_half_b.csv")]
+    if not all(p.is_file() for p in paths) or not (folder / "groups.json").is_file():
+        return {}
+    A, a, b = (pd.read_csv(p, index_col=0) for p in paths)
+    scaling = json.loads((folder / "groups.json").read_text()).get("local_scaling")
+    out = {}
+    for rule in ("heldout", "eigengap", "density"):
+        res = cluster_tasks(A.values, list(A.index), num_groups="auto", halves=(a.values, b.values), select_m=rule,
+                            local_scaling=scaling)
+        out[f"first_order, m auto by {rule}"] = canonical(res.groups)
+    return out
+
+
 def spearman(x: list[float], y: list[float]) -> float | None:
     from scipy.stats import spearmanr
 
@@ -135,7 +156,7 @@ def analyse(pt: dict, ens: dict | None, name: str | None = None) -> dict:
             picked = max(scored, key=lambda p: (p["val_acc"], -p["val_loss"]))
             entries = {"per-task adapters": canonical([[t] for t in tasks]), "one adapter": canonical([tasks]),
                        "picked on validation": picked["partition"], "best on test": by_test[0]["partition"],
-                       **chosen.get(seed, {})}
+                       **chosen.get(seed, {}), **(m_rule_partitions(name, seed) if name else {})}
             find = {p["partition"]: p for p in scored}
             m_ens = len(chosen.get(seed, {}).get("first_order (ensemble)", ())) or 2
             same_m = [p for p in scored if p["m"] == m_ens]
