@@ -8,6 +8,7 @@ README's "~5 min" can be checked and re-measured by anyone.
     python benchmarks/demo_time.py              # one run
     python benchmarks/demo_time.py --runs 3
     python benchmarks/demo_time.py --baseline 919cb98     # paired with an older commit, alternating (same machine)
+    python benchmarks/demo_time.py --precision native auto   # the current demo at each DEMO_PRECISION, alternating
 
 Writes ``benchmarks/results/demo_time.{json,md}``. Nothing else should run on the machine meanwhile.
 """
@@ -40,12 +41,13 @@ def demo_command(tree: Path, out: Path) -> str:
     return " && ".join(lines)
 
 
-def timed_demo(label: str, out: Path, tree: Path | None, repo: Path) -> dict:
-    """One demo into a fresh ``out``: ``make demo`` in this checkout, or (``tree``) the ``elora run`` of that
-    checkout's ``make demo`` with its code first on the path and this checkout's venv. Returns its row."""
+def timed_demo(label: str, out: Path, tree: Path | None, repo: Path, precision: str | None = None) -> dict:
+    """One demo into a fresh ``out``: ``make demo`` in this checkout (``precision``: its ``DEMO_PRECISION``), or
+    (``tree``) the ``elora run`` of that checkout's ``make demo`` with its code first on the path and this
+    checkout's venv. Returns its row."""
     shutil.rmtree(out, ignore_errors=True)
     if tree is None:
-        cmd, cwd, env = ["make", "demo", f"OUT={out}"], repo, None
+        cmd, cwd, env = ["make", "demo", f"OUT={out}", *([f"DEMO_PRECISION={precision}"] if precision else [])], repo, None
     else:
         if not (tree / ".venv").exists():
             (tree / ".venv").symlink_to(repo / ".venv")
@@ -70,6 +72,8 @@ def timed_demo(label: str, out: Path, tree: Path | None, repo: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--precision", nargs="+", default=None, metavar="P",
+                    help="run the current demo with each DEMO_PRECISION given (e.g. native auto), alternating")
     ap.add_argument("--baseline", default=None, metavar="REV",
                     help="also time the demo at this git revision, alternating with the current code (each as the "
                          "`elora run` its own `make demo` runs, the install step left out), for a paired comparison")
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             if base_tree is not None:
                 rows.append({"run": i, **timed_demo(f"baseline {args.baseline}", RUNS / "demo_time" / f"baseline{i}", base_tree, repo)})
                 rows.append({"run": i, **timed_demo("current", RUNS / "demo_time" / f"run{i}", repo, repo)})  # same way
+            elif args.precision:
+                for p in args.precision:
+                    rows.append({"run": i, **timed_demo(f"current (make demo DEMO_PRECISION={p})",
+                                                        RUNS / "demo_time" / f"run{i}_{p}", None, repo, p)})
             else:
                 rows.append({"run": i, **timed_demo("current (make demo)", RUNS / "demo_time" / f"run{i}", None, repo)})
     finally:
@@ -108,9 +116,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"{acc.get('single_adapter', float('nan')):.3f} | {acc.get('random_groups', float('nan')):.3f} |")
     m = machine_info()
     cmd = "demo_time.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    groups_of = ({"": [r for r in rows if not r["code"].startswith("baseline")]} if not args.precision else
+                 {f" with DEMO_PRECISION={p}": [r for r in rows if f"DEMO_PRECISION={p})" in r["code"]]
+                  for p in args.precision})
+    for suffix, chosen in groups_of.items():
+        walls = [r["wall_s"] for r in chosen]
+        lines += ["", f"Current code{suffix}: mean {sum(walls) / len(walls):.0f} s over {len(walls)} run(s) "
+                  f"(min {min(walls):.0f}, max {max(walls):.0f})."]
     current = [r["wall_s"] for r in rows if not r["code"].startswith("baseline")]
-    lines += ["", f"Current code: mean {sum(current) / len(current):.0f} s over {len(current)} run(s) "
-              f"(min {min(current):.0f}, max {max(current):.0f})."]
     data = {"rows": rows, "machine": m, "command": cmd}
     if args.baseline:
         base = [r["wall_s"] for r in rows if r["code"].startswith("baseline")]
