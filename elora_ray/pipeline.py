@@ -53,6 +53,7 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
         results[stage.name], seconds[stage.name] = _run_one(stage, cfg, out, force or (force_last and i == last), **options)
         if stage.name == "prepare":  # written once the data is known good: a bad-input run changes nothing
             write_json(RunLayout(out).plan, plan)
+    record_run_config(cfg, out)
     results["_seconds"] = seconds
     work = _stage_timings(out)
     results["_work_seconds"] = {k: work.get(k, {}).get("seconds", v) for k, v in seconds.items()}
@@ -115,7 +116,19 @@ def run_stage(cfg: RunConfig, out: str | Path, name: str, force: bool = False, *
         run_stages(cfg, out, until=stage.after)
     else:
         init_run_dir(cfg, out)
-    return _run_one(stage, cfg, out, force, **options)[0]
+    result = _run_one(stage, cfg, out, force, **options)[0]
+    record_run_config(cfg, out)
+    return result
+
+
+def record_run_config(cfg: RunConfig, out: Path) -> None:
+    """``config.yaml``: the resolved config of the last command whose stages all succeeded (the one a later
+    command without ``--config`` starts from). A failed command, e.g. a setting a later stage rejects, leaves
+    it as it was, so its settings do not carry over."""
+    from .prepare import write_run_config
+
+    write_run_config(cfg, out)
+    sync_up(out)
 
 
 def _run_one(stage: Stage, cfg: RunConfig, out: Path, force: bool, **options) -> tuple[dict, float]:

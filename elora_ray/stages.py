@@ -66,10 +66,12 @@ class Stage:
 # --- pipeline stages (lazy imports: `elora --help` must not import torch) ----------------------
 
 def _prepare(cfg: RunConfig, out: Path, force: bool = False) -> dict:
+    from .layout import RunLayout
     from .prepare import prepare, write_run_config
 
     result = prepare(cfg, out, force=force)
-    write_run_config(cfg, out)
+    if not RunLayout(out).config.is_file():  # a new run's config, even if a later stage of this command fails;
+        write_run_config(cfg, out)           # later commands record theirs once they succeed (pipeline.py)
     return result
 
 

@@ -98,12 +98,16 @@ def test_run_writes_artifacts_and_resumes(tiny_pipeline, copy_run, caplog, capsy
     # Settings that cannot work for these tasks are clean errors and leave the artifacts alone.
     n = len(manifest["tasks"])
     groups_before, affinity_before = (out / "groups.json").read_bytes(), (out / "affinity.csv").read_bytes()
+    config_before = (out / "config.yaml").read_bytes()
     assert main(["cluster", "--out", str(out), *tiny, "--set", "cluster.num_groups=50"]) == 2
     assert main(["estimate", "--out", str(out), *tiny, "--set", "estimate.subset_size=50"]) == 2
     err = capsys.readouterr().err
     assert "cluster:" in err and f"estimate.subset_size=50 exceeds the number of tasks ({n})" in err and "Traceback" not in err
     assert (out / "groups.json").read_bytes() == groups_before and (out / "affinity.csv").read_bytes() == affinity_before
     assert (out / "estimate" / "summary.json").is_file()
+    # ...and their settings do not stick: config.yaml is the last successful command's, which the next
+    # command without --config starts from
+    assert (out / "config.yaml").read_bytes() == config_before
 
     # `elora evaluate --force` recomputes evaluation.json (same numbers); without it the stage is skipped.
     evaluation = out / "evaluation.json"
