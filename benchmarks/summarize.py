@@ -46,7 +46,9 @@ generated from those files by `python benchmarks/summarize.py`.
 | `decoder_speed.py` | SmolLM2 on CPUs: training and featurize (full_rank, adapter) samples/s against a plain forward+backward, for LoRA fp32, LoRA under bf16 autocast and QLoRA |
 | `affinity_halves.py` | does each task's two halves group together under the first-order affinity and its variants (plain, class-balanced, θ*-calibrated)? stored features, no model runs |
 | `ensemble_levers.py` | the ensemble's combination levers refit on finished runs (no training): learned vs cross-validated shrunk vs uniform vs own-group weights, boosting steps that raise validation loss kept or dropped, paired by seed and by sample |
-| `quick.py` | `make bench-quick`: every script above in its smoke-test mode (< 5 min; CI runs it, results not kept) |
+| `attention_kernels.py` | bf16 on CPUs: a LoRA training step and a forward with PyTorch's fused attention kernel vs transformers' eager attention (MiniLM, SmolLM2), next to fp32: the rule behind `PLAIN_ATTENTION_MAX_SCORES` |
+| `grouping_oracle.py` | every partition of a mix's tasks scored by `positive_transfer.py`'s subset adapters (no model runs): where each affinity's groups, per-task adapters, one adapter and random groups rank, against the partition validation would pick |
+| `quick.py` | `make bench-quick`: every script above in its smoke-test mode but `grouping_oracle.py`, whose inputs are other scripts' results (`tests/test_benchmark_tables.py` checks it) (< 5 min; CI runs it, results not kept) |
 """
 
 
