@@ -25,8 +25,8 @@ install: $(VENV)/.installed
 # The full method plus the two baselines that say most (one adapter for all tasks, random groups).
 # Every baseline: `make demo-all` (resumes runs/demo, ~10 more minutes).
 # DEMO_PRECISION=native: bf16 autocast on CPUs that compute bf16 natively (AVX512-BF16 / AMX) and on
-# GPUs, fp32 elsewhere (benchmarks/results/demo_time.md: 292 s on an AMD EPYC with avx512_bf16, where fp32
-# took 442-458 s before the eager-attention and longest-job-first changes; same groups). The stage commands in the README reuse the run because, without --config, a command on
+# GPUs, fp32 elsewhere (benchmarks/results/demo_time.md, AMD EPYC with avx512_bf16: 275 s, 358 s with
+# DEMO_PRECISION=auto; same groups). The stage commands in the README reuse the run because, without --config, a command on
 # an existing run folder starts from that run's own config.yaml. DEMO_PRECISION=auto: fp32 on CPUs.
 DEMO_BASELINES ?= [single_adapter,random_groups]
 DEMO_PRECISION ?= native
