@@ -33,10 +33,12 @@ def init_run_dir(cfg: RunConfig, out: Path) -> None:
     setup_logging(out)
 
 
-def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: bool = False, force_last: bool = False) -> dict:
+def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: bool = False, force_last: bool = False,
+               record: bool = True) -> dict:
     """Run the pipeline stages up to and including ``until``; returns {stage: result, "_seconds": {...}}.
 
-    ``force`` redoes every stage, ``force_last`` only ``until``."""
+    ``force`` redoes every stage, ``force_last`` only ``until``. ``record``: write ``config.yaml`` once they all
+    succeeded (a side stage that runs them first records it after its own work instead)."""
     out = Path(out).absolute()  # Ray workers of an existing cluster do not share the driver's working dir
     until = until.replace("-", "_")
     if until not in STAGES:
@@ -53,7 +55,8 @@ def run_stages(cfg: RunConfig, out: str | Path, until: str = "cluster", force: b
         results[stage.name], seconds[stage.name] = _run_one(stage, cfg, out, force or (force_last and i == last), **options)
         if stage.name == "prepare":  # written once the data is known good: a bad-input run changes nothing
             write_json(RunLayout(out).plan, plan)
-    record_run_config(cfg, out)
+    if record:
+        record_run_config(cfg, out)
     results["_seconds"] = seconds
     work = _stage_timings(out)
     results["_work_seconds"] = {k: work.get(k, {}).get("seconds", v) for k, v in seconds.items()}
@@ -113,7 +116,7 @@ def run_stage(cfg: RunConfig, out: str | Path, name: str, force: bool = False, *
     if stage in PIPELINE:
         return run_stages(cfg, out, until=stage.name, force_last=force)[stage.name]
     if stage.after is not None:
-        run_stages(cfg, out, until=stage.after)
+        run_stages(cfg, out, until=stage.after, record=False)
     else:
         init_run_dir(cfg, out)
     result = _run_one(stage, cfg, out, force, **options)[0]
