@@ -44,8 +44,9 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.common import RESULTS, RUNS, machine_info, paired_stats, save_figure, write_results  # noqa: E402,I001
 from elora_ray.artifacts import read_prepared  # noqa: E402
 from elora_ray.config import load_config  # noqa: E402
-from elora_ray.ensemble.members import group_outputs, load_members  # noqa: E402
+from elora_ray.ensemble.members import group_outputs, load_members, load_weights  # noqa: E402
 from elora_ray.ensemble.shrinkage import shrunk_weights  # noqa: E402
+from elora_ray.ensemble.stage import weight_matrix  # noqa: E402
 from elora_ray.ensemble.weights import combine, fit_task_weights  # noqa: E402
 from elora_ray.evaluate.uncertainty import correctness  # noqa: E402
 
@@ -110,7 +111,11 @@ def measure_run(run: Path) -> dict:
         test = [group_outputs(run, mem, j, split, names, num_labels) for j in range(m)]
         for kind in WEIGHTS:
             weights, lams = {}, []
-            for name in names:
+            if (kind, boost) == DEFAULT and cfg.ensemble.weights == "learned":
+                # the run's own weights.json: a refit agrees to 6 decimals, but a weight of 1e-9 instead of 0 breaks
+                # the exact ties of bf16-rounded logits (runs before class logits were fp32) the other way
+                weights = weight_matrix(load_weights(run))
+            for name in names if not weights else []:
                 own = mem.group_of(name)
                 ids = val[own][name].sample_ids
                 logits = [v[name].align_to(ids).logits for v in val]

@@ -20,6 +20,12 @@ Pairwise, it also sets each affinity the ensemble benchmark estimated (``affinit
 drop of both tasks' loss on the pair's adapter against their own adapters, on validation and on test (Spearman
 over the pairs).
 
+Across seeds (where two or more seeds of one adapter type are complete), it asks whether the target itself
+replicates: the Spearman correlation between two seeds' partition scores (test accuracy) and pair gains (test loss),
+and where one seed's best partition ranks on the other. The data splits are the same in every seed (only the
+training seed differs), so this is the training noise alone; an affinity cannot be expected to agree with a pair gain
+better than two seeds of the real thing agree with each other.
+
     python benchmarks/grouping_oracle.py                      # decoder_glue_smollm2 (after positive_transfer.py)
     python benchmarks/grouping_oracle.py --name decoder_quick
 
@@ -175,7 +181,33 @@ def analyse(pt: dict, ens: dict | None, name: str | None = None) -> dict:
             cases.append({"seed": seed, "type": kind, "partitions": len(scored), "rows": rows, "pairs": pairs,
                           "spearman": agreement,
                           "all": [{**p, "partition": [list(b) for b in p["partition"]]} for p in by_test]})
-    return {"tasks": tasks, "cases": cases}
+    return {"tasks": tasks, "cases": cases, "across_seeds": across_seeds(cases)}
+
+
+def across_seeds(cases: list[dict]) -> list[dict]:
+    """For each adapter type and pair of complete seeds: does the ranking of partitions and of pair gains replicate?"""
+    out = []
+    for kind in sorted({c["type"] for c in cases}):
+        by_seed = {c["seed"]: c for c in cases if c["type"] == kind}
+        for s, t in itertools.combinations(sorted(by_seed), 2):
+            a = {tuple(map(tuple, p["partition"])): p for p in by_seed[s]["all"]}
+            b = {tuple(map(tuple, p["partition"])): p for p in by_seed[t]["all"]}
+            common = sorted(set(a) & set(b))
+            rank_b = {p: i + 1 for i, p in enumerate(sorted(common, key=lambda p: -b[p]["test_acc"]))}
+            rank_a = {p: i + 1 for i, p in enumerate(sorted(common, key=lambda p: -a[p]["test_acc"]))}
+            best_a = min(common, key=lambda p: rank_a[p])
+            best_b = min(common, key=lambda p: rank_b[p])
+            ga = {tuple(p["pair"]): p["gain_test"] for p in by_seed[s]["pairs"] if p["gain_test"] is not None}
+            gb = {tuple(p["pair"]): p["gain_test"] for p in by_seed[t]["pairs"] if p["gain_test"] is not None}
+            pairs = sorted(set(ga) & set(gb))
+            out.append({"type": kind, "seeds": [s, t], "partitions": len(common),
+                        "spearman_partitions_test_acc": spearman([a[p]["test_acc"] for p in common],
+                                                                 [b[p]["test_acc"] for p in common]),
+                        "spearman_pair_gains_test_loss": spearman([ga[p] for p in pairs], [gb[p] for p in pairs]),
+                        "pairs": len(pairs),
+                        "same_sign_pair_gains": sum((ga[p] > 0) == (gb[p] > 0) for p in pairs),
+                        "best_of_first_ranks_on_second": rank_b[best_a], "best_of_second_ranks_on_first": rank_a[best_b]})
+    return out
 
 
 def markdown(name: str, data: dict) -> str:
@@ -212,6 +244,23 @@ def markdown(name: str, data: dict) -> str:
                     f"{k}: {rho(c['spearman'][k]['val'])} (validation), {rho(c['spearman'][k]['test'])} (test)" for k in kinds)
                     + "."]
             lines.append("")
+    if data.get("across_seeds"):
+        def num(x):
+            return "n/a" if x is None else f"{x:+.2f}"
+
+        lines += ["## Does the target replicate across seeds?", "",
+                  "Same data splits, another training seed. Spearman between the two seeds' scores of every partition "
+                  "(test accuracy) and of every pair's gain (test loss); where each seed's best partition ranks on the "
+                  "other seed. An affinity cannot be expected to agree with the real gains better than this.", "",
+                  "| adapter | seeds | partitions: Spearman | pair gains: Spearman | pair gains of the same sign | "
+                  "best of the first, rank on the second | best of the second, rank on the first |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in data["across_seeds"]:
+            lines.append(f"| {r['type']} | {r['seeds'][0]}, {r['seeds'][1]} | {num(r['spearman_partitions_test_acc'])} | "
+                         f"{num(r['spearman_pair_gains_test_loss'])} | {r['same_sign_pair_gains']} of {r['pairs']} | "
+                         f"{r['best_of_first_ranks_on_second']} of {r['partitions']} | "
+                         f"{r['best_of_second_ranks_on_first']} of {r['partitions']} |")
+        lines.append("")
     m = data["machine"]
     lines.append(f"Machine: {m['cpu']} ({m['cores']} cores), {m['date']}. Inputs: {', '.join(data['inputs'])}. "
                  f"Command: `{data['command']}`.")

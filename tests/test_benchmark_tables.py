@@ -187,3 +187,35 @@ def test_grouping_oracle_scores_every_partition_by_its_blocks_adapters(monkeypat
     random = next(r for r in case["rows"] if r["what"].startswith("random groups"))
     assert "into 2" in random["what"] and random["test_acc"] == pytest.approx(((0.8 * 2 + 0.7) + 2 * (0.7 + 0.5 + 0.7)) / 9)
     assert go.score_partitions(rows[:-1], tasks) is None  # a block's adapter missing
+
+
+def test_grouping_oracle_across_seeds_measures_whether_the_target_replicates(monkeypatch):
+    """A seed that repeats another's numbers replicates perfectly (Spearman +1, each best ranks 1st on the other);
+    a seed whose sharing effects are reversed correlates at -1 and ranks the other's best last."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import itertools
+
+    import benchmarks.grouping_oracle as go
+
+    tasks = ["a", "b", "c"]
+    effect = {frozenset("ab"): 0.10, frozenset("ac"): -0.05, frozenset("bc"): 0.02, frozenset("abc"): -0.10}
+    rows = []
+    for seed, sign in ((0, 1.0), (1, 1.0), (2, -1.0)):
+        for k in (1, 2, 3):
+            for sub in itertools.combinations(tasks, k):
+                for t in sub:
+                    acc = 0.7 + sign * effect.get(frozenset(sub), 0.0) + {"a": 0.0, "b": 0.01, "c": 0.02}[t]
+                    rows.append({"seed": seed, "type": "lora", "subset": list(sub), "task": t, "test_acc": acc,
+                                 "val_acc": acc, "test_loss": 1 - acc, "val_loss": 1 - acc})
+    data = go.analyse({"tasks": tasks, "rows": rows}, None)
+    by = {tuple(r["seeds"]): r for r in data["across_seeds"]}
+    assert set(by) == {(0, 1), (0, 2), (1, 2)} and by[(0, 1)]["partitions"] == 5 and by[(0, 1)]["pairs"] == 3
+    assert by[(0, 1)]["spearman_partitions_test_acc"] == pytest.approx(1.0)
+    assert by[(0, 1)]["spearman_pair_gains_test_loss"] == pytest.approx(1.0)
+    assert by[(0, 1)]["same_sign_pair_gains"] == 3
+    assert by[(0, 1)]["best_of_first_ranks_on_second"] == 1 == by[(0, 1)]["best_of_second_ranks_on_first"]
+    assert by[(0, 2)]["spearman_pair_gains_test_loss"] == pytest.approx(-1.0)
+    assert by[(0, 2)]["same_sign_pair_gains"] == 0
+    assert by[(0, 2)]["best_of_first_ranks_on_second"] == 5
+    assert "Does the target replicate across seeds?" in go.markdown("x", {**data, "machine": {
+        "cpu": "c", "cores": 2, "date": "d"}, "inputs": [], "command": "c"})

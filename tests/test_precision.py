@@ -110,6 +110,40 @@ def test_bf16_training_learns_like_fp32():
 
 
 @bf16_cpu
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
+def test_class_logits_are_fp32_under_bf16_autocast(name):
+    """Under bf16 autocast the backbone runs in bf16 but the class logits (task heads, a decoder's verbalizer
+    rows of lm_head) come out of an fp32 projection of the same hidden state: not rounded to bf16, where two
+    labels' logits tie exactly on ~1% of a decoder's predictions and argmax then always says the first label."""
+    from elora_ray.config.sections import ModelConfig
+    from elora_ray.models.build import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(ModelConfig(name_or_path=name, max_length=24), TASKS).eval()
+    texts = ["good film", "a man sleeps", "the plot goes on", "bad", "a person rests", "fine", "so so", "great"]
+    names = ["sent", "nli"] * 4
+    b = model.tokenize(names, texts, [None, "a person rests"] * 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(**b)
+        if name == "tiny-llama":
+            hidden = model.last_hidden(b["input_ids"], b["attention_mask"]).double()
+            rows = model.lm.lm_head.weight.double()[model.label_token_ids[b["task_index"]]]
+            want = torch.einsum("bh,blh->bl", hidden, rows).masked_fill(~model.label_valid[b["task_index"]], float("-inf"))
+        else:
+            pooled = model.pooled(b["input_ids"], b["attention_mask"], b.get("token_type_ids")).double()
+            want = torch.stack([torch.nn.functional.pad(
+                torch.nn.functional.linear(pooled[i], model.heads[t].weight.double(), model.heads[t].bias.double()),
+                (0, model.max_labels - model.heads[t].out_features), value=float("-inf"))
+                for i, t in enumerate(b["task_index"].tolist())])
+    assert logits.dtype == torch.float32
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(logits))
+    torch.testing.assert_close(logits[finite].double(), want[finite], atol=1e-4, rtol=1e-5)
+    rounded = logits[finite].bfloat16().float()
+    assert not torch.equal(rounded, logits[finite])  # more precision than bf16 holds
+
+
+@bf16_cpu
 def test_exported_outputs_run_in_the_training_precision(tmp_path):
     """Exports (every adapter's logits on train/validation/test, the θ* reference's too) run under the
     same autocast as training: under bf16 the logits move by bf16 rounding, and the job record says so."""

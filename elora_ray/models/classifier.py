@@ -43,6 +43,19 @@ class TokenizeStats:
         self.truncated[task] = self.truncated.get(task, 0) + n
 
 
+def head_logits_fp32(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A task head's class logits, computed outside any autocast in the head's own dtype (fp32 unless a bf16
+    engine cast the weights), returned as fp32.
+
+    Under bf16 autocast a head's output would be bf16, which rounds a logit near 10 to a step of 1/16: two labels'
+    logits then tie exactly on about 1% of a decoder's predictions (argmax always picks the first label), and the
+    log-odds the features start from carry that rounding. A head is a few hundred multiply-adds per label, so
+    running it in fp32 costs nothing measurable. ``head`` may be PEFT's wrapper of a trained copy."""
+    dtype = next(head.parameters()).dtype
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return head(x.to(dtype)).float()
+
+
 class MultiTaskClassifier(nn.Module):
     kind: str = "base"
 

@@ -132,6 +132,14 @@ class DecoderClassifier(MultiTaskClassifier):
 
     def forward(self, input_ids, attention_mask, task_index) -> torch.Tensor:
         h = self.last_hidden(input_ids, attention_mask)
-        vocab_logits = self.lm.lm_head(h.to(self.lm.lm_head.weight.dtype) if hasattr(self.lm.lm_head, "weight") else h)
-        ids = self.label_token_ids.to(vocab_logits.device)[task_index]
-        return self.mask_invalid(vocab_logits.gather(1, ids).float(), task_index)
+        head = self.lm.lm_head
+        ids = self.label_token_ids.to(h.device)[task_index]
+        if type(head) is nn.Linear:  # only the label tokens' rows, in fp32 (see classifier.head_logits_fp32)
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                logits = torch.einsum("bh,blh->bl", h.float(), head.weight[ids].float())
+                if head.bias is not None:
+                    logits = logits + head.bias[ids].float()
+        else:  # a wrapped or quantised head: its own forward over the vocabulary
+            vocab_logits = head(h.to(head.weight.dtype) if hasattr(head, "weight") else h)
+            logits = vocab_logits.gather(1, ids).float()
+        return self.mask_invalid(logits, task_index)

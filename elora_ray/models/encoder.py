@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .classifier import MultiTaskClassifier, TaskSpec, TokenizeStats
+from .classifier import MultiTaskClassifier, TaskSpec, TokenizeStats, head_logits_fp32
 
 
 def pooling_mode(model_dir: Path) -> str:
@@ -102,12 +102,12 @@ class EncoderClassifier(MultiTaskClassifier):
     ZeRO-2 gradient buckets need that to match across ranks; the logits are the same."""
 
     def head_logits(self, pooled: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
-        out = pooled.new_full((pooled.shape[0], self.max_labels), float("-inf"))
+        out = pooled.new_full((pooled.shape[0], self.max_labels), float("-inf"), dtype=torch.float32)
         tasks = range(len(self.heads)) if self.static_graph else torch.unique(task_index).tolist()
         for t in tasks:
             rows = task_index == t
             head = self.heads[t]
-            out[rows, : head.out_features] = head(pooled[rows].to(head.weight.dtype)).to(out.dtype)
+            out[rows, : head.out_features] = head_logits_fp32(head, pooled[rows]).to(out.dtype)
         return out
 
     def forward(self, input_ids, attention_mask, task_index, token_type_ids=None) -> torch.Tensor:
