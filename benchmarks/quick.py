@@ -50,6 +50,7 @@ SMOKE: list[tuple[str, list[str], list[str]]] = [
     ("affinity_halves", ["affinity_halves.py", "--quick"], ["affinity_halves_quick.json", "affinity_halves_quick.md"]),
     ("decoder_speed", ["decoder_speed.py", "--quick"], ["decoder_speed_quick.json", "decoder_speed_quick.md"]),
     ("ensemble_levers", ["ensemble_levers.py", "--quick"], ["ensemble_levers_quick.json", "ensemble_levers_quick.md", "ensemble_levers_quick.png"]),
+    ("early_stopping_ties", ["early_stopping_ties.py", "--quick"], ["early_stopping_ties_quick.json", "early_stopping_ties_quick.md"]),
     ("attention_kernels", ["attention_kernels.py", "--quick"], ["attention_kernels_quick.json", "attention_kernels_quick.md"]),
 ]
 

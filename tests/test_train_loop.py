@@ -91,6 +91,35 @@ def test_early_stopping_on_accuracy_keeps_the_most_accurate_check_while_loss_ris
         torch.testing.assert_close(now[k], snapshots[stats.best_step][k])
 
 
+@pytest.mark.parametrize("ties", ["earliest", "loss"])
+def test_accuracy_ties_are_broken_by_validation_loss_when_asked(setup, ties):
+    """The decoder benchmark's CoLA group: at its majority-label accuracy from the start, training lowers the
+    validation loss (1.05 → 0.67) without changing the accuracy. ``earliest`` keeps the untrained start; ``loss``
+    keeps the later check with the same accuracy and lower loss, and a tie with a higher loss is no improvement."""
+    peft_model, model, tasks, rows = setup
+    checks = iter([(1.05, 0.70), (0.70, 0.70), (0.67, 0.70), (0.80, 0.70), (0.90, 0.68), (0.95, 0.66), (0.99, 0.6)])
+    snapshots: dict[int, dict] = {}
+
+    def validate():
+        loss, acc = next(checks)
+        return {"loss": loss, "accuracy": acc, "task_accuracy": acc}
+
+    def on_eval(state, metrics, improved, opt):
+        snapshots[state.step] = trainable_state(peft_model)
+
+    stats = train_adapter(peft_model, model, tasks, rows, epochs=3, lr=5e-3, batch_size=8, seed=0, validate=validate,
+                          evals_per_epoch=2, patience=2, metric="task_accuracy", validate_at_start=True, on_eval=on_eval,
+                          ties=ties)
+    losses = [e["loss"] for e in stats.evals]
+    if ties == "earliest":
+        assert stats.best_step == 0 and losses == [1.05, 0.70, 0.67]  # two checks without a strictly better one
+    else:
+        assert stats.best_step == stats.evals[2]["step"] and losses == [1.05, 0.70, 0.67, 0.80, 0.90]
+    now = trainable_state(peft_model)
+    for k in now:
+        torch.testing.assert_close(now[k], snapshots[stats.best_step][k])
+
+
 def test_learning_rate_schedule_warms_up_then_decays_to_zero():
     """lr_factor against the schedule written out by hand: 10 steps, 2 of warm-up."""
     from elora_ray.train.loop import lr_factor
@@ -259,3 +288,20 @@ def test_ddp_ranks_validate_their_shard_and_gather(tmp_path):
     assert got[0]["seen"] == [0, 2, 4, 6, 8, 10] and got[1]["seen"] == [1, 3, 5, 7, 9]
     for g in got:
         assert g["logits"] == [[float(r), float(-r)] for r in range(11)] and g["gold"] == [r % 2 for r in range(11)]
+
+
+def test_ties_setting_is_validated_and_only_loss_changes_the_job_fingerprints():
+    """``earliest`` is how every finished job chose its check, so it leaves the fingerprints as they were
+    (finished runs are not retrained); ``loss`` retrains."""
+    from elora_ray.config import ConfigError
+    from elora_ray.train.jobs import AdapterJob
+
+    def cfg(*sets):
+        return load_config(None, ["model.name_or_path=tiny-bert", *sets])
+
+    with pytest.raises(ConfigError, match="early_stopping_ties"):
+        cfg("train.early_stopping_ties=latest")
+    job = AdapterJob(id="group-0", method="ensemble", tasks=["sent"])
+    base = job.fingerprint(cfg(), "d")
+    assert job.fingerprint(cfg("train.early_stopping_ties=earliest"), "d") == base
+    assert job.fingerprint(cfg("train.early_stopping_ties=loss"), "d") != base

@@ -73,6 +73,7 @@ class AdapterJob:
             # settings (bf16) can change it, so they count only when it is used.
             "train": cfg.train.model_dump(mode="json", exclude={"num_workers", "cpus_per_worker", "use_gpu", "gpus_per_worker", "max_failures",
                                                    "micro_batch_size", "gradient_checkpointing"}
+                                          | ({"early_stopping_ties"} if cfg.train.early_stopping_ties == "earliest" else set())
                                           | ({"strategy", "deepspeed"} if cfg.train.strategy == "ddp" else set())),
             "boost": cfg.boost.model_dump(mode="json", exclude={"steps", "line_search", "step_size"}) if self.loss != "ce" or self.kind == "linearized" else None,
             "featurize": cfg.featurize.model_dump(mode="json", include={"probe", "probe_samples_per_task", "probe_l2", "dim", "projection"}),

@@ -208,7 +208,8 @@ def train_loop_per_worker(config: dict) -> None:
                 params, opt_state, loop = load_training_state(Path(d))
                 restore_rng(Path(d))
             load_trainable_state(peft_model, params)
-            resume = (LoopState(**{k: loop[k] for k in ("step", "best_metric", "best_step", "bad_evals")}), opt_state)
+            resume = (LoopState(**{k: loop[k] for k in ("step", "best_metric", "best_step", "bad_evals")},
+                                best_loss=loop.get("best_loss")), opt_state)
             log.info("adapter %s: resuming from its checkpoint at step %d", job.id, resume[0].step)
         resumed_from_step = float(resume[0].step) if resume is not None else -1.0  # training advances the state
         if t.strategy == "deepspeed":
@@ -247,7 +248,7 @@ def train_loop_per_worker(config: dict) -> None:
             evals_per_epoch=t.evals_per_epoch, patience=t.patience,
             schedule=t.schedule, warmup_fraction=t.warmup_fraction, validate_at_start=t.validate_at_start,
             precision=precision,
-            metric="loss" if job.loss != "ce" else t.early_stopping_metric,
+            metric="loss" if job.loss != "ce" else t.early_stopping_metric, ties=t.early_stopping_ties,
             on_eval=on_eval, resume=resume, shard=(rank, world), forward=forward, progress=on_step, engine=engine,
             micro_batch_size=None if t.micro_batch_size == "auto" else t.micro_batch_size,
         )
