@@ -198,7 +198,8 @@ def transfers(rows: list[dict], n_tasks: int) -> list[dict]:
         out.append({"seed": r["seed"], "type": r["type"], "subset": r["subset"], "task": r["task"],
                     "size": size_key(tuple(r["subset"]), n_tasks),
                     "d_test_loss": r["test_loss"] - ref["test_loss"], "d_test_acc": r["test_acc"] - ref["test_acc"],
-                    "d_val_loss": r["val_loss"] - ref["val_loss"]})
+                    "d_val_loss": r["val_loss"] - ref["val_loss"],
+                    "ref_kept_start": ref.get("best_step") == 0})
     return out
 
 
@@ -237,6 +238,11 @@ def summarize(trans: list[dict], seeds: list[int], types: list[str]) -> list[dic
                 "rate_test_acc": rate(items, lambda t: t["d_test_acc"] > 0),
                 "rate_test_acc_or_equal": rate(items, lambda t: t["d_test_acc"] >= 0),
                 "rate_val_loss": rate(items, lambda t: t["d_val_loss"] < 0),
+                # against single-task adapters that moved from θ*: one that kept its untrained start (early stopping
+                # found no better check) makes any trained partner look like positive transfer
+                "rate_test_loss_trained_refs": rate([t for t in items if not t.get("ref_kept_start")],
+                                                    lambda t: t["d_test_loss"] < 0),
+                "refs_kept_start": sum(bool(t.get("ref_kept_start")) for t in items),
                 "share_positive_every_seed": float(np.mean(consistent_pos)) if consistent_pos else float("nan"),
                 "share_negative_every_seed": float(np.mean(consistent_neg)) if consistent_neg else float("nan"),
                 "mean_d_test_acc": float(np.mean([t["d_test_acc"] for t in items])),
@@ -260,6 +266,7 @@ def per_task(rows: list[dict], trans: list[dict], context: dict, types: list[str
             entry[f"{kind}_single_acc"] = float(np.mean([r["test_acc"] for r in singles])) if singles else None
             entry[f"{kind}_single_loss"] = float(np.mean([r["test_loss"] for r in singles])) if singles else None
             entry[f"{kind}_single_loss_spread"] = (float(np.ptp([r["test_loss"] for r in singles])) if len(singles) > 1 else None)
+            entry[f"{kind}_single_kept_start"] = [r["seed"] for r in singles if r.get("best_step") == 0]
             for size in ("2", "3", "all"):
                 ts = [t for t in trans if t["task"] == task and t["type"] == kind and t["size"] == size]
                 entry[f"{kind}_{size}_d_acc"] = float(np.mean([t["d_test_acc"] for t in ts])) if ts else None
@@ -288,16 +295,20 @@ def render(data: dict) -> str:
              "over the subsets of that size. \"over seeds\": the mean of the per-seed rates (per seed in brackets); "
              "\"seed-averaged losses\": the rate after averaging each f_i(S) and f_i({i}) over seeds; \"same sign in "
              "every seed\": the share of (i, S) that are positive (negative) in every seed, what seed noise alone rarely gives. "
-             "The paper's figures are Llama-3-8B on ten SuperGLUE tasks (Appendix B.6).", "",
+             "The paper's figures are Llama-3-8B on ten SuperGLUE tasks (Appendix B.6). \"single-task adapters that "
+             "trained\": the rate over the (i, S) whose single-task adapter of i left θ* (early stopping kept a later "
+             "check than the start; the count of those that did not is in brackets).", "",
              "| adapter | subsets | (i, S) | rate, test loss, over seeds | seed-averaged losses | positive in every seed | "
-             "negative in every seed | rate, test accuracy (> / ≥) | rate, validation loss | mean Δ test acc | paper |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "negative in every seed | rate, test accuracy (> / ≥) | rate, validation loss | single-task adapters that "
+             "trained | mean Δ test acc | paper |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in data["summary"]:
         per_seed = ", ".join(_pct(v) for v in s["rate_test_loss_per_seed"].values())
         lines.append(f"| {s['type']} | {SIZE_LABELS[s['size']]} ({s['subsets']}) | {s['pairs_i_S']} | "
                      f"**{_pct(s['rate_test_loss'])}** [{per_seed}] | {_pct(s['rate_test_loss_seed_mean'])} | "
                      f"{_pct(s['share_positive_every_seed'])} | {_pct(s['share_negative_every_seed'])} | "
                      f"{_pct(s['rate_test_acc'])} / {_pct(s['rate_test_acc_or_equal'])} | {_pct(s['rate_val_loss'])} | "
+                     f"{_pct(s.get('rate_test_loss_trained_refs'))} [{s.get('refs_kept_start', 0)}] | "
                      f"{s['mean_d_test_acc']:+.3f} | {_pct(s['paper'])} |")
     types = data["types"]
     lines += ["", "Per task: test accuracy of θ* (zero-shot), of the most common training label and of each single-task "
@@ -308,7 +319,9 @@ def render(data: dict) -> str:
     for e in data["per_task"]:
         cells = []
         for k in types:
-            cells.append(f"{_f(e[f'{k}_single_acc'])} ({_f(e[f'{k}_single_loss_spread'])})")
+            kept = e.get(f"{k}_single_kept_start") or []
+            mark = f", kept θ* in seed {', '.join(map(str, kept))}" if kept else ""
+            cells.append(f"{_f(e[f'{k}_single_acc'])} ({_f(e[f'{k}_single_loss_spread'])}{mark})")
             cells.append(" / ".join(_f(e[f"{k}_{s}_d_acc"], "+.3f") for s in ("2", "3", "all")))
         lines.append(f"| {e['task']} | {_f(e['theta_star_acc'])} | {_f(e['majority_acc'])} | " + " | ".join(cells) + " |")
     lines += ["", "Every subset (means over seeds): per task, Δ test loss (Δ test accuracy) against its single-task adapter; "

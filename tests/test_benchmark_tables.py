@@ -219,3 +219,26 @@ def test_grouping_oracle_across_seeds_measures_whether_the_target_replicates(mon
     assert by[(0, 2)]["best_of_first_ranks_on_second"] == 5
     assert "Does the target replicate across seeds?" in go.markdown("x", {**data, "machine": {
         "cpu": "c", "cores": 2, "date": "d"}, "inputs": [], "command": "c"})
+
+
+def test_positive_transfer_rate_leaves_out_single_task_adapters_that_kept_the_start(monkeypatch):
+    """A task whose own adapter kept θ* (best check 0) is "helped" by any trained partner: the rate over the
+    references that trained leaves those (i, S) out, and the per-task table names the seeds."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import benchmarks.positive_transfer as pt
+
+    def row(subset, task, loss, best=5):
+        return {"seed": 0, "type": "lora", "subset": subset, "size": len(subset), "task": task, "test_loss": loss,
+                "test_acc": 0.7, "val_loss": loss, "best_step": best}
+
+    rows = [row(["a"], "a", 1.0, best=0), row(["b"], "b", 0.5), row(["c"], "c", 0.5),
+            row(["a", "b"], "a", 0.6), row(["a", "b"], "b", 0.6),   # a "helped" (its reference kept θ*), b hurt
+            row(["a", "c"], "a", 0.6), row(["a", "c"], "c", 0.4),   # a "helped", c helped
+            row(["b", "c"], "b", 0.4), row(["b", "c"], "c", 0.6)]   # b helped, c hurt
+    trans = pt.transfers(rows, 3)
+    (s,) = pt.summarize(trans, [0], ["lora"])
+    assert s["rate_test_loss"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    assert s["refs_kept_start"] == 2
+    assert s["rate_test_loss_trained_refs"] == pytest.approx((0.0 + 1.0 + 0.5) / 3)
+    (a, *_) = pt.per_task(rows, trans, {0: {"theta_star": None, "majority": {}}}, ["lora"])
+    assert a["task"] == "a" and a["lora_single_kept_start"] == [0]
