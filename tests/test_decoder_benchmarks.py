@@ -101,3 +101,8 @@ def test_rerun_resumes_without_training(bench):
     assert after["summary"] == before["summary"]
     proc = _run("decoder_ensemble.py", env)
     assert "reusing" in proc.stdout and "transfer affinity" in proc.stdout
+    # --render-only writes the same result from the finished adapters without taking the run folders' lock
+    proc = _run("positive_transfer.py", env, "--render-only")
+    assert not re.search(r"trained on \d+ tasks", proc.stderr + proc.stdout)
+    rendered = json.loads((out / "results" / f"positive_transfer_{QUICK_NAME}.json").read_text())
+    assert rendered["summary"] == before["summary"] and rendered["jobs_reused"] == before["jobs_reused"]
