@@ -9,6 +9,11 @@ boosting outputs:
   ``ensemble.weights: shrunk``), ``uniform`` and ``own_group`` (each task its own group's adapter only);
 * **per-task early stopping** (not built): from each group adapter's per-check validation figures, how far each
   task's own best check lies from the one its group stopped at, and the validation accuracy between them;
+* **early-stopping ties** (``train.early_stopping_ties``): of every adapter job the run trained, how many kept a
+  check over a later one with the same early-stopping metric and a lower validation loss, and how many of those
+  kept the untrained start θ*;
+* **exact ties in the stored class logits**: the share of test predictions whose top class logit equals another's
+  exactly (argmax then says the first label; runs from before class logits were fp32 under bf16 have them);
 * **boosting steps** — every step as the run took it (the default), or ``drop val-raising``: a step whose learner
   raised its group's validation log loss enters with coefficient 0 (``boost.keep: if_validation_improves``;
   exact for the last step of a group — with ``boost.steps: 1``, as in every run here, for every step).
@@ -138,6 +143,8 @@ def measure_run(run: Path) -> dict:
         v["per_task_minus_default"] = {t: float(correct[(kind, boost)][t].mean() - base[t].mean()) for t in base}
     return {"run": str(run), "groups": [g.tasks for g in members.groups], "boost_steps_raising_validation": raised,
             "early_stopping_headroom": early_stopping_headroom(run, members),
+            "early_stopping_ties": early_stopping_ties(run, cfg.train.early_stopping_metric, cfg.train.early_stopping_ties),
+            "exact_logit_ties": exact_logit_ties(run, split),
             "boost_steps": members.boosting_steps, "variants": variants, "context": context,
             "reported_ensemble_matches": abs(context.get("ensemble", np.nan) - variants["learned | every step"]["avg_accuracy"]) < 1e-9
             if cfg.ensemble.weights == "learned" else None,
@@ -171,6 +178,44 @@ def early_stopping_headroom(run: Path, members) -> list[dict]:
                          "task_best_step": int(best_step), "accuracy_at_group_step": at[task]["accuracy"],
                          "accuracy_at_task_best": best_acc, "headroom": best_acc - at[task]["accuracy"]})
     return rows
+
+
+def early_stopping_ties(run: Path, metric: str, rule: str = "earliest") -> dict:
+    """Every adapter job of the run with per-check validation figures: does a check after the kept one have the same
+    early-stopping ``metric`` (within 1e-9) and a lower validation loss? ``kept_start``: those that kept step 0."""
+    from elora_ray.layout import RunLayout
+
+    jobs, tied, kept_start = 0, [], []
+    for path in sorted(RunLayout(run).job_records.glob("*.json")):
+        metrics = json.loads(path.read_text()).get("metrics", {})
+        evals = [e for e in metrics.get("evals", []) if metric in e and "loss" in e]
+        kept = [e for e in evals if e.get("step") == metrics.get("best_step")]
+        if len(evals) < 2 or not kept:
+            continue
+        jobs += 1
+        k = kept[0]
+        if any(e["step"] > k["step"] and abs(e[metric] - k[metric]) <= 1e-9 and e["loss"] < k["loss"] for e in evals):
+            tied.append(path.stem)
+            if k["step"] == 0:
+                kept_start.append(path.stem)
+    return {"metric": metric, "rule": rule, "jobs": jobs, "tied": tied, "kept_start": kept_start}
+
+
+def exact_logit_ties(run: Path, split: str) -> dict:
+    """Test predictions (every stored output of the run) whose top class logit equals another class logit exactly."""
+    import pyarrow.parquet as pq
+    from elora_ray.layout import RunLayout
+
+    rows = tied = 0
+    for path in sorted(RunLayout(run).output("x").parent.glob("*.parquet")):
+        table = pq.read_table(path, columns=["split", "logits"]).to_pydict()
+        for sp, logits in zip(table["split"], table["logits"]):
+            if sp != split or len(logits) < 2:
+                continue
+            z = np.asarray(logits, dtype=np.float64)
+            rows += 1
+            tied += int(np.sum(z == z.max()) > 1)
+    return {"rows": rows, "tied": tied}
 
 
 def pooled_bootstrap(runs: list[dict], key: str, resamples: int = 2000, seed: int = 0) -> list[float]:
@@ -243,6 +288,17 @@ def render(result: dict) -> str:
                       f"{moved} of {len(head)} tasks peaked at another check than their group stopped at; stopping each "
                       f"at its own best check would raise its validation accuracy by {100 * gain.mean():.2f} points on "
                       f"average (max {100 * gain.max():.2f}) — an optimistic bound (the same samples pick and score)."]
+        ties = [r["early_stopping_ties"] for r in info["runs"]]
+        jobs, tied, start = (sum(t["jobs"] for t in ties), sum(len(t["tied"]) for t in ties),
+                             sum(len(t["kept_start"]) for t in ties))
+        lines += ["", f"Early-stopping ties (`train.early_stopping_ties: {'/'.join(sorted({t['rule'] for t in ties}))}`, metric `{ties[0]['metric']}`): in {tied} of "
+                  f"{jobs} adapter jobs a later check had the same metric and a lower validation loss; {start} of those "
+                  f"kept the untrained start θ*."]
+        lt = [r["exact_logit_ties"] for r in info["runs"]]
+        rows, tl = sum(t["rows"] for t in lt), sum(t["tied"] for t in lt)
+        if rows:
+            lines += ["", f"Exact ties in the stored class logits: {tl} of {rows} test predictions "
+                      f"({100 * tl / rows:.2f}%) over every job's outputs."]
         raised = sum(len(r["boost_steps_raising_validation"]) for r in info["runs"])
         steps = sum(r["boost_steps"] for r in info["runs"])
         lines += ["", f"Boosting steps that raised their group's validation loss: {raised} of {steps}.",

@@ -19,8 +19,11 @@ HARMLESS_RAY_MESSAGES = (
     "Token authentication is enabled for this Ray cluster",  # the default since Ray 2.5x; nothing to do
 )
 """Ray log lines every run printed that say nothing actionable; dropped from the console unless
-``--verbose``. (Ray's C++ notice about actor constructor arguments in the object store, issue
-ray-project/ray#53727, is written by the core worker directly and cannot be filtered from Python.)"""
+``--verbose``. (Ray's C++ notice "Actor ... has constructor arguments in the object store and max_restarts > 0",
+ray-project/ray#53727, is written by the core worker directly and cannot be filtered from Python. Ray Data 2.60 passes
+every actor pool's map function and context as object refs, so any ``map_batches`` with an actor class prints it
+once per actor (ray-project/ray#57733); the only way to avoid it, ``max_restarts=0``, would give up Ray Data's
+actor restarts, so featurize keeps them and the line stays.)"""
 
 
 class QuietRay(logging.Filter):

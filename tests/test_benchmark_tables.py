@@ -242,3 +242,36 @@ def test_positive_transfer_rate_leaves_out_single_task_adapters_that_kept_the_st
     assert s["rate_test_loss_trained_refs"] == pytest.approx((0.0 + 1.0 + 0.5) / 3)
     (a, *_) = pt.per_task(rows, trans, {0: {"theta_star": None, "majority": {}}}, ["lora"])
     assert a["task"] == "a" and a["lora_single_kept_start"] == [0]
+
+
+def test_ensemble_levers_counts_early_stopping_ties_and_exact_logit_ties(tmp_path, monkeypatch):
+    """The two scans `ensemble_levers` reports, against hand-built job records and outputs."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import benchmarks.ensemble_levers as el
+    from elora_ray.layout import RunLayout
+
+    layout = RunLayout(tmp_path)
+    layout.job_records.mkdir(parents=True)
+
+    def record(job, best, evals):
+        metrics = {"best_step": best, "evals": [{"step": s, "task_accuracy": a, "loss": loss} for s, a, loss in evals]}
+        layout.job_record(job).write_text(json.dumps({"id": job, "metrics": metrics}))
+
+    record("kept-start", 0, [(0, 0.7, 1.05), (7, 0.7, 0.67), (14, 0.6, 0.6)])  # tie at a lower loss, kept θ*
+    record("kept-later", 7, [(0, 0.5, 0.9), (7, 0.7, 0.6), (14, 0.7, 0.5)])    # tie after a trained check
+    record("higher-loss", 0, [(0, 0.7, 0.6), (7, 0.7, 0.8)])                   # same accuracy, higher loss: no tie
+    record("earlier-tie", 7, [(0, 0.7, 0.5), (7, 0.7, 0.6)])                   # only an earlier check ties: no tie
+    record("one-check", 0, [(0, 0.7, 0.6)])                                     # not counted
+    out = el.early_stopping_ties(tmp_path, "task_accuracy")
+    assert (out["jobs"], sorted(out["tied"]), out["kept_start"]) == (4, ["kept-later", "kept-start"], ["kept-start"])
+
+    layout.output("a").parent.mkdir(parents=True)
+    pq.write_table(pa.table({"split": ["test", "test", "test", "validation"],
+                             "logits": [[0.5, 0.5], [0.1, 0.2], [0.3, 0.3, 0.1], [1.0, 1.0]]}), layout.output("a"))
+    pq.write_table(pa.table({"split": ["test"], "logits": [[0.2, 0.2 + 1e-7]]}), layout.output("b"))
+    assert el.exact_logit_ties(tmp_path, "test") == {"rows": 4, "tied": 2}
