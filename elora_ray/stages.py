@@ -190,7 +190,8 @@ PIPELINE: tuple[Stage, ...] = (
           _cluster, outputs=(GROUPS_FILE, f"{PLOTS_DIR}/affinity.png"), metrics=_cluster_metrics),
     Stage("train", "one adapter per group with Ray Train → adapters/group-*",
           "Train one adapter per group of groups.json with Ray Train (TorchTrainer; local mode on CPU, DDP with "
-          "train.num_workers ≥ 1), early-stopped on the group's validation loss; groups train concurrently. Writes "
+          "train.num_workers ≥ 1), early-stopped on train.early_stopping_metric (default: validation accuracy with each task counted "
+          "once); groups train concurrently. Writes "
           "adapters/<id>/, outputs/<id>.parquet and ensemble/members.json. Runs earlier stages if needed.",
           _train, outputs=(ADAPTER_DIR, OUTPUT_DIR, str(JOB_DIR), str(MEMBERS_FILE))),
     Stage("boost", "b gradient-boosting adapters on the worst groups",
@@ -198,7 +199,8 @@ PIPELINE: tuple[Stage, ...] = (
           "loss (boost.method: linearized ridge on projected gradients, or trained).",
           _boost, outputs=(str(BOOST_DIR), str(MEMBERS_FILE)), metrics=_boost_metrics),
     Stage("combine", "learn the per-task combination weights on validation → ensemble/weights.json",
-          "Fit per-task convex weights over the group ensembles minimising the validation log loss (cvxpy).",
+          "Fit per-task convex weights over the group ensembles minimising the validation log loss (ensemble.solver: "
+          "cvxpy, or a first-order solver for large problems).",
           _combine, outputs=(str(WEIGHTS_FILE),)),
     Stage("baselines", "train the baselines (single adapter, QLoRA, per-task, MTL-FT, random/gradient groups)",
           "Train every method in baselines.methods under the ensemble's protocol.",

@@ -215,6 +215,30 @@ def test_predictor_round_trip_matches_evaluated_outputs(run):
     np.testing.assert_allclose(seq.predict_logits(t.name, texts), predictor.predict_logits(t.name, texts), rtol=1e-4, atol=1e-5)
 
 
+def test_predictor_runs_under_the_runs_bf16_autocast(run, tmp_path):
+    """A run configured with ``compute.precision: bf16`` exported its outputs under bf16 autocast: the predictor
+    runs its forwards the same way (reference: the fp32 predictor called inside an explicit bf16 autocast)."""
+    import torch
+    import yaml
+
+    _, out, _ = run
+    bf16_run = tmp_path / "bf16"
+    shutil.copytree(out, bf16_run)
+    cfg_data = yaml.safe_load((bf16_run / "config.yaml").read_text())
+    cfg_data.setdefault("compute", {})["precision"] = "bf16"
+    (bf16_run / "config.yaml").write_text(yaml.safe_dump(cfg_data))
+    fp32 = EnsemblePredictor(out)
+    bf16 = EnsemblePredictor(bf16_run)
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    t = read_prepared(out)[0]
+    texts, pairs = [e.text for e in t.splits["test"][:8]], [e.text_pair for e in t.splits["test"][:8]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = fp32.predict_logits(t.name, texts, pairs)
+    z = bf16.predict_logits(t.name, texts, pairs)
+    np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(z, fp32.predict_logits(t.name, texts, pairs), rtol=1e-5, atol=1e-6)  # bf16 did run
+
+
 def test_rerun_skips_finished_adapters_and_resumes_from_checkpoints(run, caplog):
     cfg, out, _ = run
     names = [t.name for t in read_prepared(out)]

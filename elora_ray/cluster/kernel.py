@@ -11,7 +11,7 @@ meet at 0.77-0.82, so no single scale separates every source, and the largest ei
 cosine is often the top-level split (question-passage pairs vs single sentences). Measuring each
 distance against both tasks' own neighbourhoods puts every tight source on the same footing.
 
-Measured (``benchmarks/results/affinity_planted.md`` and ``select_m.md``, eigengap rule, mean ARI
+Measured (``benchmarks/results/affinity_planted_full_rank.md`` and ``select_m.md``, eigengap rule, mean ARI
 against the sources; before → after): design suites 0.87 → 0.94, the first held-out suites 0.75 →
 0.98, six suites built and first run only after k was fixed 0.81 → 0.93, synthetic families 0.78 →
 0.86 at 40 samples per task and 1.00 → 0.99 at 100; the ``transfer`` affinity 0.62 → 0.75 (design)

@@ -110,7 +110,7 @@ class ClusterConfig(_Section):
     ``auto``: ``heldout`` when the halves are independent (decoders, federated clients), ``eigengap``
     when probed encoder heads were fit on all training samples, which couples the halves.
     ``density``: the largest average density (the paper's; tends to under-split). Measured on real
-    planted suites in ``benchmarks/results/affinity_planted.md``."""
+    planted suites in ``benchmarks/results/affinity_planted_full_rank.md``."""
     local_scaling: int | None = Field(2, ge=1)
     """Partition the self-tuning kernel exp(−d_ij²/(σ_i σ_j)) of the affinity, σ_i the distance from
     task i to its k-th nearest task (this k), instead of the affinity itself: each pair is judged
@@ -118,7 +118,7 @@ class ClusterConfig(_Section):
     parts sit far apart (CoLA) are both found. Used by the eigengap rule and a fixed ``num_groups``;
     not by ``heldout`` or ``trace_weight``, nor for ``estimate.affinity: paper`` (not a cosine).
     ``null``: the affinity as given. k = 2 chosen on the design planted suites
-    (``benchmarks/results/affinity_planted.md``)."""
+    (``benchmarks/results/affinity_planted_full_rank.md``)."""
     solver: Literal["SCS", "CLARABEL"] = "SCS"
     max_sdp_tasks: int | None = None
     """Above this many tasks fall back to spectral clustering (default: the module's)."""

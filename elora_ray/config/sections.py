@@ -72,13 +72,14 @@ class ComputeConfig(_Section):
     """Numeric precision of model forward passes (featurisation, training, evaluation)."""
 
     precision: Literal["auto", "native", "fp32", "bf16"] = "auto"
-    """``auto``: bf16 autocast on a GPU that supports it, fp32 elsewhere (so CPU results are the fp32
+    """``auto``: bf16 autocast on a GPU that computes bf16 natively (compute capability ≥ 8), fp32 elsewhere (so CPU results are the fp32
     ones); ``native``: bf16 autocast wherever the hardware computes bf16 natively — such GPUs, and CPUs
     with AVX512-BF16 or AMX (~1.2-1.5x faster there: ``make demo DEMO_PRECISION=native``) — fp32 elsewhere; ``bf16``: bf16
     autocast everywhere (CPU too, where torch supports it); ``fp32``: never.
-    Weights, optimizer states and per-sample gradients stay fp32; only the forward's matmuls run in
-    bf16. Only an explicit ``bf16`` is part of the artifacts' fingerprints (fp32 and auto keep the
-    fp32 runs' fingerprints), so do not resume an ``auto`` run on other hardware."""
+    Adapter weights, optimizer states and per-sample gradients stay fp32; only the forward's matmuls run
+    in bf16 (the frozen backbone's weights follow ``model.dtype``: bfloat16 on such GPUs by default).
+    ``bf16`` and ``native`` are part of the artifacts' fingerprints (fp32 and auto keep the fp32 runs'
+    fingerprints), so do not resume an ``auto`` run on other hardware."""
     tf32: bool = True
     """Let fp32 matmuls use TF32 tensor cores on GPUs (``torch.backends.cuda.matmul.allow_tf32``)."""
 

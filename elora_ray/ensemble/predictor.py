@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 class EnsemblePredictor:
     def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 32,
-                 mixed_batches: bool | None = None) -> None:
+                 mixed_batches: bool | None = None, precision: str | None = None) -> None:
+        """``precision``: ``fp32`` or ``bf16`` autocast for the forwards; default: the run's ``compute.precision``
+        resolved on ``device``, the autocast its evaluated outputs were exported under (on the same hardware)."""
         from ..adapters import needs_quantized_base
         from ..artifacts import heads_path
         from ..featurize.model_at_init import load_heads
@@ -51,6 +53,9 @@ class EnsemblePredictor:
         self.members = load_members(self.run_dir)
         self.weights = {n: np.asarray(t["weights"], np.float64) for n, t in load_weights(self.run_dir)["tasks"].items()}
         self.device = torch.device(device)
+        from ..models.precision import resolve_precision
+
+        self.precision = resolve_precision(self.cfg.compute.precision if precision is None else precision, self.device)
         self.batch_size = batch_size
         adapter_type = self.cfg.adapter.type
         mixable = ADAPTER_TYPES[adapter_type].mixed_batch
@@ -108,6 +113,8 @@ class EnsemblePredictor:
     def adapter_logits(self, task: str, texts: Sequence[str], text_pairs: Sequence[str | None] | None,
                        adapters: Sequence[str]) -> dict[str, np.ndarray]:
         """{adapter id: [N, C] logits} of each listed adapter on the inputs."""
+        from ..models.precision import autocast
+
         n_labels = len(self.tasks[task].labels)
         out: dict[str, list[np.ndarray]] = {a: [] for a in adapters}
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
@@ -119,7 +126,8 @@ class EnsemblePredictor:
                 enc = self.model.tokenize([task] * len(chunk) * k, chunk * k, chunk_pairs * k)
                 enc = {key: v.to(self.device) for key, v in enc.items()}
                 names = [a for a in adapters for _ in chunk]
-                logits = self.peft_model(**enc, adapter_names=names).float().cpu().numpy()[:, :n_labels]
+                with autocast(self.precision, self.device):
+                    logits = self.peft_model(**enc, adapter_names=names).float().cpu().numpy()[:, :n_labels]
                 for i, a in enumerate(adapters):
                     out[a].append(logits[i * len(chunk) : (i + 1) * len(chunk)])
             else:
@@ -127,7 +135,8 @@ class EnsemblePredictor:
                 enc = {key: v.to(self.device) for key, v in enc.items()}
                 for a in adapters:
                     self.peft_model.set_adapter(a)
-                    out[a].append(self.peft_model(**enc).float().cpu().numpy()[:, :n_labels])
+                    with autocast(self.precision, self.device):
+                        out[a].append(self.peft_model(**enc).float().cpu().numpy()[:, :n_labels])
         return {a: np.concatenate(v) if v else np.zeros((0, n_labels)) for a, v in out.items()}
 
     def labels(self, task: str) -> list[str]:

@@ -1,7 +1,7 @@
 """Transfer affinity: how much fitting on task j lowers task i's loss on data the fit never saw.
 
 Why not the paper's eq. 1 as is (measured on real planted suites, see
-``benchmarks/results/affinity_planted.md``): scoring f_i(S) only for i ∈ S on i's small
+``benchmarks/results/affinity_planted_full_rank.md``): scoring f_i(S) only for i ∈ S on i's small
 validation set is dominated by noise (the mean loss-gradient of a binary task is a near
 cancellation of its two classes' gradients, so 100 validation samples flip its sign), and
 the first-order gain of i from j grows with the size of j's gradient, so a task that is easy
