@@ -46,7 +46,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, RUNS, machine_info, write_results  # noqa: E402,I001
+from benchmarks.common import RESULTS, RUNS, machine_info, paired_stats, write_results  # noqa: E402,I001
 
 METRICS = ("val_acc", "val_loss", "test_acc", "test_loss")
 
@@ -181,7 +181,30 @@ def analyse(pt: dict, ens: dict | None, name: str | None = None) -> dict:
             cases.append({"seed": seed, "type": kind, "partitions": len(scored), "rows": rows, "pairs": pairs,
                           "spearman": agreement,
                           "all": [{**p, "partition": [list(b) for b in p["partition"]]} for p in by_test]})
-    return {"tasks": tasks, "cases": cases, "across_seeds": across_seeds(cases)}
+    return {"tasks": tasks, "cases": cases, "across_seeds": across_seeds(cases), "over_seeds": over_seeds(cases)}
+
+
+def _random_row(table: dict[str, dict]) -> dict:
+    return next(v for k, v in table.items() if k.startswith("random groups"))
+
+
+def over_seeds(cases: list[dict]) -> list[dict]:
+    """Per adapter type with two or more seeds: each grouping's test accuracy (groups alone) minus random groups'
+    expectation and minus one adapter for all tasks, paired by seed (95% t-interval)."""
+    out = []
+    for kind in sorted({c["type"] for c in cases}):
+        per_seed = [c for c in sorted(cases, key=lambda c: c["seed"]) if c["type"] == kind]
+        if len(per_seed) < 2:
+            continue
+        tables = [{r["what"]: r for r in c["rows"]} for c in per_seed]
+        whats = [w for w in tables[0] if not w.startswith("random groups") and all(w in t for t in tables)]
+        for what in whats:
+            acc = [t[what]["test_acc"] for t in tables]
+            out.append({"type": kind, "what": what, "seeds": [c["seed"] for c in per_seed],
+                        "test_acc": float(np.mean(acc)),
+                        "minus_random_groups": paired_stats([a - _random_row(t)["test_acc"] for a, t in zip(acc, tables)]),
+                        "minus_one_adapter": paired_stats([a - t["one adapter"]["test_acc"] for a, t in zip(acc, tables)])})
+    return out
 
 
 def across_seeds(cases: list[dict]) -> list[dict]:
@@ -244,6 +267,20 @@ def markdown(name: str, data: dict) -> str:
                     f"{k}: {rho(c['spearman'][k]['val'])} (validation), {rho(c['spearman'][k]['test'])} (test)" for k in kinds)
                     + "."]
             lines.append("")
+    if data.get("over_seeds"):
+        def diff(p):
+            ci = f" [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]" if p["ci95"] else ""
+            return f"{100 * p['mean']:+.2f}{ci}, {p['a_ahead']}/{p['seeds']}"
+
+        lines += ["## Over seeds: each grouping against random groups and one adapter", "",
+                  "Groups alone (no boosting or weights), test accuracy in points, paired by seed: mean [95% t-interval], "
+                  "seeds ahead. The affinities' partitions are the ensemble benchmark's (computed from its LoRA "
+                  "features), also where the adapters scored are QLoRA ones.", "",
+                  "| adapter | seeds | grouping | test acc | − random groups | − one adapter |", "|---|---|---|---:|---:|---:|"]
+        for r in data["over_seeds"]:
+            lines.append(f"| {r['type']} | {', '.join(map(str, r['seeds']))} | {r['what']} | {r['test_acc']:.3f} | "
+                         f"{diff(r['minus_random_groups'])} | {'–' if r['what'] == 'one adapter' else diff(r['minus_one_adapter'])} |")
+        lines.append("")
     if data.get("across_seeds"):
         def num(x):
             return "n/a" if x is None else f"{x:+.2f}"

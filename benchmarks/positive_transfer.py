@@ -283,13 +283,23 @@ def _pct(x) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.0f}%"
 
 
+def _incomplete_note(data: dict) -> str:
+    todo = data.get("incomplete") or []
+    if not todo:
+        return ""
+    listed = ", ".join(f"{t['type']} seed {t['seed']} ({t['done']} of {t['planned']})" for t in todo)
+    if data.get("partial"):
+        return f" No seed is complete yet: the tables below are the progress so far ({listed})."
+    return f" Not counted until complete: {listed}."
+
+
 def render(data: dict) -> str:
     lines = [f"# Positive transfer of task subsets: {data['name']}", "",
              f"Config `{data['config']}`{' with ' + ' '.join(data['overrides']) if data['overrides'] else ''}; tasks "
              f"{', '.join(data['tasks'])}; adapter types {', '.join(data['types'])}; seeds {data['seeds']}; "
              f"{data['jobs_done']} of {data['jobs_planned']} adapters finished"
-             + (f" ({data['jobs_reused']} reused from the ensemble benchmark's run folders)" if data["jobs_reused"] else "") + ".",
-             "",
+             + (f" ({data['jobs_reused']} reused from the ensemble benchmark's run folders)" if data["jobs_reused"] else "") + "."
+             + _incomplete_note(data), "",
              "S transfers positively to i ∈ S when the adapter trained on S has a lower **test loss** on i than the adapter "
              "trained on {i} alone, same seed and adapter type. Rate = the paper's (1/k) Σ_S |{i ∈ S positive}| / |S| "
              "over the subsets of that size. \"over seeds\": the mean of the per-seed rates (per seed in brackets); "
@@ -379,9 +389,29 @@ def plot(path: Path, data: dict) -> None:
     save_figure(fig, path)
 
 
+def completeness(seed_plans: dict, rows: list[dict]) -> tuple[set[tuple[int, str]], list[dict]]:
+    """The (seed, adapter type) pairs whose every planned adapter finished, and the progress of the others. A rate
+    over part of a seed would be biased: the adapters reused from the ensemble benchmark are the subsets its
+    affinity chose."""
+    done = {(r["seed"], r["job"]) for r in rows}
+    complete, incomplete = set(), []
+    for seed, (_, plans, _) in sorted(seed_plans.items()):
+        for kind in dict.fromkeys(p["type"] for p in plans):
+            ids = {p["job"].id for p in plans if p["type"] == kind}
+            n = sum((seed, i) in done for i in ids)
+            if n == len(ids):
+                complete.add((seed, kind))
+            else:
+                incomplete.append({"seed": seed, "type": kind, "done": n, "planned": len(ids)})
+    return complete, incomplete
+
+
 def publish(name: str, config: Path | None, overrides: list[str], types: list[str], seed_plans: dict, t0: float,
             command: str) -> Path:
-    rows, context = collect(seed_plans)
+    all_rows, context = collect(seed_plans)
+    complete, incomplete = completeness(seed_plans, all_rows)
+    # the tables count complete (seed, type) pairs only; before any is complete they show the progress so far
+    rows = [r for r in all_rows if (r["seed"], r["type"]) in complete] or all_rows
     names = list(dict.fromkeys(t for _, plans, _ in seed_plans.values() for p in plans for t in p["subset"]))
     trans = transfers(rows, len(names))
     seeds = sorted(seed_plans)
@@ -393,7 +423,7 @@ def publish(name: str, config: Path | None, overrides: list[str], types: list[st
                                  "d_test_acc": float(np.mean([x["d_test_acc"] for x in v]))} for task, v in d.items()}
                       for k, d in by_subset.items()}
     planned = [(seed, p) for seed, (_, plans, _) in seed_plans.items() for p in plans]
-    done_jobs = {(r["seed"], r["job"]) for r in rows}
+    done_jobs = {(r["seed"], r["job"]) for r in all_rows}
     cost: dict[str, dict] = {}
     for seed, p in planned:
         if (seed, p["job"].id) in done_jobs and not p["reused"]:
@@ -407,6 +437,7 @@ def publish(name: str, config: Path | None, overrides: list[str], types: list[st
         "overrides": overrides, "tasks": names, "types": types, "seeds": seeds,
         "jobs_planned": len(planned), "jobs_done": sum((s, p["job"].id) in done_jobs for s, p in planned),
         "jobs_reused": sum(p["reused"] for _, p in planned),
+        "incomplete": incomplete, "partial": not complete,
         "summary": summarize(trans, seeds, types), "per_task": per_task(rows, trans, context, types),
         "by_subset": {f"{k[0]}|{k[1]}": v for k, v in by_subset_mean.items()},
         "rows": rows, "transfers": trans, "context": {str(k): v for k, v in context.items()}, "cost": cost,

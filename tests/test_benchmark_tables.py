@@ -217,8 +217,17 @@ def test_grouping_oracle_across_seeds_measures_whether_the_target_replicates(mon
     assert by[(0, 2)]["spearman_pair_gains_test_loss"] == pytest.approx(-1.0)
     assert by[(0, 2)]["same_sign_pair_gains"] == 0
     assert by[(0, 2)]["best_of_first_ranks_on_second"] == 5
-    assert "Does the target replicate across seeds?" in go.markdown("x", {**data, "machine": {
-        "cpu": "c", "cores": 2, "date": "d"}, "inputs": [], "command": "c"})
+    text = go.markdown("x", {**data, "machine": {"cpu": "c", "cores": 2, "date": "d"}, "inputs": [], "command": "c"})
+    assert "Does the target replicate across seeds?" in text and "## Over seeds" in text
+    # Over the three seeds, paired: the best-on-test partition is ahead of random groups in every seed, and one
+    # adapter for all tasks differs from itself by exactly 0.
+    over = {r["what"]: r for r in data["over_seeds"]}
+    assert over["best on test"]["seeds"] == [0, 1, 2] and over["best on test"]["minus_random_groups"]["a_ahead"] == 3
+    seed0 = {r["what"]: r for r in data["cases"][0]["rows"]}
+    random0 = next(v for k, v in seed0.items() if k.startswith("random groups"))["test_acc"]
+    assert over["per-task adapters"]["minus_random_groups"]["per_seed"][0] == pytest.approx(
+        seed0["per-task adapters"]["test_acc"] - random0)
+    assert over["one adapter"]["minus_one_adapter"]["mean"] == 0.0
 
 
 def test_positive_transfer_rate_leaves_out_single_task_adapters_that_kept_the_start(monkeypatch):
@@ -242,6 +251,28 @@ def test_positive_transfer_rate_leaves_out_single_task_adapters_that_kept_the_st
     assert s["rate_test_loss_trained_refs"] == pytest.approx((0.0 + 1.0 + 0.5) / 3)
     (a, *_) = pt.per_task(rows, trans, {0: {"theta_star": None, "majority": {}}}, ["lora"])
     assert a["task"] == "a" and a["lora_single_kept_start"] == [0]
+
+
+def test_positive_transfer_counts_only_complete_seeds_of_an_adapter_type(monkeypatch):
+    """A seed whose adapters of one type are partly trained (e.g. only those the ensemble benchmark reused) is
+    named and left out of the rates; before any seed is complete, everything so far is shown as progress."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from types import SimpleNamespace
+
+    import benchmarks.positive_transfer as pt
+
+    def plans(kind):
+        return [{"type": kind, "subset": s, "job": SimpleNamespace(id=f"{kind}-{'+'.join(s)}")}
+                for s in (["a"], ["b"], ["a", "b"])]
+
+    seed_plans = {0: (None, plans("lora") + plans("qlora"), ""), 1: (None, plans("lora"), "")}
+    rows = [{"seed": 0, "job": f"{k}-{j}"} for k in ("lora", "qlora") for j in ("a", "b", "a+b")]
+    rows += [{"seed": 1, "job": "lora-a"}, {"seed": 1, "job": "lora-a+b"}]
+    complete, incomplete = pt.completeness(seed_plans, rows)
+    assert complete == {(0, "lora"), (0, "qlora")}
+    assert incomplete == [{"seed": 1, "type": "lora", "done": 2, "planned": 3}]
+    assert "Not counted until complete: lora seed 1 (2 of 3)" in pt._incomplete_note({"incomplete": incomplete})
+    assert "progress so far" in pt._incomplete_note({"incomplete": incomplete, "partial": True})
 
 
 def test_ensemble_levers_counts_early_stopping_ties_and_exact_logit_ties(tmp_path, monkeypatch):
