@@ -1,8 +1,8 @@
 """The ensemble's combination levers (issue 38, item 4), measured on finished runs without training anything.
 
-For every finished run folder of the given mixes (default: the decoder benchmark's seeds, and the full reruns of
-the add-task benchmark on the embedded 10-task suite and the planted 21-task suite), from the saved group and
-boosting outputs:
+For every finished run folder of the given mixes (default: the decoder benchmark's seeds, LoRA and QLoRA, and the
+full reruns of the add-task benchmark on the embedded 10-task suite and the planted 21-task suite), from the saved
+group and boosting outputs:
 
 * **combination weights** — ``learned`` (the default: minimise the validation log loss), ``shrunk`` (learned,
   pulled toward uniform by the amount 5-fold cross-validation on the validation set picks:
@@ -57,6 +57,7 @@ from elora_ray.evaluate.uncertainty import correctness  # noqa: E402
 
 MIXES = {
     "decoder_glue_smollm2": "ensemble_decoder_glue_smollm2/seed[0-9]",  # not the seed<k>_affinity_<kind> variants
+    "decoder_glue_smollm2_qlora": "ensemble_decoder_glue_smollm2_qlora/seed[0-9]",
     "embedded_10": "add_task/embedded_seed*/full",
     "planted_21": "add_task/planted21_seed*/full",
 }

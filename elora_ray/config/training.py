@@ -63,8 +63,8 @@ class TrainConfig(_Section):
     early_stopping_ties: Literal["earliest", "loss"] = "earliest"
     """A check whose ``early_stopping_metric`` equals the best so far: ``earliest`` keeps the earlier check,
     ``loss`` takes the later one when its validation loss is lower. With 50 validation samples an accuracy
-    moves in steps of 2%, and ties are common: in the decoder benchmark's three seeds, 9 of 59 adapter jobs had
-    a later check with the same task accuracy and a lower validation loss, and 7 of those kept the untrained
+    moves in steps of 2%, and ties are common: in the decoder benchmark's three seeds, 15 of 92 adapter jobs had
+    a later check with the same task accuracy and a lower validation loss, and 11 of those kept the untrained
     start (``benchmarks/results/ensemble_levers.md``; the CoLA group at θ*, loss 1.05, over a check at 0.67),
     which then drew the boosting step."""
     micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
