@@ -89,6 +89,22 @@ def load(name: str) -> dict | None:
     return _read(path) if path.is_file() else None
 
 
+def _adapter_kind(d: dict) -> str:
+    """How the result's config names its adapter type in the table ("LoRA" unless the config says otherwise)."""
+    names = {"lora": "LoRA", "qlora": "QLoRA", "adapter": "bottleneck-adapter", "qadapter": "QAdapter", "mplora": "MPLoRA"}
+    path = HERE.parent / str(d.get("config", ""))
+    if not d.get("config") or not path.is_file():
+        return "LoRA"
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text()) or {}
+    kind = (cfg.get("adapter") or {}).get("type", "lora")
+    for o in d.get("overrides") or []:
+        if o.startswith("adapter.type="):
+            kind = o.split("=", 1)[1]
+    return names.get(kind, kind)
+
+
 def _skip(name: str) -> bool:
     return "quick" in name and not INCLUDE_QUICK
 
@@ -194,15 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"({ens['avg_accuracy_mean']:.3f} ± {ens['avg_accuracy_std']:.3f} vs {r['avg_accuracy_mean']:.3f} ± {r['avg_accuracy_std']:.3f}, {n} seeds)")
 
         src = f"`{f.with_suffix('.md').name}`"
+        kind = _adapter_kind(d)
         if "single_qlora" in a:
             lines.append(f"| ensemble vs single QLoRA adapter, avg accuracy ({d['name']}) | +10 points | {cmp('single_qlora')} | {src} |")
         if "single_adapter" in a:
-            lines.append(f"| ensemble vs single LoRA adapter ({d['name']}) | – | {cmp('single_adapter')} | {src} |")
+            lines.append(f"| ensemble vs single {kind} adapter ({d['name']}) | – | {cmp('single_adapter')} | {src} |")
         for pr in d["aggregate"].get("paired", []):
             if not isinstance(pr["ci95"], list):
                 continue
             target, what = PAIRED_ROWS.get((pr["a"], pr["b"]), (None, None))
             if what is not None:
+                what = what.replace("single LoRA adapter", f"single {kind} adapter")
                 lines.append(f"| {what}, paired by seed ({d['name']}) | {target} | {paired_points(pr)} | {src} |")
         if "mtl_ft" in a:
             r = a["mtl_ft"]

@@ -26,7 +26,8 @@ def test_summary_renders_every_committed_result_and_matches_the_committed_page(t
         if pair is not None and isinstance(pair["ci95"], list):
             name = result["name"]
             lo, hi = (f"{100 * x:+.1f}" for x in pair["ci95"])
-            assert f"| ensemble vs single LoRA adapter, paired by seed ({name}) | – | " in text, name
+            kind = "QLoRA" if name.endswith("_qlora") else "LoRA"  # the config's adapter type names the row
+            assert f"| ensemble vs single {kind} adapter, paired by seed ({name}) | – | " in text, name
             assert f"95% interval [{lo}, {hi}], ahead in {pair['a_ahead']}/{pair['seeds']} seeds | `{f.stem}.md` |" in text, name
     assert text == (ROOT / "benchmarks" / "README.md").read_text(), \
         "benchmarks/README.md is stale: run `python benchmarks/summarize.py`"
