@@ -177,7 +177,8 @@ def early_stopping_headroom(run: Path, members) -> list[dict]:
             best_acc, best_step = max(series, key=lambda x: (x[0], -x[1]))
             rows.append({"group": g.base, "task": task, "group_best_step": int(metrics["best_step"]),
                          "task_best_step": int(best_step), "accuracy_at_group_step": at[task]["accuracy"],
-                         "accuracy_at_task_best": best_acc, "headroom": best_acc - at[task]["accuracy"]})
+                         "accuracy_at_task_best": best_acc, "headroom": best_acc - at[task]["accuracy"],
+                         "later_accuracies": [a for a, step in series if step > metrics["best_step"]]})
     return rows
 
 
@@ -289,6 +290,12 @@ def render(result: dict) -> str:
                       f"{moved} of {len(head)} tasks peaked at another check than their group stopped at; stopping each "
                       f"at its own best check would raise its validation accuracy by {100 * gain.mean():.2f} points on "
                       f"average (max {100 * gain.max():.2f}) — an optimistic bound (the same samples pick and score)."]
+        start = [h for h in head if h["group_best_step"] == 0 and h["later_accuracies"]]
+        if start:
+            lines += ["", "Multi-task group adapters that kept the untrained start θ*, each task's validation accuracy "
+                      "there and its range over the later checks: " + "; ".join(
+                          f"{h['group']} {h['task']} {h['accuracy_at_group_step']:.2f} "
+                          f"({min(h['later_accuracies']):.2f}–{max(h['later_accuracies']):.2f})" for h in start) + "."]
         ties = [r["early_stopping_ties"] for r in info["runs"]]
         jobs, tied, start = (sum(t["jobs"] for t in ties), sum(len(t["tied"]) for t in ties),
                              sum(len(t["kept_start"]) for t in ties))
